@@ -1,0 +1,177 @@
+"""The Spark session factory (the plan's ``get_spark_session``, Task 2.1/2.4).
+
+Nothing here starts a JVM at import time: ``pyspark`` is imported inside the functions, so the
+local engine and the CLI work on a machine without Java.
+
+Where the session runs:
+
+* ``local`` (a laptop, CI): ``settings.spark.master`` (default ``local[2]``), the jars resolved by
+  Ivy from Maven Central through ``spark.jars.packages`` into a project-local cache
+  (``.cache/ivy``, or ``POOLCAST_IVY_DIR``), the driver bound to 127.0.0.1, no UI.
+* ``dataproc`` (Dataproc Serverless runtime 1.2: Spark 3.5, Scala 2.12, Java 17): the batch was
+  started by ``spark-submit``, so the master, the executors and the jars (``jarFileUris`` staged
+  in the code bucket: serverless workers have no internet without Cloud NAT) are already set by the
+  batch. We add only SQL options; the properties that must be fixed at submission (dynamic
+  allocation off and a fixed executor count for LightGBM) come from :func:`batch_properties`.
+
+Which one: ``settings.spark.environment`` (from ``SPARK_ENVIRONMENT``), else the Dataproc
+environment itself (``DATAPROC_*`` variables that the runtime sets), else ``local``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+    from poolcast.settings import Settings
+
+Environment = Literal["local", "dataproc"]
+
+#: Spark is always UTC here: one snapshot must land on one UTC day whatever the machine's zone,
+#: and JDBC ``TIMESTAMP`` (without time zone) values are read in the JVM's default zone.
+UTC_JAVA_OPTIONS = "-Duser.timezone=UTC"
+
+_DATAPROC_MARKERS = ("DATAPROC_IMAGE_VERSION", "DATAPROC_WORKLOAD_TYPE", "DATAPROC_BATCH_ID")
+
+
+class SparkSetupError(RuntimeError):
+    """The Spark session could not be set up; the message says why and what to do."""
+
+
+def detect_environment(settings: Settings | None = None) -> Environment:
+    """``local`` or ``dataproc``: explicit setting, then ``SPARK_ENVIRONMENT``, then markers."""
+    explicit = settings.spark.environment if settings is not None else None
+    if explicit in ("local", "dataproc"):
+        return explicit
+    env = os.environ.get("SPARK_ENVIRONMENT", "").strip().lower()
+    if env in ("local", "dataproc"):
+        return env  # type: ignore[return-value]
+    if env:
+        raise SparkSetupError(
+            f"SPARK_ENVIRONMENT={env!r} is not understood: use 'local' or 'dataproc'"
+        )
+    if any(os.environ.get(k) for k in _DATAPROC_MARKERS) or any(
+        k.startswith("DATAPROC_") for k in os.environ
+    ):
+        return "dataproc"
+    return "local"
+
+
+def ivy_dir() -> Path:
+    """Where Ivy caches the jars: ``POOLCAST_IVY_DIR``, else ``.cache/ivy`` in the working dir."""
+    return Path(os.environ.get("POOLCAST_IVY_DIR") or Path.cwd() / ".cache" / "ivy").resolve()
+
+
+def session_conf(
+    settings: Settings, *, environment: Environment | None = None
+) -> dict[str, str]:
+    """The Spark properties :func:`get_spark_session` sets (pure: testable without a JVM)."""
+    environment = environment or detect_environment(settings)
+    sp = settings.spark
+    conf: dict[str, str] = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.shuffle.partitions": str(sp.shuffle_partitions),
+        "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
+    }
+    if environment == "local":
+        conf.update(
+            {
+                "spark.master": sp.master,
+                "spark.driver.memory": sp.driver_memory,
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.dynamicAllocation.enabled": "false",
+                "spark.driver.extraJavaOptions": UTC_JAVA_OPTIONS,
+                "spark.executor.extraJavaOptions": UTC_JAVA_OPTIONS,
+                "spark.jars.ivy": str(ivy_dir()),
+            }
+        )
+        if sp.packages:
+            conf["spark.jars.packages"] = ",".join(sp.packages)
+        if sp.jars:
+            conf["spark.jars"] = ",".join(sp.jars)
+    else:
+        if sp.jars:
+            conf["spark.jars"] = ",".join(sp.jars)
+    return conf
+
+
+def batch_properties(settings: Settings, *, training: bool) -> dict[str, str]:
+    """``runtimeConfig.properties`` for a Dataproc Serverless batch (runtime 1.2).
+
+    These must be given at submission: a running driver cannot turn dynamic allocation off.
+    SynapseML LightGBM hangs under dynamic allocation (SynapseML #623), so the forecast batch
+    gets it off with a fixed executor count; the metrics batch keeps the serverless default.
+    """
+    sp = settings.spark
+    props = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.shuffle.partitions": str(sp.shuffle_partitions),
+        "spark.driver.extraJavaOptions": UTC_JAVA_OPTIONS,
+        "spark.executor.extraJavaOptions": UTC_JAVA_OPTIONS,
+    }
+    if training:
+        props.update(
+            {
+                "spark.dynamicAllocation.enabled": "false",
+                "spark.executor.instances": str(sp.executor_instances),
+            }
+        )
+    return props
+
+
+def get_spark_session(
+    settings: Settings | None = None,
+    app_name: str = "poolcast",
+    *,
+    training: bool = False,
+) -> SparkSession:
+    """The active SparkSession, or a new one configured for where we run.
+
+    ``training=True`` checks that the session can run SynapseML LightGBM (no dynamic allocation)
+    and fails with a clear message instead of hanging in ``fit``.
+    """
+    if settings is None:
+        from poolcast.settings import load_settings
+
+        settings = load_settings()
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SparkSetupError(
+            "the Spark engine needs the 'spark' extra: pip install 'poolcast[spark]' "
+            "(pyspark 3.5, synapseml 1.1.3) and Java 17"
+        ) from exc
+
+    environment = detect_environment(settings)
+    active = SparkSession.getActiveSession()
+    if active is None:
+        builder = SparkSession.builder.appName(app_name)
+        for key, value in session_conf(settings, environment=environment).items():
+            builder = builder.config(key, value)
+        try:
+            active = builder.getOrCreate()
+        except Exception as exc:
+            raise SparkSetupError(
+                f"could not start Spark ({environment}): {exc}. Local runs need Java 17 "
+                "(JAVA_HOME) and, the first time, Maven Central to resolve "
+                f"{', '.join(settings.spark.packages)}"
+            ) from exc
+        active.sparkContext.setLogLevel("WARN")
+    if training:
+        conf = active.sparkContext.getConf()
+        if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+            raise SparkSetupError(
+                "the forecast job needs spark.dynamicAllocation.enabled=false (SynapseML "
+                "LightGBM hangs under dynamic allocation); submit the batch with "
+                "poolcast.engines._spark_session.batch_properties(settings, training=True)"
+            )
+    return active
