@@ -1,0 +1,232 @@
+"""The `poolcast` command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
+import typer
+
+from poolcast.settings import Engine, Settings, load_settings
+
+app = typer.Typer(
+    help="Daily DeFi stablecoin pool metrics and APY forecasts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Create and manage the store's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="postgresql://... or a path to the embedded file "
+        "[env: POOLCAST_STORE, or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD; "
+        "default: ./poolcast.duckdb]",
+        show_default=False,
+    ),
+]
+EngineOpt = Annotated[
+    Engine | None, typer.Option("--engine", help="local (default) or spark [env: POOLCAST_ENGINE]")
+]
+AsOfOpt = Annotated[
+    dt.datetime | None,
+    typer.Option("--as-of", formats=["%Y-%m-%d"], help="Last day of the grid [default: latest data day]"),
+]
+LookbackOpt = Annotated[
+    int | None, typer.Option("--lookback-days", help="Days of history per run [default: 365]")
+]
+TrainDaysOpt = Annotated[
+    int | None, typer.Option("--train-days", help="Training window in days [env: TRAIN_DAYS; default: 60]")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    as_of = overrides.pop("as_of", None)
+    if isinstance(as_of, dt.datetime):
+        overrides["as_of"] = as_of.date()
+    return load_settings(**overrides)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _open(settings: Settings):  # type: ignore[no-untyped-def]
+    from poolcast.store import open_store
+
+    return open_store(settings.store_url())
+
+
+def format_table(table: pa.Table, max_rows: int = 50) -> str:
+    """A plain-text table for terminals and logs."""
+    names = table.column_names
+    rows = table.slice(0, max_rows).to_pylist()
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return str(value)
+
+    cells = [[cell(r[n]) for n in names] for r in rows]
+    widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names)]
+    lines = [
+        "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    footer = f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}"
+    footer += f", first {max_rows} shown)" if table.num_rows > max_rows else ")"
+    return "\n".join([*lines, footer])
+
+
+@db_app.command("init")
+def db_init(store: StoreOpt = None) -> None:
+    """Create or upgrade the schema (idempotent, versioned migrations)."""
+    settings = _settings(store=store)
+    with _open(settings) as s:
+        applied = s.init_schema()
+        version = s.schema_version()
+    if applied:
+        typer.echo(f"{s.safe_url()}: applied migrations {applied}; schema version {version}")
+    else:
+        typer.echo(f"{s.safe_url()}: schema up to date (version {version})")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="API response files or folders")],
+    store: StoreOpt = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Load good records; quarantine bad ones")
+    ] = False,
+) -> None:
+    """Load DefiLlama, CoinMarketCap and Etherscan files into the raw tables."""
+    from poolcast.ingest import IngestError
+    from poolcast.ingest import ingest as run_ingest
+
+    settings = _settings(store=store)
+    with _open(settings) as s:
+        s.init_schema()
+        try:
+            report = run_ingest(s, paths, skip_bad=skip_bad, apy_ceiling=settings.apy_ceiling)
+        except (IngestError, FileNotFoundError) as exc:
+            _fail(str(exc))
+            return
+    typer.echo(f"ingested {report.files} file(s) into {s.safe_url()}")
+    for table, n in report.read.items():
+        typer.echo(f"  {table:<28} read {n:>8}  written {report.written.get(table, 0):>8}")
+    if report.quarantined:
+        typer.echo(f"  {report.quarantined} bad record(s) quarantined in ingest_quarantine")
+
+
+def _print_results(results: list[Any]) -> None:
+    for r in results:
+        extra = "  ".join(f"{k}={v}" for k, v in r.details.items())
+        typer.echo(
+            f"{r.stage:<9} engine={r.engine:<6} {r.seconds:7.2f} s  read={r.rows_read:<8} "
+            f"written={r.rows_written:<8} {extra}"
+        )
+
+
+def _run_stages(stages: list[str], settings: Settings) -> None:
+    from poolcast.pipeline import forecast_stage, metrics_stage
+    from poolcast.store import StoreError
+
+    results = []
+    try:
+        with _open(settings) as s:
+            for stage in stages:
+                fn = metrics_stage if stage == "metrics" else forecast_stage
+                results.append(fn(s, settings))
+    except (StoreError, ValueError) as exc:
+        _print_results(results)
+        _fail(str(exc))
+    _print_results(results)
+
+
+@app.command()
+def metrics(
+    store: StoreOpt = None,
+    engine: EngineOpt = None,
+    as_of: AsOfOpt = None,
+    lookback_days: LookbackOpt = None,
+) -> None:
+    """Step 7: daily grid and rolling metrics for every active pool."""
+    _run_stages(
+        ["metrics"], _settings(store=store, engine=engine, as_of=as_of, lookback_days=lookback_days)
+    )
+
+
+@app.command()
+def forecast(
+    store: StoreOpt = None,
+    engine: EngineOpt = None,
+    train_days: TrainDaysOpt = None,
+) -> None:
+    """Step 11: train the global LightGBM model and forecast every active pool's next day."""
+    _run_stages(["forecast"], _settings(store=store, engine=engine, train_days=train_days))
+
+
+@app.command()
+def run(
+    store: StoreOpt = None,
+    engine: EngineOpt = None,
+    as_of: AsOfOpt = None,
+    lookback_days: LookbackOpt = None,
+    train_days: TrainDaysOpt = None,
+) -> None:
+    """Metrics, then forecast."""
+    settings = _settings(
+        store=store, engine=engine, as_of=as_of, lookback_days=lookback_days, train_days=train_days
+    )
+    _run_stages(["metrics", "forecast"], settings)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only SELECT")],
+    store: StoreOpt = None,
+    output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    max_rows: Annotated[int, typer.Option("--max-rows")] = 50,
+) -> None:
+    """Run a read-only query against the store and print the result."""
+    from poolcast.store import StoreError
+
+    settings = _settings(store=store)
+    try:
+        with _open(settings) as s:
+            table = s.readonly_query(query)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - the database's own message is what the user needs
+        _fail(str(exc).strip().splitlines()[0])
+        return
+    if output == "json":
+        typer.echo(json.dumps(table.to_pylist(), default=str))
+    elif output == "csv":
+        import pyarrow.csv as pacsv
+
+        buf = pa.BufferOutputStream()
+        pacsv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().to_pybytes().decode())
+    else:
+        typer.echo(format_table(table, max_rows))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The local engine: the spec compiled to DuckDB SQL window functions over Arrow tables.
+
+Vectorized, multi-threaded, no loop over pools. Input and output are Arrow, so it works the same
+whichever store the data came from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from poolcast.spec import FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
+
+_BY_POOL = "PARTITION BY pool_id ORDER BY date"
+
+
+def _frame(rows: int) -> str:
+    return f"ROWS BETWEEN {rows} PRECEDING AND CURRENT ROW"
+
+
+def compile_column(c: Column) -> str:
+    """One spec column as a DuckDB SQL expression."""
+    src = c.source
+    if c.kind == "ffill":
+        return f"last_value({src} IGNORE NULLS) OVER ({_BY_POOL} {_frame(c.window)})"
+    if c.kind == "mean":
+        return f"avg({src}) OVER ({_BY_POOL} {_frame(c.window - 1)})"
+    if c.kind == "std":
+        return f"stddev_samp({src}) OVER ({_BY_POOL} {_frame(c.window - 1)})"
+    if c.kind == "delta":
+        return f"{src} - lag({src}, 1) OVER ({_BY_POOL})"
+    if c.kind == "lag":
+        return f"lag({src}, {c.window}) OVER ({_BY_POOL})"
+    if c.kind == "lead":
+        return f"lead({src}, {c.window}) OVER ({_BY_POOL})"
+    if c.kind == "dow":
+        return f"CAST(isodow({src}) AS INTEGER)"
+    if c.kind == "month":
+        return f"CAST(month({src}) AS INTEGER)"
+    if c.kind == "weekend":
+        return f"CAST(isodow({src}) >= 6 AS INTEGER)"
+    raise ValueError(f"unknown column kind {c.kind!r} for {c.name}")
+
+
+def layered_select(source: str, columns: Sequence[Column], known: set[str]) -> str:
+    """Chain of SELECTs: a column that uses another one is computed one level above it."""
+    level: dict[str, int] = dict.fromkeys(known, 0)
+    for c in columns:
+        level[c.name] = level.get(c.source, 0) + 1
+    sql = f"SELECT * FROM {source}"
+    for depth in range(1, max((level[c.name] for c in columns), default=0) + 1):
+        exprs = ", ".join(
+            f"{compile_column(c)} AS {c.name}" for c in columns if level[c.name] == depth
+        )
+        sql = f"SELECT *, {exprs} FROM ({sql}) AS l{depth}"
+    return sql
+
+
+def _market_joins() -> tuple[str, str]:
+    cols = ", ".join(f"m{i}.value AS {m.name}" for i, m in enumerate(MARKET))
+    joins = " ".join(
+        f"LEFT JOIN market_ff AS m{i} ON m{i}.source = '{m.source}' "
+        f"AND m{i}.date = g.date - {m.shift}"
+        for i, m in enumerate(MARKET)
+    )
+    return cols, joins
+
+
+def compute_metrics(
+    snapshots: pa.Table,
+    market: pa.Table,
+    as_of: dt.date,
+    *,
+    threads: int | None = None,
+) -> pa.Table:
+    """Step 7 for every pool at once.
+
+    ``snapshots``: pool_id, timestamp, apy, tvl_usd (already limited to the lookback window).
+    ``market``: source, date, value. Returns pool_id, date, the spec's metric and market columns,
+    and is_observed (a snapshot was taken that day), sorted by pool and date.
+    """
+    con = duckdb.connect()
+    try:
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        con.register("snapshots", snapshots)
+        con.register("market", market)
+        metric_sql = layered_select("base", METRICS, {"apy", "tvl_usd"})
+        market_cols, market_joins = _market_joins()
+        metric_names = ", ".join(c.name for c in METRICS)
+        sql = f"""
+WITH daily AS (
+    SELECT pool_id, CAST(timestamp AS DATE) AS date, apy, tvl_usd
+    FROM snapshots
+    QUALIFY row_number() OVER (
+        PARTITION BY pool_id, CAST(timestamp AS DATE) ORDER BY timestamp DESC) = 1
+),
+bounds AS (
+    SELECT pool_id, min(date) AS first_day,
+           least(CAST($as_of AS DATE), max(date) + {FILL_LIMIT_DAYS}) AS last_day
+    FROM daily GROUP BY pool_id
+),
+grid AS (
+    SELECT pool_id, CAST(unnest(generate_series(first_day, last_day, INTERVAL 1 DAY)) AS DATE)
+           AS date
+    FROM bounds
+),
+base AS (
+    SELECT g.pool_id, g.date, d.apy, d.tvl_usd, d.apy IS NOT NULL AS is_observed
+    FROM grid AS g LEFT JOIN daily AS d ON d.pool_id = g.pool_id AND d.date = g.date
+),
+metrics AS ({metric_sql}),
+calendar AS (
+    SELECT CAST(unnest(generate_series(
+        (SELECT least(min(date), CAST($as_of AS DATE)) FROM market), CAST($as_of AS DATE),
+        INTERVAL 1 DAY)) AS DATE) AS date
+),
+market_ff AS (
+    SELECT s.source, c.date,
+           last_value(m.value IGNORE NULLS) OVER (
+               PARTITION BY s.source ORDER BY c.date
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS value
+    FROM calendar AS c CROSS JOIN (SELECT DISTINCT source FROM market) AS s
+    LEFT JOIN market AS m ON m.source = s.source AND m.date = c.date
+)
+SELECT g.pool_id, g.date, {metric_names}, {market_cols}, g.is_observed
+FROM metrics AS g {market_joins}
+ORDER BY g.pool_id, g.date
+"""
+        return con.sql(sql, params={"as_of": as_of}).to_arrow_table()
+    finally:
+        con.close()
+
+
+def compute_features(metrics: pa.Table, *, horizons: Sequence[int] = (1,)) -> pa.Table:
+    """The forecast panel: metrics plus the spec's features, and for each horizon h the target
+    ``target_h{h}`` (APY h days later, NULL unless a snapshot was observed that day)."""
+    con = duckdb.connect()
+    try:
+        con.register("metrics", metrics)
+        targets = ", ".join(
+            f"CASE WHEN lead(is_observed, {h}) OVER ({_BY_POOL}) "
+            f"THEN lead(actual_apy, {h}) OVER ({_BY_POOL}) END AS target_h{h}"
+            for h in horizons
+        )
+        sql = layered_select("metrics", FEATURES, set(metrics.column_names))
+        return con.sql(f"SELECT *, {targets} FROM ({sql}) AS f ORDER BY pool_id, date").to_arrow_table()
+    finally:
+        con.close()

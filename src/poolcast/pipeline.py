@@ -1,0 +1,154 @@
+"""The stages a user runs: metrics (step 7) and forecast (step 11), on either engine.
+
+Each stage reads the store in bulk, computes, and writes through one transactional merge.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from poolcast.settings import Settings
+from poolcast.spec import MARKET, METRICS
+from poolcast.store import Store, StoreError
+from poolcast.store.queries import latest_data_day, read_market, read_snapshots
+
+METRIC_KEY = ("pool_id", "date")
+METRIC_UPDATE = (*(c.name for c in METRICS), *(m.name for m in MARKET), "is_observed")
+FORECAST_COLUMNS = ("pool_id", "date", "forecasted_apy", "forecasted_tvl")
+
+# Each pool's rows from `train_days + horizon + LAG_CONTEXT` days before its latest observed day:
+# enough for the longest lag feature of the first training row.
+LAG_CONTEXT = 8
+
+PANEL_SQL = """
+SELECT m.*
+FROM pool_daily_metrics AS m
+JOIN (
+    SELECT pool_id, max(date) AS last_day
+    FROM pool_daily_metrics
+    WHERE is_observed
+    GROUP BY pool_id
+) AS l ON l.pool_id = m.pool_id
+JOIN pools AS p ON p.pool_id = m.pool_id
+WHERE p.is_active AND m.date > l.last_day - CAST($1 AS INTEGER)
+"""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    engine: str
+    run_id: str
+    seconds: float = 0.0
+    rows_read: int = 0
+    rows_written: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def resolve_as_of(store: Store, settings: Settings) -> dt.date:
+    if settings.as_of:
+        return settings.as_of
+    day = latest_data_day(store)
+    if day is None:
+        raise StoreError(
+            f"no pool snapshots in {store.safe_url()}: run `poolcast ingest PATH` first"
+        )
+    return day
+
+
+def metrics_stage(store: Store, settings: Settings) -> StageResult:
+    """Step 7: the daily grid and its rolling metrics for every active pool, merged in one go."""
+    store.require_schema()
+    if settings.engine == "spark":
+        from poolcast.engines import spark
+
+        return spark.metrics_stage(store, settings)
+    from poolcast.engines.local import compute_metrics
+
+    started = time.perf_counter()
+    result = StageResult("metrics", "local", new_run_id())
+    as_of = resolve_as_of(store, settings)
+    snapshots = read_snapshots(store, as_of, settings.lookback_days)
+    market = read_market(store, as_of)
+    metrics = compute_metrics(snapshots, market, as_of)
+    result.rows_written = store.merge(
+        "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
+    )
+    result.rows_read = snapshots.num_rows + market.num_rows
+    result.details = {
+        "as_of": as_of.isoformat(),
+        "pools": len(metrics.column("pool_id").unique()),
+        "days": len(metrics.column("date").unique()),
+        "rows": metrics.num_rows,
+    }
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def read_panel(store: Store, settings: Settings, horizon: int = 1) -> pa.Table:
+    """pool_daily_metrics rows a forecast needs, for active pools."""
+    return store.fetch_arrow(PANEL_SQL, [settings.train_days + horizon + LAG_CONTEXT])
+
+
+def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
+    """Through the plan's staging table, then one transactional merge (the plan never merged).
+
+    Only the forecast columns of pool_daily_metrics change; a row that does not exist yet (the day
+    after a pool's latest data) is created with just its forecast.
+    """
+    staged = forecasts.select(list(FORECAST_COLUMNS)).append_column(
+        "run_id", pa.array([run_id] * forecasts.num_rows, pa.string())
+    )
+    with store.transaction():
+        store.merge("pool_forecasts_staging", staged, key=())
+        written = store.merge_from(
+            "pool_daily_metrics",
+            "pool_forecasts_staging",
+            FORECAST_COLUMNS,
+            METRIC_KEY,
+            update=("forecasted_apy", "forecasted_tvl"),
+            where="s.run_id = $1",
+            params=[run_id],
+        )
+        store.execute("DELETE FROM pool_forecasts_staging WHERE run_id = $1", [run_id])
+    return written
+
+
+def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
+    """Step 11: train the global model, forecast each active pool's next day, merge."""
+    store.require_schema()
+    if settings.engine == "spark":
+        from poolcast.engines import spark
+
+        return spark.forecast_stage(store, settings)
+    from poolcast.engines.local import compute_features
+    from poolcast.forecast import Forecaster, forecast_table
+
+    started = time.perf_counter()
+    result = StageResult("forecast", "local", new_run_id())
+    metrics = read_panel(store, settings)
+    if metrics.num_rows == 0:
+        raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
+    panel = compute_features(metrics)
+    forecaster = Forecaster(model, train_days=settings.train_days, seed=settings.seed).fit(panel)
+    model_path = forecaster.save(settings.model_dir)
+    forecasts = forecast_table(forecaster, panel)
+    result.rows_read = metrics.num_rows
+    result.rows_written = write_forecasts(store, forecasts, result.run_id)
+    result.details = {
+        "forecasts": forecasts.num_rows,
+        "train_rows": forecaster.n_train_,
+        "model": str(model_path),
+    }
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,130 @@
+"""One typed settings object: environment variables as the plan names them, CLI flags on top."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE = "poolcast.duckdb"
+
+Engine = Literal["local", "spark"]
+
+
+class SparkSettings(BaseModel):
+    """The plan's `config_spark` values (Task 2.4), with the ERRATA's versions."""
+
+    environment: Literal["local", "dataproc"] | None = None
+    master: str = "local[2]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    packages: list[str] = [
+        "com.microsoft.azure:synapseml-lightgbm_2.12:1.1.3",
+        "org.postgresql:postgresql:42.7.4",
+    ]
+    jars: list[str] = []  # jar URIs staged in the code bucket (Dataproc: no internet)
+    jdbc_partitions: int = 8
+    jdbc_batch_size: int = 10_000
+    executor_instances: int = 2
+
+
+class GcpSettings(BaseModel):
+    """Where the Dataproc Serverless batches run (plan Phase 1)."""
+
+    project_id: str | None = None
+    region: str = "us-central1"
+    runtime_version: str = "1.2"  # Spark 3.5 / Scala 2.12 (ERRATA: not 2.1)
+    service_account: str | None = None
+    subnetwork: str = "dataproc-subnet"
+    db_password_secret: str | None = None
+
+
+class Settings(BaseSettings):
+    """Every knob of poolcast in one place.
+
+    Environment variables use the plan's names (``DB_HOST``, ``TRAIN_DAYS``, ``SPARK_ENVIRONMENT``,
+    ``PROJECT_ID``) or ``POOLCAST_*``; CLI flags override them.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    store: str | None = Field(
+        default=None, validation_alias=AliasChoices("store", "POOLCAST_STORE")
+    )
+    db_host: str | None = Field(default=None, validation_alias=AliasChoices("db_host", "DB_HOST"))
+    db_port: int = Field(default=5432, validation_alias=AliasChoices("db_port", "DB_PORT"))
+    db_name: str = Field(
+        default="defiyieldopt_db", validation_alias=AliasChoices("db_name", "DB_NAME")
+    )
+    db_user: str = Field(
+        default="defiyieldopt_user", validation_alias=AliasChoices("db_user", "DB_USER")
+    )
+    db_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("db_password", "DB_PASSWORD")
+    )
+    db_sslmode: str | None = Field(
+        default=None, validation_alias=AliasChoices("db_sslmode", "DB_SSLMODE", "PGSSLMODE")
+    )
+
+    engine: Engine = Field(default="local", validation_alias=AliasChoices("engine", "POOLCAST_ENGINE"))
+    lookback_days: int = Field(
+        default=365, ge=1, validation_alias=AliasChoices("lookback_days", "LOOKBACK_DAYS")
+    )
+    as_of: dt.date | None = Field(default=None, validation_alias=AliasChoices("as_of", "AS_OF"))
+    train_days: int = Field(
+        default=60, ge=7, le=3650, validation_alias=AliasChoices("train_days", "TRAIN_DAYS")
+    )
+    seed: int = Field(default=42, validation_alias=AliasChoices("seed", "POOLCAST_SEED"))
+    apy_ceiling: float = Field(
+        default=10_000.0, gt=0, validation_alias=AliasChoices("apy_ceiling", "POOLCAST_APY_CEILING")
+    )
+    model_dir: str = Field(
+        default="models", validation_alias=AliasChoices("model_dir", "POOLCAST_MODEL_DIR")
+    )
+    lock_wait: bool = Field(
+        default=False, validation_alias=AliasChoices("lock_wait", "POOLCAST_LOCK_WAIT")
+    )
+
+    spark: SparkSettings = SparkSettings()
+    gcp: GcpSettings = GcpSettings()
+
+    @field_validator("store")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() if value else None
+
+    def store_url(self) -> str:
+        """The store to open: ``--store``/``POOLCAST_STORE``, else ``DB_HOST``, else the embedded file."""
+        if self.store:
+            return self.store
+        if self.db_host:
+            password = self.db_password.get_secret_value() if self.db_password else ""
+            auth = quote(self.db_user, safe="")
+            if password:
+                auth += ":" + quote(password, safe="")
+            url = f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+            if self.db_sslmode:
+                url += f"?sslmode={quote(self.db_sslmode, safe='')}"
+            return url
+        return DEFAULT_STORE
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment with CLI overrides (``None`` means "not given")."""
+    import os
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**given)  # type: ignore[arg-type]
+    spark_env = os.environ.get("SPARK_ENVIRONMENT")
+    if spark_env in ("local", "dataproc") and settings.spark.environment is None:
+        settings.spark.environment = spark_env  # type: ignore[assignment]
+    project = os.environ.get("PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if project and settings.gcp.project_id is None:
+        settings.gcp.project_id = project
+    region = os.environ.get("REGION")
+    if region:
+        settings.gcp.region = region
+    return settings

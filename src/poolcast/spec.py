@@ -1,0 +1,121 @@
+"""Every metric and feature, declared once as data. Each engine compiles these declarations.
+
+Semantics (the same in every engine; `docs/architecture.md` has the long form):
+
+* The grid: one row per active pool and UTC day, from the pool's first snapshot inside the lookback
+  window to the as-of date, or to ``fill_limit_days`` after its last snapshot if it stopped earlier.
+  A day with several snapshots keeps the latest one (DefiLlama's own /chart rule).
+* ``ffill``: the last non-null value within the ``window`` rows up to and including the day
+  (a bounded forward fill: a pool that stops reporting is not carried forever).
+* ``mean`` / ``std``: average / sample standard deviation of the non-null values in the trailing
+  ``window`` rows including the day. A partial window (early in a series) uses the rows it has;
+  ``std`` of a single value is NULL.
+* ``delta``: the value minus the previous day's value (NULL on a pool's first day).
+* ``lag`` / ``lead``: the value ``window`` days before / after on the same pool's grid.
+* Market columns (``eth_open``, ``btc_open``, ``gas_price_gwei``) live on a global calendar:
+  the source's last value on or before the day minus ``shift`` days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["ffill", "mean", "std", "delta", "lag", "lead", "dow", "month", "weekend"]
+
+FILL_LIMIT_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Column:
+    """``name`` = ``kind`` of ``source`` over ``window`` days, per pool, ordered by date."""
+
+    name: str
+    kind: Kind
+    source: str
+    window: int = 1
+
+
+@dataclass(frozen=True)
+class Market:
+    """A global daily series: ``name`` = last ``source`` value on or before (day - ``shift``)."""
+
+    name: str
+    source: str  # "ETH" / "BTC" close price from raw_coinmarketcap_ohlcv, or "gas"
+    shift: int
+
+
+# Step 7 (calculate_pool_metrics): in order; a column may use the ones above it.
+METRICS: tuple[Column, ...] = (
+    Column("actual_apy", "ffill", "apy", FILL_LIMIT_DAYS),
+    Column("actual_tvl", "ffill", "tvl_usd", FILL_LIMIT_DAYS),
+    Column("rolling_apy_7d", "mean", "actual_apy", 7),
+    Column("rolling_apy_30d", "mean", "actual_apy", 30),
+    Column("stddev_apy_7d", "std", "actual_apy", 7),
+    Column("stddev_apy_30d", "std", "actual_apy", 30),
+    Column("apy_delta_today_yesterday", "delta", "actual_apy"),
+    Column("stddev_apy_7d_delta", "delta", "stddev_apy_7d"),
+    Column("stddev_apy_30d_delta", "delta", "stddev_apy_30d"),
+)
+
+# Previous day's close: today's candle is not final when the 23:00 snapshot is taken.
+MARKET: tuple[Market, ...] = (
+    Market("eth_open", "ETH", 1),
+    Market("btc_open", "BTC", 1),
+    Market("gas_price_gwei", "gas", 0),
+)
+
+# Step 11 (forecast_pools): the plan's FEATURE_COLS plus today's own APY and TVL, which are
+# legitimate inputs now that the target is a later day's APY.
+FEATURES: tuple[Column, ...] = (
+    Column("apy_lag_1", "lag", "actual_apy", 1),
+    Column("apy_lag_3", "lag", "actual_apy", 3),
+    Column("apy_lag_7", "lag", "actual_apy", 7),
+    Column("tvl_lag_1", "lag", "actual_tvl", 1),
+    Column("day_of_week", "dow", "date"),  # ISO: Monday = 1 .. Sunday = 7
+    Column("month", "month", "date"),
+    Column("is_weekend", "weekend", "date"),
+)
+
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "actual_apy",
+    "actual_tvl",
+    "rolling_apy_7d",
+    "rolling_apy_30d",
+    "stddev_apy_7d",
+    "stddev_apy_30d",
+    "apy_delta_today_yesterday",
+    "eth_open",
+    "btc_open",
+    "gas_price_gwei",
+    *(f.name for f in FEATURES),
+)
+
+# The plan's FEATURE_COLS exactly, for the plan's model kept as a named option.
+PLAN_FEATURE_COLUMNS: tuple[str, ...] = (
+    "rolling_apy_7d",
+    "rolling_apy_30d",
+    "stddev_apy_7d",
+    "stddev_apy_30d",
+    "apy_delta_today_yesterday",
+    "eth_open",
+    "btc_open",
+    "gas_price_gwei",
+    "day_of_week",
+    "month",
+    "is_weekend",
+    "apy_lag_1",
+    "apy_lag_3",
+    "apy_lag_7",
+    "tvl_lag_1",
+)
+
+# Forecast target: APY `horizon` days later, counted only where a snapshot was observed that day.
+TARGET_SOURCE = "actual_apy"
+
+# Context a metric needs behind a day: the longest window plus the forward-fill reach.
+HISTORY_DAYS = max(c.window for c in METRICS if c.kind in ("mean", "std")) + FILL_LIMIT_DAYS
+
+
+def metric_names() -> list[str]:
+    return [c.name for c in METRICS] + [m.name for m in MARKET]

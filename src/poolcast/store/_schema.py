@@ -1,0 +1,111 @@
+"""Versioned schema migrations, one list for both stores.
+
+Each migration is a list of statements written once with a few dialect placeholders:
+``{json}`` (JSONB / JSON). Timestamps are ``TIMESTAMP`` holding UTC: a ``TIMESTAMPTZ`` would make
+``date(timestamp)`` depend on the session's time zone, which is how one snapshot lands on two days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DIALECT_TYPES = {
+    "postgres": {"json": "JSONB"},
+    "duckdb": {"json": "JSON"},
+}
+
+METRIC_COLUMNS = [
+    "actual_apy",
+    "forecasted_apy",
+    "actual_tvl",
+    "forecasted_tvl",
+    "rolling_apy_7d",
+    "rolling_apy_30d",
+    "apy_delta_today_yesterday",
+    "stddev_apy_7d",
+    "stddev_apy_30d",
+    "stddev_apy_7d_delta",
+    "stddev_apy_30d_delta",
+    "eth_open",
+    "btc_open",
+    "gas_price_gwei",
+]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+    def render(self, dialect: str) -> list[str]:
+        types = DIALECT_TYPES[dialect]
+        return [s.format(**types) for s in self.statements]
+
+
+_metric_cols_sql = ",\n    ".join(f"{c} DOUBLE PRECISION" for c in METRIC_COLUMNS)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "raw tables, pool_daily_metrics, forecast staging",
+        (
+            """CREATE TABLE IF NOT EXISTS pools (
+    pool_id TEXT PRIMARY KEY,
+    chain TEXT,
+    project TEXT,
+    symbol TEXT,
+    stablecoin BOOLEAN,
+    il_risk TEXT,
+    exposure TEXT,
+    is_active BOOLEAN NOT NULL DEFAULT TRUE,
+    raw_json_data {json}
+)""",
+            """CREATE TABLE IF NOT EXISTS raw_defillama_pool_history (
+    pool_id TEXT NOT NULL,
+    timestamp TIMESTAMP NOT NULL,
+    raw_json_data {json} NOT NULL,
+    PRIMARY KEY (pool_id, timestamp)
+)""",
+            """CREATE TABLE IF NOT EXISTS raw_coinmarketcap_ohlcv (
+    symbol TEXT NOT NULL,
+    data_timestamp TIMESTAMP NOT NULL,
+    raw_json_data {json} NOT NULL,
+    PRIMARY KEY (symbol, data_timestamp)
+)""",
+            """CREATE TABLE IF NOT EXISTS gas_fees_daily (
+    date DATE PRIMARY KEY,
+    actual_avg_gas_gwei DOUBLE PRECISION NOT NULL
+)""",
+            f"""CREATE TABLE IF NOT EXISTS pool_daily_metrics (
+    pool_id TEXT NOT NULL,
+    date DATE NOT NULL,
+    {_metric_cols_sql},
+    is_observed BOOLEAN,
+    PRIMARY KEY (pool_id, date)
+)""",
+            """CREATE TABLE IF NOT EXISTS pool_forecasts_staging (
+    pool_id TEXT NOT NULL,
+    date DATE NOT NULL,
+    forecasted_apy DOUBLE PRECISION,
+    forecasted_tvl DOUBLE PRECISION,
+    run_id TEXT NOT NULL
+)""",
+            """CREATE TABLE IF NOT EXISTS ingest_quarantine (
+    file TEXT NOT NULL,
+    pool_id TEXT NOT NULL,
+    record_index BIGINT NOT NULL,
+    field TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT,
+    PRIMARY KEY (file, pool_id, record_index, field)
+)""",
+            "CREATE INDEX IF NOT EXISTS pool_daily_metrics_date_idx ON pool_daily_metrics (date)",
+            "CREATE INDEX IF NOT EXISTS pools_active_idx ON pools (is_active)",
+        ),
+    ),
+)
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version

@@ -1,0 +1,69 @@
+"""The embedded default: one DuckDB file, no server, same schema and SQL as PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from poolcast.store._base import Store, StoreError
+
+
+class DuckDBStore(Store):
+    dialect = "duckdb"
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        super().__init__()
+        self.url = path
+        if path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(
+                f"cannot open the embedded store {path!r}: {exc}. Another poolcast process may be "
+                "writing it; wait for it to finish."
+            ) from exc
+        self._con.execute("SET TimeZone = 'UTC'")
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
+        result = self._con.execute(sql, list(params) if params else None)
+        try:
+            row = result.fetchone()
+        except duckdb.Error:
+            return -1
+        return int(row[0]) if row and isinstance(row[0], int) else -1
+
+    def fetch_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        return self._con.sql(sql, params=list(params) if params else None).to_arrow_table()
+
+    def _stage(self, name: str, data: pa.Table) -> None:
+        self._con.register(name, data)
+
+    def _drop_stage(self, name: str) -> None:
+        self._con.unregister(name)
+
+    def _begin(self) -> None:
+        self._con.execute("BEGIN TRANSACTION")
+
+    def _commit(self) -> None:
+        self._con.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self._con.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._con.close()
+
+    def readonly_query(self, sql: str) -> pa.Table:
+        statements = duckdb.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise StoreError("`poolcast sql` runs one read-only SELECT statement")
+        self._begin()
+        try:
+            return self._con.sql(sql).to_arrow_table()
+        finally:
+            self._rollback()

@@ -1,0 +1,92 @@
+"""PostgreSQL, the store of record: Arrow in and out through ADBC (binary COPY), never row by row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import adbc_driver_postgresql.dbapi as pg
+import pyarrow as pa
+
+from poolcast.store._base import Store, StoreError
+
+
+class PostgresStore(Store):
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        try:
+            self._con = pg.connect(url)
+        except Exception as exc:  # noqa: BLE001 - ADBC raises its own hierarchy
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.safe_url()}: {_first_line(exc)}. "
+                "Check DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD or --store."
+            ) from None
+        self.execute("SET TIME ZONE 'UTC'")
+        self._con.commit()
+
+    def _cursor(self) -> pg.Cursor:
+        return self._con.cursor()
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
+        counted = bool(params) and sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE")
+        if counted:
+            # libpq reports no row count for prepared statements with parameters.
+            sql = f"WITH _changed AS ({sql} RETURNING 1) SELECT count(*) FROM _changed"
+        with self._cursor() as cur:
+            cur.execute(sql, parameters=list(params) if params else None)
+            count = cur.fetchone()[0] if counted else cur.rowcount
+        if not self._depth:
+            self._con.commit()
+        return int(count) if count is not None else -1
+
+    def fetch_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        with self._cursor() as cur:
+            cur.execute(sql, parameters=list(params) if params else None)
+            table = cur.fetch_arrow_table()
+        if not self._depth:
+            self._con.commit()
+        return table
+
+    def _stage(self, name: str, data: pa.Table) -> None:
+        with self._cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+            cur.adbc_ingest(name, data, mode="create", temporary=True)
+
+    def _drop_stage(self, name: str) -> None:
+        with self._cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def _begin(self) -> None:
+        # ADBC runs every statement inside a transaction until commit(): nothing to start.
+        self._con.commit()
+
+    def _commit(self) -> None:
+        self._con.commit()
+
+    def _rollback(self) -> None:
+        self._con.rollback()
+
+    def close(self) -> None:
+        try:
+            self._con.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def readonly_query(self, sql: str) -> pa.Table:
+        try:
+            with self._cursor() as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(sql)
+                return cur.fetch_arrow_table()
+        finally:
+            self._con.rollback()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+__all__ = ["PostgresStore", "StoreError"]
