@@ -127,7 +127,7 @@ class Store(ABC):
                 r["version"]
                 for r in self.fetch_arrow("SELECT version FROM schema_migrations").to_pylist()
             }
-            for migration in MIGRATIONS:
+            for migration in sorted(MIGRATIONS, key=lambda m: m.version):
                 if migration.version in done:
                     continue
                 for statement in migration.render(self.dialect):

@@ -108,4 +108,4 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 
 def latest_version() -> int:
-    return MIGRATIONS[-1].version
+    return max(m.version for m in MIGRATIONS)
