@@ -218,7 +218,7 @@ def _submit(client, settings, kind, manifest=None, **kw):
     return name, batch_id, request_id
 
 
-# --- the request that arrives ------------------------------------------------------------------
+# --- the request that arrives ---
 
 
 def test_metrics_request_arrives_with_runtime_files_jars_properties_and_ids(fake, client, settings):
@@ -332,7 +332,7 @@ def test_create_of_an_existing_id_is_an_error_on_first_attempt(fake, client, set
         dataproc.submit_batch(client, request_id="r2", **kw)
 
 
-# --- the wait loop ------------------------------------------------------------------------------
+# --- the wait loop ---
 
 
 class FakeClock:

@@ -1,0 +1,466 @@
+"""The deploy files: the Workflows pipeline, cloudbuild.yaml and the Terraform configuration.
+
+The workflow is validated against the Workflows JSON schema that PyPI's ``workflows-emulator``
+ships, then *run* by that emulator's interpreter (its own handling of assign, switch, for, try,
+retry with a custom predicate, except, raise, return, subworkflow calls and the expression
+language). The emulator has no Dataproc connector and drops query parameters from connector
+calls, so the one shim here, :func:`_connector`, maps each ``googleapis.*`` call to the real REST
+method and path (with ``batchId``/``requestId`` as query parameters) and sends it with the
+emulator's own HTTP client to a fake Google API server on 127.0.0.1; HTTP errors come back as the
+emulator's ``WorkflowError`` with their status code. The shim does not emulate the connectors'
+built-in polling: the pipeline turns it off (``skip_polling: true``) and the test checks that.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "deploy" / "workflows" / "pipeline.yaml"
+CLOUDBUILD = ROOT / "cloudbuild.yaml"
+TERRAFORM = ROOT / "deploy" / "terraform"
+
+PROJECT, LOCATION = "acme-prod", "europe-west1"
+BUCKET = f"{PROJECT}-spark-code"
+SHA = "feedfacecafebeef0000111122223333aaaabbbb"
+JOBS_INGEST = ["fetch-pools", "fetch-history", "fetch-market", "fetch-gas", "filter-pools", "load"]
+JOBS_MIDDLE = ["group-pools", "icebox", "snapshots"]
+JOBS_FINAL = ["rank", "allocate", "report", "notify", "cleanup", "audit"]
+
+
+# --- a fake of the Google APIs the pipeline calls ---
+
+
+class FakeGoogle:
+    def __init__(self, manifest: dict) -> None:
+        self.manifest = manifest
+        self.lock = threading.Lock()
+        self.log: list[tuple[str, str]] = []  # (method, path) in order
+        self.creates: list[dict] = []
+        self.batches: dict[str, dict] = {}
+        self.by_request_id: dict[str, dict] = {}
+        self.states: dict[str, list[tuple[str, str]]] = {}
+        self.default_states = [("PENDING", ""), ("RUNNING", ""), ("SUCCEEDED", "")]
+        self.faults: dict[str, list[int | str]] = defaultdict(list)
+        self.cancelled: list[str] = []
+        self.jobs_run: list[str] = []
+        self.failing_jobs: set[str] = set()
+
+    def handle(self, method: str, path: str, query: dict, body: dict | None):
+        with self.lock:
+            self.log.append((method, path))
+            m = re.fullmatch(r"/storage/v1/b/([^/]+)/o/([^/]+)", path)
+            if m and method == "GET":
+                assert query.get("alt") == ["media"]
+                assert m.group(1) == BUCKET and unquote(m.group(2)) == "latest/MANIFEST.json"
+                return 200, self.manifest
+            m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/batches", path)
+            if m and method == "POST":
+                return self._create(m.group(1), query, body)
+            m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/batches/[^/]+)", path)
+            if m and method == "GET":
+                return self._get(m.group(1))
+            m = re.fullmatch(r"/v1/(projects/[^/]+/regions/[^/]+/operations/[^/]+):cancel", path)
+            if m and method == "POST":
+                self.cancelled.append(m.group(1))
+                return 200, {}
+            m = re.fullmatch(r"/v2/projects/[^/]+/locations/[^/]+/jobs/([^/]+):run", path)
+            if m and method == "POST":
+                self.jobs_run.append(m.group(1))
+                if m.group(1) in self.failing_jobs:
+                    return 500, {"error": {"code": 500, "message": "execution failed"}}
+                return 200, {"name": f"{path}/executions/x", "succeededCount": 1}
+            return 404, {"error": {"code": 404, "message": f"no route {method} {path}"}}
+
+    def _create(self, parent: str, query: dict, body: dict):
+        batch_id = query["batchId"][0]
+        request_id = query.get("requestId", [""])[0]
+        self.creates.append(
+            {"parent": parent, "batchId": batch_id, "requestId": request_id, "body": body}
+        )
+        fault = self.faults["create"].pop(0) if self.faults["create"] else None
+        if isinstance(fault, int):
+            return fault, {"error": {"code": fault, "message": f"injected {fault}"}}
+        if request_id in self.by_request_id:
+            return 200, self.by_request_id[request_id]
+        name = f"{parent}/batches/{batch_id}"
+        if name in self.batches:
+            return 409, {"error": {"code": 409, "message": f"{name} already exists"}}
+        op_name = f"projects/{PROJECT}/regions/{LOCATION}/operations/{uuid.uuid4()}"
+        self.batches[name] = {"name": name, "operation": op_name, "state": "PENDING", **body}
+        op = {"name": op_name, "metadata": {"batch": name}, "done": False}
+        self.by_request_id[request_id] = op
+        if fault == "lost-reply":  # created, but the caller sees a 503
+            return 503, {"error": {"code": 503, "message": "connection reset"}}
+        return 200, op
+
+    def _get(self, name: str):
+        fault = self.faults["get"].pop(0) if self.faults["get"] else None
+        if isinstance(fault, int):
+            return fault, {"error": {"code": fault, "message": f"injected {fault}"}}
+        if name not in self.batches:
+            return 404, {"error": {"code": 404, "message": f"{name} not found"}}
+        script = self.states.setdefault(name, list(self.default_states))
+        state, message = script.pop(0) if len(script) > 1 else script[0]
+        batch = self.batches[name]
+        batch.update(state=state, runtimeInfo={"outputUri": f"gs://{PROJECT}-spark-staging/o/1"})
+        if message:
+            batch["stateMessage"] = message
+        return 200, batch
+
+
+def _serve(fake: FakeGoogle) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def _do(self):
+            url = urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            status, payload = fake.handle(self.command, url.path, parse_qs(url.query), body)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _do  # noqa: N815
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    ).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+# The connectors the pipeline uses: REST method, path template, query parameters (from the APIs'
+# discovery documents: dataproc v1, run v2, storage v1).
+ROUTES = {
+    "googleapis.storage.v1.objects.get": ("GET", "/storage/v1/b/{bucket}/o/{object}", ("alt",)),
+    "googleapis.dataproc.v1.projects.locations.batches.create": (
+        "POST",
+        "/v1/{parent}/batches",
+        ("batchId", "requestId"),
+    ),
+    "googleapis.dataproc.v1.projects.locations.batches.get": ("GET", "/v1/{name}", ()),
+    "googleapis.dataproc.v1.projects.locations.operations.cancel": (
+        "POST",
+        "/v1/{name}:cancel",
+        (),
+    ),
+    "googleapis.run.v2.projects.locations.jobs.run": ("POST", "/v2/{name}:run", ()),
+}
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    wf_main = pytest.importorskip("workflows_emulator.main")
+    from workflows_emulator.lib import http_utils, sys_utils
+
+    state = {"now": 1_000_000.0, "connector_calls": []}
+
+    def connector(rendered_step):
+        call = rendered_step["call"]
+        args = dict(rendered_step.get("args") or {})
+        params = args.pop("connector_params", {})
+        method, template, query_keys = ROUTES[call]
+        state["connector_calls"].append((call, copy.deepcopy(args), params))
+        path = template.format(
+            **{
+                k: quote(str(v), safe="" if k == "object" else "/")
+                for k, v in args.items()
+                if isinstance(v, str | int)
+            }
+        )
+        query = {k: args[k] for k in query_keys if k in args}
+        return http_utils.request(method, state["base"] + path, body=args.get("body"), query=query)[
+            "body"
+        ]
+
+    monkeypatch.setattr(wf_main.StepCall, "execute_connector", staticmethod(connector))
+    monkeypatch.setattr(sys_utils, "now", lambda: state["now"])
+    monkeypatch.setattr(
+        sys_utils, "sleep", lambda seconds: state.__setitem__("now", state["now"] + seconds)
+    )
+    monkeypatch.setattr(wf_main, "sleep", lambda _s: None)  # retry backoff
+    env = {
+        "GOOGLE_CLOUD_PROJECT_ID": PROJECT,
+        "GOOGLE_CLOUD_LOCATION": LOCATION,
+        "GOOGLE_CLOUD_WORKFLOW_EXECUTION_ID": str(uuid.uuid4()),
+        "CODE_BUCKET": BUCKET,
+        "STAGING_BUCKET": f"{PROJECT}-spark-staging",
+        "DATAPROC_SERVICE_ACCOUNT": f"dataproc-spark-sa@{PROJECT}.iam.gserviceaccount.com",
+        "DATAPROC_SUBNETWORK": f"projects/{PROJECT}/regions/{LOCATION}/subnetworks/dataproc-subnet",
+        "BATCH_TIMEOUT_SECONDS": "10800",
+        "CLOUD_RUN_JOBS_INGEST": ",".join(JOBS_INGEST),
+        "CLOUD_RUN_JOBS_MIDDLE": ",".join(JOBS_MIDDLE),
+        "CLOUD_RUN_JOBS_FINAL": ",".join(JOBS_FINAL),
+        "DB_HOST": "10.20.0.3",
+        "DB_PORT": "5432",
+        "DB_NAME": "defiyieldopt_db",
+        "DB_USER": "defiyieldopt_user",
+        "DB_PASSWORD_SECRET": f"projects/{PROJECT}/secrets/poolcast-db-password/versions/latest",
+        "TRAIN_DAYS": "60",
+        "SEED": "42",
+        "SHUFFLE_PARTITIONS": "8",
+        "FORECAST_EXECUTORS": "2",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("DB_PASSWORD", "DB_SSLMODE", "PGSSLMODE", "PROJECT_ID", "REGION"):
+        monkeypatch.delenv(key, raising=False)
+    state["env"] = env
+    return wf_main, state
+
+
+def _manifest_files():
+    from poolcast.deploy.gcs import Manifest, ManifestFile
+
+    return Manifest(
+        version=SHA,
+        bucket=BUCKET,
+        created="2026-11-26T09:00:00Z",
+        package_version="0.1.0",
+        files=[
+            ManifestFile("jobs/metrics_job.py", "main:metrics", "a", 1),
+            ManifestFile("jobs/forecast_job.py", "main:forecast", "b", 1),
+            ManifestFile("poolcast-0.1.0.zip", "python", "c", 1),
+            ManifestFile("jars/synapseml-lightgbm_2.12-1.1.3.jar", "jar", "d", 1),
+            ManifestFile("jars/postgresql-42.7.4.jar", "jar", "e", 1),
+            ManifestFile("pydeps.zip", "archive", "f", 1),
+        ],
+    )
+
+
+@pytest.fixture
+def google(emulator):
+    fake = FakeGoogle(json.loads(_manifest_files().to_json()))
+    server, base = _serve(fake)
+    emulator[1]["base"] = base
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def _run(emulator, args=None):
+    wf_main, _state = emulator
+    config = wf_main.load_workflow(str(WORKFLOW))  # validates against the shipped schema
+    return wf_main.execute_workflow(config, {"args": args or {}})
+
+
+def _metrics_name(emulator):
+    execution = emulator[1]["env"]["GOOGLE_CLOUD_WORKFLOW_EXECUTION_ID"]
+    return f"projects/{PROJECT}/locations/{LOCATION}/batches/poolcast-metrics-{execution}"
+
+
+def _forecast_name(emulator):
+    return _metrics_name(emulator).replace("poolcast-metrics-", "poolcast-forecast-")
+
+
+# --- schema ---
+
+
+def test_workflow_validates_against_the_workflows_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    wf_main = pytest.importorskip("workflows_emulator.main")
+    import yaml
+
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    jsonschema.validate(doc, wf_main.WORKFLOW_SCHEMA)
+    assert set(doc) == {"main", "run_dataproc_batch", "run_cloud_run_job", "transient_error"}
+    assert len(doc["run_dataproc_batch"]["params"]) <= 10
+
+
+# --- the pipeline, run ---
+
+
+def test_pipeline_runs_steps_in_order_and_batches_succeed(emulator, google):
+    result = _run(emulator)
+    assert result["code_version"] == SHA
+    assert result["metrics_batch"] == _metrics_name(emulator)
+    assert result["forecast_batch"] == _forecast_name(emulator)
+    assert google.jobs_run == JOBS_INGEST + JOBS_MIDDLE + JOBS_FINAL
+    # order: 6 ingest jobs, metrics batch, 3 jobs, forecast batch, 6 jobs
+    seq = [
+        "job"
+        if p.endswith(":run")
+        else "create"
+        if m == "POST" and p.endswith("/batches")
+        else None
+        for m, p in google.log
+    ]
+    seq = [s for s in seq if s]
+    assert seq == ["job"] * 6 + ["create"] + ["job"] * 3 + ["create"] + ["job"] * 6
+
+    calls = emulator[1]["connector_calls"]
+    creates = [c for c in calls if c[0].endswith("batches.create")]
+    gets = [c for c in calls if c[0].endswith("batches.get")]
+    assert all(params == {"skip_polling": True} for _, _, params in creates)
+    # batches.get is called with the batch name, never the operation name
+    assert {args["name"] for _, args, _ in gets} == {
+        _metrics_name(emulator),
+        _forecast_name(emulator),
+    }
+    for create in google.creates:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]{2,61}[a-z0-9]", create["batchId"])
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", create["requestId"])
+    assert google.creates[0]["requestId"] != google.creates[1]["requestId"]
+
+
+def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
+    """The workflow and `poolcast submit` send the same batch (one source of truth, tested)."""
+    from poolcast.deploy import dataproc
+    from poolcast.settings import load_settings
+
+    _run(emulator)
+    settings = load_settings()
+    settings.gcp.project_id, settings.gcp.region = PROJECT, LOCATION
+    settings.gcp.db_password_secret = emulator[1]["env"]["DB_PASSWORD_SECRET"]
+    manifest = _manifest_files()
+    for create, kind in zip(google.creates, ("metrics", "forecast"), strict=True):
+        body = create["body"]
+        expected = dataproc.build_batch(settings, kind, manifest)
+        py = type(expected).to_dict(expected, preserving_proto_field_name=False)
+        assert body["runtimeConfig"]["properties"] == py["runtimeConfig"]["properties"]
+        assert body["runtimeConfig"]["version"] == "1.2"
+        assert body["pysparkBatch"]["mainPythonFileUri"] == manifest.main_uri(kind)
+        for key in ("pythonFileUris", "jarFileUris", "archiveUris"):
+            assert body["pysparkBatch"][key] == py["pysparkBatch"][key], key
+        execution = body["environmentConfig"]["executionConfig"]
+        for key in ("serviceAccount", "subnetworkUri", "stagingBucket"):
+            assert execution[key] == py["environmentConfig"]["executionConfig"][key], key
+        assert execution["ttl"] == "10800s"
+        assert 'PASSWORD"' not in json.dumps(body) and "DB_PASSWORD_SECRET" in json.dumps(body)
+    forecast = google.creates[1]["body"]["runtimeConfig"]["properties"]
+    assert forecast["spark.dynamicAllocation.enabled"] == "false"
+    assert forecast["spark.executor.instances"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("final", "message"),
+    [("FAILED", "Job failed with message [Py4JJavaError: boom]"), ("CANCELLED", "")],
+)
+def test_metrics_batch_ending_badly_stops_the_pipeline(emulator, google, final, message):
+    from workflows_emulator.utils import WorkflowError
+
+    google.states[_metrics_name(emulator)] = [("PENDING", ""), ("RUNNING", ""), (final, message)]
+    with pytest.raises(WorkflowError) as info:
+        _run(emulator)
+    payload = info.value.payload
+    assert payload["state"] == final and payload["step"] == 7
+    assert payload["batch"] == _metrics_name(emulator)
+    text = payload["message"]
+    assert f"ended {final}" in text and (message or "no state message") in text
+    assert f"gs://{PROJECT}-spark-staging/o/1" in text and "resource.labels.batch_id=" in text
+    assert google.jobs_run == JOBS_INGEST  # nothing after step 7 ran
+    assert len(google.creates) == 1 and not google.cancelled
+
+
+def test_forecast_batch_failure_names_step_11(emulator, google):
+    from workflows_emulator.utils import WorkflowError
+
+    google.states[_forecast_name(emulator)] = [("RUNNING", ""), ("FAILED", "OOM")]
+    with pytest.raises(WorkflowError) as info:
+        _run(emulator)
+    assert info.value.payload["step"] == 11 and "OOM" in info.value.payload["message"]
+    assert google.jobs_run == JOBS_INGEST + JOBS_MIDDLE
+
+
+def test_batch_wait_is_bounded_and_cancels_at_the_deadline(emulator, google, monkeypatch):
+    from workflows_emulator.utils import WorkflowError
+
+    monkeypatch.setenv("BATCH_TIMEOUT_SECONDS", "300")
+    google.states[_metrics_name(emulator)] = [("PENDING", ""), ("RUNNING", "")]
+    with pytest.raises(WorkflowError) as info:
+        _run(emulator)
+    assert "still RUNNING after 300 s" in info.value.payload["message"]
+    batch = google.batches[_metrics_name(emulator)]
+    assert google.cancelled == [batch["operation"]]
+    gets = [p for m, p in google.log if m == "GET" and "/batches/" in p]
+    assert len(gets) == 10  # one poll each 30 s until t >= 300
+    assert google.creates[0]["body"]["environmentConfig"]["executionConfig"]["ttl"] == "300s"
+
+
+def test_transient_errors_are_retried_and_a_lost_reply_starts_one_batch(emulator, google):
+    google.faults["create"] = ["lost-reply"]
+    google.faults["get"] = [503, 429]
+    result = _run(emulator)
+    assert result["metrics_batch"] == _metrics_name(emulator)
+    metrics_creates = [c for c in google.creates if "-metrics-" in c["batchId"]]
+    assert len(metrics_creates) == 2
+    assert len({c["requestId"] for c in metrics_creates}) == 1  # same request on retry
+    assert len(google.batches) == 2  # one metrics batch, one forecast batch
+
+
+def test_create_conflict_from_an_earlier_attempt_waits_for_that_batch(emulator, google):
+    google.faults["create"] = [409]
+    name = _metrics_name(emulator)
+    google.batches[name] = {"name": name, "operation": "op", "state": "RUNNING"}
+    result = _run(emulator)
+    assert result["metrics_batch"] == name
+
+
+def test_create_rejected_is_a_clear_error(emulator, google):
+    from workflows_emulator.utils import WorkflowError
+
+    google.faults["create"] = [400]
+    with pytest.raises(WorkflowError) as info:
+        _run(emulator)
+    assert "could not create Dataproc batch" in info.value.payload["message"]
+    assert len(google.creates) == 1  # a 400 is not retried
+
+
+def test_cloud_run_job_failure_stops_the_pipeline(emulator, google):
+    from workflows_emulator.utils import WorkflowError
+
+    google.failing_jobs = {"icebox"}
+    with pytest.raises(WorkflowError) as info:
+        _run(emulator)
+    assert info.value.payload["step"] == 9 and info.value.payload["job"] == "icebox"
+    assert len(google.creates) == 1  # forecast never started
+
+
+# --- cloudbuild.yaml ---
+
+
+def test_cloudbuild_validates_against_the_cloud_build_schema():
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    if not Path(exe).exists():
+        pytest.skip("check-jsonschema is not installed (pip install '.[test]')")
+    proc = subprocess.run(
+        [exe, "--builtin-schema", "vendor.cloudbuild", str(CLOUDBUILD)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cloudbuild_uploads_a_versioned_build_and_moves_latest():
+    import yaml
+
+    doc = yaml.safe_load(CLOUDBUILD.read_text())
+    scripts = "\n".join(
+        " ".join(step.get("args", [])) + step.get("script", "") for step in doc["steps"]
+    )
+    assert "poolcast.deploy upload" in scripts and "--version" in scripts
+    assert "$COMMIT_SHA" in scripts or "${COMMIT_SHA}" in scripts
+    assert "pytest" in scripts  # tests gate the upload
+    ids = [step.get("id") for step in doc["steps"]]
+    upload = ids.index("upload-spark-code")
+    assert ids.index("test") < upload
