@@ -104,6 +104,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS pools_active_idx ON pools (is_active)",
         ),
     ),
+    Migration(
+        2,
+        "pipeline_runs: one row per stage run (poolcast.observe)",
+        (
+            """CREATE TABLE IF NOT EXISTS pipeline_runs (
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    version TEXT NOT NULL,
+    parameters {json},
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    seconds DOUBLE PRECISION,
+    rows_read BIGINT,
+    rows_written BIGINT,
+    status TEXT NOT NULL,
+    error TEXT,
+    details {json},
+    host TEXT,
+    pid INTEGER,
+    PRIMARY KEY (run_id, stage)
+)""",
+            "CREATE INDEX IF NOT EXISTS pipeline_runs_started_idx ON pipeline_runs (started_at)",
+        ),
+    ),
 )
 
 
