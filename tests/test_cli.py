@@ -1,0 +1,54 @@
+"""The command line a user types, on the embedded store and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import fresh_pg_schema_url
+from poolcast.cli import app
+
+runner = CliRunner()
+
+
+def _ok(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _demo(store: str, sample_dir: Path, models: Path) -> list[dict]:
+    _ok("db", "init", "--store", store)
+    _ok("ingest", "--store", store, str(sample_dir))
+    out = _ok("run", "--store", store)
+    assert "forecasts=99" in out
+    rows = _ok(
+        "sql", "--store", store, "--format", "json",
+        "SELECT pool_id, date, forecasted_apy FROM pool_daily_metrics "
+        "WHERE forecasted_apy IS NOT NULL ORDER BY pool_id",
+    )
+    return json.loads(rows)
+
+
+def test_same_forecasts_on_both_stores(
+    tmp_path: Path, sample_dir: Path, pg_url: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("POOLCAST_MODEL_DIR", str(tmp_path / "models"))
+    embedded = _demo(str(tmp_path / "p.duckdb"), sample_dir, tmp_path)
+    postgres = _demo(fresh_pg_schema_url(pg_url), sample_dir, tmp_path)
+    assert len(embedded) == 99
+    assert embedded == postgres  # same data, same seed: the same numbers to the last bit
+
+
+def test_store_from_environment_and_clear_errors(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("POOLCAST_STORE", str(tmp_path / "env.duckdb"))
+    assert "applied migrations [" in _ok("db", "init")
+    result = runner.invoke(app, ["metrics"])
+    assert result.exit_code == 1
+    assert "run `poolcast ingest PATH` first" in result.output
+    result = runner.invoke(app, ["sql", "DELETE FROM pools"])
+    assert result.exit_code == 1
+    result = runner.invoke(app, ["metrics", "--store", "mysql://x"])
+    assert result.exit_code != 0
