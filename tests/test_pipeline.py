@@ -26,11 +26,14 @@ def test_run_gives_one_row_per_pool_day_and_a_forecast_per_active_pool(
     assert counts["n"] == counts["keys"] == result.rows_written == result.details["rows"]
     assert counts["pools"] == 99
     # rolling metrics are filled wherever the window holds a value
-    assert _one(
-        sample_store,
-        "SELECT count(*) AS n FROM pool_daily_metrics "
-        "WHERE actual_apy IS NOT NULL AND rolling_apy_7d IS NULL",
-    )["n"] == 0
+    assert (
+        _one(
+            sample_store,
+            "SELECT count(*) AS n FROM pool_daily_metrics "
+            "WHERE actual_apy IS NOT NULL AND rolling_apy_7d IS NULL",
+        )["n"]
+        == 0
+    )
 
     forecast = forecast_stage(sample_store, settings)
     assert forecast.details["forecasts"] == 99
@@ -55,9 +58,7 @@ def test_metrics_rerun_keeps_forecasts_and_changes_nothing(
 ) -> None:
     metrics_stage(sample_store, settings)
     forecast_stage(sample_store, settings)
-    before = sample_store.fetch_arrow(
-        "SELECT * FROM pool_daily_metrics ORDER BY pool_id, date"
-    )
+    before = sample_store.fetch_arrow("SELECT * FROM pool_daily_metrics ORDER BY pool_id, date")
     assert metrics_stage(sample_store, settings).rows_written == 0
     assert forecast_stage(sample_store, settings).rows_written == 0
     after = sample_store.fetch_arrow("SELECT * FROM pool_daily_metrics ORDER BY pool_id, date")

@@ -80,7 +80,11 @@ def training_rows(panel: pa.Table, train_days: int, horizon: int = 1) -> pa.Tabl
         pc.greater(pc.cast(joined.column("date"), pa.timestamp("s")), start),
         pc.and_(pc.is_valid(joined.column(target)), pc.is_valid(joined.column("actual_apy"))),
     )
-    return joined.filter(mask).drop_columns(["date_max"]).sort_by([("pool_id", "ascending"), ("date", "ascending")])
+    return (
+        joined.filter(mask)
+        .drop_columns(["date_max"])
+        .sort_by([("pool_id", "ascending"), ("date", "ascending")])
+    )
 
 
 def latest_rows(panel: pa.Table) -> pa.Table:
@@ -141,7 +145,9 @@ class Forecaster:
         if spec.target == "change":
             y = y - rows.column("actual_apy").to_numpy(zero_copy_only=False)
         dataset = lgb.Dataset(
-            _matrix(rows, spec.features), label=y, feature_name=list(spec.features),
+            _matrix(rows, spec.features),
+            label=y,
+            feature_name=list(spec.features),
             free_raw_data=True,
         )
         params = self.lgb_params()
@@ -153,7 +159,10 @@ class Forecaster:
         self.booster_ = lgb.train(params, dataset, num_boost_round=rounds)
         self.features_ = spec.features
         self.n_train_ = rows.num_rows
-        self.train_window_ = (min(rows.column("date").to_pylist()), max(rows.column("date").to_pylist()))
+        self.train_window_ = (
+            min(rows.column("date").to_pylist()),
+            max(rows.column("date").to_pylist()),
+        )
         self.fingerprint_ = _fingerprint(rows, spec.features, f"target_h{self.horizon}")
         return self
 

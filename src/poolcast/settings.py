@@ -69,7 +69,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("db_sslmode", "DB_SSLMODE", "PGSSLMODE")
     )
 
-    engine: Engine = Field(default="local", validation_alias=AliasChoices("engine", "POOLCAST_ENGINE"))
+    engine: Engine = Field(
+        default="local", validation_alias=AliasChoices("engine", "POOLCAST_ENGINE")
+    )
     lookback_days: int = Field(
         default=365, ge=1, validation_alias=AliasChoices("lookback_days", "LOOKBACK_DAYS")
     )
@@ -97,7 +99,7 @@ class Settings(BaseSettings):
         return value.strip() if value else None
 
     def store_url(self) -> str:
-        """The store to open: ``--store``/``POOLCAST_STORE``, else ``DB_HOST``, else the embedded file."""
+        """The store to open: `--store`/`POOLCAST_STORE`, else `DB_HOST`, else the embedded file."""
         if self.store:
             return self.store
         if self.db_host:
@@ -105,7 +107,9 @@ class Settings(BaseSettings):
             auth = quote(self.db_user, safe="")
             if password:
                 auth += ":" + quote(password, safe="")
-            url = f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+            url = (
+                f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+            )
             if self.db_sslmode:
                 url += f"?sslmode={quote(self.db_sslmode, safe='')}"
             return url

@@ -147,6 +147,8 @@ def compute_features(metrics: pa.Table, *, horizons: Sequence[int] = (1,)) -> pa
             for h in horizons
         )
         sql = layered_select("metrics", FEATURES, set(metrics.column_names))
-        return con.sql(f"SELECT *, {targets} FROM ({sql}) AS f ORDER BY pool_id, date").to_arrow_table()
+        return con.sql(
+            f"SELECT *, {targets} FROM ({sql}) AS f ORDER BY pool_id, date"
+        ).to_arrow_table()
     finally:
         con.close()

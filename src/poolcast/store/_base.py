@@ -173,8 +173,13 @@ class Store(ABC):
         with self.transaction():
             self._stage(stage, data)
             count = self.merge_from(
-                target, stage, data.column_names, key,
-                update=update, on_conflict=on_conflict, casts=casts,
+                target,
+                stage,
+                data.column_names,
+                key,
+                update=update,
+                on_conflict=on_conflict,
+                casts=casts,
             )
             self._drop_stage(stage)
         return count
@@ -194,13 +199,15 @@ class Store(ABC):
     ) -> int:
         """``INSERT INTO target SELECT columns FROM source [WHERE where] ON CONFLICT ...``.
 
-        ``where`` is SQL written by poolcast with ``$n`` placeholders for ``params``, never user text.
+        ``where`` is SQL written by poolcast with ``$n`` placeholders for ``params``, not user text.
         """
         target, source = ident(target), ident(source)
         columns = [ident(c) for c in columns]
         key = [ident(k) for k in key]
         casts = casts or {}
-        update_cols = [ident(c) for c in (update if update is not None else columns) if c not in key]
+        update_cols = [
+            ident(c) for c in (update if update is not None else columns) if c not in key
+        ]
         select = ", ".join(
             f"CAST(s.{c} AS {casts[c]})" if c in casts else f"s.{c}" for c in columns
         )
@@ -213,7 +220,9 @@ class Store(ABC):
             sql += f" ON CONFLICT ({', '.join(key)}) DO NOTHING"
         else:
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update_cols)
-            changed = " OR ".join(f"{target}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in update_cols)
+            changed = " OR ".join(
+                f"{target}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in update_cols
+            )
             sql += f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets} WHERE {changed}"
         with self.transaction():
             return self.execute(sql, params)

@@ -1,4 +1,4 @@
-"""PostgreSQL, the store of record: Arrow in and out through ADBC (binary COPY), never row by row."""
+"""PostgreSQL, the store of record: Arrow in and out through ADBC (binary COPY), not row by row."""
 
 from __future__ import annotations
 
