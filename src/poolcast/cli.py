@@ -139,15 +139,18 @@ def _print_results(results: list[Any]) -> None:
 
 
 def _run_stages(stages: list[str], settings: Settings) -> None:
-    from poolcast.pipeline import forecast_stage, metrics_stage
+    from poolcast.observe import observed_stage, setup_logging
+    from poolcast.pipeline import forecast_stage, metrics_stage, new_run_id
     from poolcast.store import StoreError
 
+    setup_logging()
+    run_id = new_run_id()  # one id for the stages of one invocation: pipeline_runs (run_id, stage)
     results = []
     try:
         with _open(settings) as s:
             for stage in stages:
                 fn = metrics_stage if stage == "metrics" else forecast_stage
-                results.append(fn(s, settings))
+                results.append(observed_stage(s, stage, settings, fn, run_id=run_id))
     except (StoreError, ValueError) as exc:
         _print_results(results)
         _fail(str(exc))
