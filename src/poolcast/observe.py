@@ -1,0 +1,405 @@
+"""Run records, structured logs, terminal progress and Cloud Monitoring metrics for each stage.
+
+Observing a run must never change its outcome: a run record or a metric that cannot be written is
+logged, and the stage's own result (or its exception) goes on unchanged. A failed stage is recorded
+after its own transaction has rolled back, so the record survives the rollback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from poolcast import __version__
+
+if TYPE_CHECKING:
+    from poolcast.pipeline import StageResult
+    from poolcast.settings import Settings
+    from poolcast.store import Store
+
+log = logging.getLogger("poolcast")
+
+RUNS_TABLE = "pipeline_runs"
+RUN_KEY = ("run_id", "stage")
+# The plan's custom metrics (Task 5.1), one time series each per stage, engine and status.
+METRIC_PREFIX = "custom.googleapis.com/dataproc/"
+MONITORING_TIMEOUT_S = 10.0
+
+_RUN_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("engine", pa.string()),
+        ("version", pa.string()),
+        ("parameters", pa.string()),
+        ("started_at", pa.timestamp("us")),
+        ("finished_at", pa.timestamp("us")),
+        ("seconds", pa.float64()),
+        ("rows_read", pa.int64()),
+        ("rows_written", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("details", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.int32()),
+    ]
+)
+_JSON_COLUMNS = ("parameters", "details")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@\s]*@")
+
+
+# -- structured logging ------------------------------------------------------------------------
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log collectors (Cloud Logging included) parse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _iso(dt.datetime.fromtimestamp(record.created, dt.UTC)),
+            "severity": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, sort_keys=False)
+
+
+class _TextFormatter(logging.Formatter):
+    """Short lines for a person at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return f"{record.levelname.lower()}: {record.getMessage()} {extra}".rstrip()
+
+
+def setup_logging(stream: IO[str] | None = None, fmt: str | None = None) -> None:
+    """Send poolcast's logs to ``stream`` (stderr): JSON lines unless it is a terminal.
+
+    ``fmt`` or ``POOLCAST_LOG_FORMAT`` (``json``/``text``) overrides the choice. Idempotent: a
+    second call replaces the handler, so repeated CLI invocations in one process do not stack.
+    """
+    stream = stream or sys.stderr
+    fmt = fmt or os.environ.get("POOLCAST_LOG_FORMAT") or ("text" if _isatty(stream) else "json")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.set_name("poolcast")
+    for old in [h for h in log.handlers if h.get_name() == "poolcast"]:
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(os.environ.get("POOLCAST_LOG_LEVEL", "INFO").upper())
+    log.propagate = False
+
+
+def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``name`` with structured ``fields`` (keys become JSON keys)."""
+    log.log(level, name, extra={"fields": fields})
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- progress on a terminal only ---------------------------------------------------------------
+class Progress:
+    """A one-line progress display on a terminal; silent otherwise (the logs say start and end)."""
+
+    def __init__(self, label: str, total: int | None = None, stream: IO[str] | None = None) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.stream = stream or sys.stderr
+        self.enabled = _isatty(self.stream) and os.environ.get("POOLCAST_PROGRESS", "1") != "0"
+        self._started = time.monotonic()
+        self._shown = 0.0
+        self._draw(force=True)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self._draw()
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._shown < 0.1 and self.done != self.total:
+            return
+        self._shown = now
+        elapsed = now - self._started
+        if self.total:
+            width = 30
+            filled = int(width * min(self.done, self.total) / self.total)
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+        else:
+            bar = "running"
+        self.stream.write(f"\r\x1b[2K{self.label} {bar} {elapsed:5.1f} s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+@contextmanager
+def progress(label: str, total: int | None = None) -> Iterator[Progress]:
+    bar = Progress(label, total)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+# -- run records ----------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """One row of ``pipeline_runs``: a stage run, from start to success or failure."""
+
+    run_id: str
+    stage: str
+    engine: str
+    parameters: dict[str, Any]
+    started_at: dt.datetime
+    version: str = __version__
+    finished_at: dt.datetime | None = None
+    seconds: float | None = None
+    rows_read: int | None = None
+    rows_written: int | None = None
+    status: str = "running"
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in _JSON_COLUMNS:
+            out[name] = json.dumps(out[name], default=str, sort_keys=True)
+        return out
+
+
+def run_parameters(settings: Settings, safe_store_url: str) -> dict[str, Any]:
+    """The settings that decide a stage's result (never a password)."""
+    return {
+        "store": safe_store_url,
+        "engine": settings.engine,
+        "as_of": settings.as_of.isoformat() if settings.as_of else None,
+        "lookback_days": settings.lookback_days,
+        "train_days": settings.train_days,
+        "seed": settings.seed,
+        "model_dir": settings.model_dir,
+    }
+
+
+def scrub(text: str, settings: Settings | None = None) -> str:
+    """Mask passwords in URLs and the configured DB password: error text goes to logs and tables."""
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    secret = settings.db_password.get_secret_value() if settings and settings.db_password else ""
+    return text.replace(secret, "***") if secret else text
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def write_record(store: Store, record: RunRecord) -> None:
+    """Upsert one run record in its own transaction."""
+    json_type = "JSONB" if store.dialect == "postgres" else "JSON"
+    data = pa.Table.from_pylist([record.row()], schema=_RUN_SCHEMA)
+    store.merge(RUNS_TABLE, data, RUN_KEY, casts=dict.fromkeys(_JSON_COLUMNS, json_type))
+
+
+def _write_safely(store: Store, record: RunRecord) -> bool:
+    """Write the record on ``store``; after a failure (an aborted transaction, a dropped
+    connection) on a fresh connection; if that fails too, the log line keeps the record."""
+    from poolcast.store import open_store
+
+    try:
+        write_record(store, record)
+        return True
+    except Exception as first:  # noqa: BLE001 - observing must not fail the run
+        store._rollback_quietly()
+        try:
+            with open_store(store.url) as fresh:
+                write_record(fresh, record)
+            return True
+        except Exception as second:  # noqa: BLE001
+            event(
+                "run_record.lost",
+                logging.WARNING,
+                error=scrub(f"{type(first).__name__}: {first}; then {second}").splitlines()[0],
+                record=record.row(),
+            )
+            return False
+
+
+def observed_stage(
+    store: Store,
+    stage: str,
+    settings: Settings,
+    fn: Callable[[Store, Settings], StageResult],
+    *,
+    run_id: str,
+    metric_client: Any = None,
+) -> StageResult:
+    """Run ``fn`` with a ``pipeline_runs`` row (``running``, then ``succeeded``/``failed``),
+    structured log lines and, where a GCP project is configured, Cloud Monitoring metrics."""
+    record = RunRecord(
+        run_id=run_id,
+        stage=stage,
+        engine=settings.engine,
+        parameters=run_parameters(settings, store.safe_url()),
+        started_at=_utcnow(),
+    )
+    _write_safely(store, record)
+    event("stage.started", run_id=run_id, stage=stage, engine=settings.engine)
+    started = time.perf_counter()
+    try:
+        with progress(stage):
+            result = fn(store, settings)
+    except BaseException as exc:
+        record.status = "failed"
+        record.error = scrub(f"{type(exc).__name__}: {exc}", settings)[:4000]
+        record.finished_at = _utcnow()
+        record.seconds = time.perf_counter() - started
+        _write_safely(store, record)
+        event(
+            "stage.failed", logging.ERROR, run_id=run_id, stage=stage, engine=settings.engine,
+            seconds=round(record.seconds, 3), error=record.error,
+        )
+        send_metrics(record, settings.gcp.project_id, metric_client)
+        raise
+    record.status = "succeeded"
+    record.engine = result.engine
+    record.finished_at = _utcnow()
+    record.seconds = result.seconds or time.perf_counter() - started
+    record.rows_read, record.rows_written = result.rows_read, result.rows_written
+    record.details = dict(result.details)
+    if result.run_id != run_id:
+        record.details["stage_run_id"] = result.run_id
+    _write_safely(store, record)
+    event(
+        "stage.succeeded", run_id=run_id, stage=stage, engine=result.engine,
+        seconds=round(record.seconds, 3), rows_read=result.rows_read,
+        rows_written=result.rows_written, **result.details,
+    )
+    send_metrics(record, settings.gcp.project_id, metric_client)
+    return result
+
+
+_RUNS_SQL = f"""
+SELECT run_id, stage, engine, version, CAST(parameters AS TEXT) AS parameters, started_at,
+       finished_at, seconds, rows_read, rows_written, status, error,
+       CAST(details AS TEXT) AS details, host, pid
+FROM {RUNS_TABLE}
+"""  # noqa: S608 - constant table name
+
+
+def recent_runs(
+    store: Store, limit: int = 20, *, stage: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The latest run records, newest first, with JSON columns decoded."""
+    where, params = [], []
+    for column, value in (("stage", stage), ("status", status)):
+        if value is not None:
+            params.append(value)
+            where.append(f"{column} = ${len(params)}")
+    sql = _RUNS_SQL + (f" WHERE {' AND '.join(where)}" if where else "")
+    params.append(int(limit))
+    sql += f" ORDER BY started_at DESC, stage DESC LIMIT ${len(params)}"
+    rows = store.fetch_arrow(sql, params).to_pylist()
+    for row in rows:
+        for name in _JSON_COLUMNS:
+            row[name] = json.loads(row[name]) if row[name] else {}
+        if row["status"] == "running" and _dead(row["host"], row["pid"]):
+            row["status"] = "died"  # its process is gone: killed before it could record the end
+    return rows
+
+
+def _dead(host: str | None, pid: int | None) -> bool:
+    if host != socket.gethostname() or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# -- Cloud Monitoring -----------------------------------------------------------------------------
+def _metric_client() -> Any:
+    from google.cloud import monitoring_v3
+
+    return monitoring_v3.MetricServiceClient()
+
+
+def time_series(record: RunRecord, project_id: str) -> list[Any]:
+    """The plan's job_duration and records_processed, plus job_status (1 succeeded, 0 failed)."""
+    from google.cloud import monitoring_v3
+
+    now = time.time()
+    end = {"seconds": int(now), "nanos": int((now - int(now)) * 1e9)}
+    labels = {"job_name": record.stage, "engine": record.engine, "status": record.status}
+    values: list[tuple[str, dict[str, Any]]] = [
+        ("job_duration", {"double_value": float(record.seconds or 0.0)}),
+        ("records_processed", {"int64_value": int(record.rows_read or 0)}),
+        ("records_written", {"int64_value": int(record.rows_written or 0)}),
+        ("job_status", {"int64_value": 1 if record.status == "succeeded" else 0}),
+    ]
+    series = []
+    for name, value in values:
+        ts = monitoring_v3.TimeSeries()
+        ts.metric.type = METRIC_PREFIX + name
+        ts.metric.labels.update(labels)
+        ts.resource.type = "global"
+        ts.resource.labels["project_id"] = project_id
+        ts.points = [monitoring_v3.Point({"interval": {"end_time": end}, "value": value})]
+        series.append(ts)
+    return series
+
+
+def send_metrics(record: RunRecord, project_id: str | None, client: Any = None) -> bool:
+    """Send the run's metrics when a project is configured; a failure is logged, never raised."""
+    if not project_id:
+        return False
+    try:
+        client = client or _metric_client()
+        client.create_time_series(
+            name=f"projects/{project_id}",
+            time_series=time_series(record, project_id),
+            timeout=MONITORING_TIMEOUT_S,
+            retry=None,
+        )
+    except Exception as exc:  # noqa: BLE001 - monitoring must never fail the pipeline
+        event(
+            "monitoring.failed", logging.WARNING, run_id=record.run_id, stage=record.stage,
+            project_id=project_id, error=_first_line(exc),
+        )
+        return False
+    event("monitoring.sent", logging.DEBUG, run_id=record.run_id, stage=record.stage)
+    return True
