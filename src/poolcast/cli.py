@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 import typer
 
+from poolcast.deploy.cli import deploy_app, submit_app
 from poolcast.settings import Engine, Settings, load_settings
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Create and manage the store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(submit_app, name="submit")
 
 StoreOpt = Annotated[
     str | None,
