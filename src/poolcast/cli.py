@@ -132,6 +132,38 @@ def ingest(
         typer.echo(f"  {report.quarantined} bad record(s) quarantined in ingest_quarantine")
 
 
+@app.command()
+def generate(
+    pools: Annotated[int, typer.Option("--pools", min=1, help="Number of synthetic pools")],
+    days: Annotated[int, typer.Option("--days", min=1, help="Days of history per pool")] = 365,
+    store: StoreOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same rows")] = 0,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option("--end", formats=["%Y-%m-%d"], help="Last day [default: 2025-06-05]"),
+    ] = None,
+) -> None:
+    """Write synthetic raw data shaped like the real sample (for benchmarks at scale)."""
+    import time
+
+    from poolcast.generate import DEFAULT_END
+    from poolcast.generate import generate as run_generate
+
+    settings = _settings(store=store)
+    started = time.perf_counter()
+    with _open(settings) as s:
+        s.init_schema()
+        report = run_generate(
+            s, pools, days, seed=seed, end=end.date() if end else DEFAULT_END
+        )
+    typer.echo(
+        f"generated {report.pools} pools x {report.days} days: {report.snapshots} snapshots "
+        f"into {s.safe_url()} in {time.perf_counter() - started:.1f} s"
+    )
+    for table, n in report.written.items():
+        typer.echo(f"  {table:<28} written {n:>9}")
+
+
 def _print_results(results: list[Any]) -> None:
     for r in results:
         extra = "  ".join(f"{k}={v}" for k, v in r.details.items())
