@@ -439,3 +439,64 @@ def test_ctrl_c_offers_to_cancel(fake, client, settings, monkeypatch):
         cli.run_and_report(client, name, timeout_s=60, poll_s=1)
     assert info.value.exit_code == 130
     assert asked and fake.cancelled == [fake.batches[name].operation]
+
+
+# --- the CLI ---
+
+
+@pytest.fixture
+def cli_env(fake, client, monkeypatch):
+    from poolcast.deploy import gcs
+
+    monkeypatch.setattr(dataproc, "make_client", lambda region: client)
+    monkeypatch.setattr(gcs, "make_client", lambda project: None)
+    monkeypatch.setattr(gcs, "latest", lambda _client, bucket: _manifest())
+    for var in ("GOOGLE_CLOUD_PROJECT", "REGION", "SPARK_ENVIRONMENT", "DB_PASSWORD_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PROJECT_ID", PROJECT)
+    monkeypatch.setenv("DB_PASSWORD", PASSWORD)
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from poolcast.deploy import cli
+
+    return CliRunner().invoke(cli.submit_app, list(args))
+
+
+def test_cli_submit_forecast_waits_and_exits_0_on_success(fake, cli_env):
+    res = _invoke(
+        "forecast",
+        "--region",
+        REGION,
+        "--poll",
+        "0",
+        "--executor-instances",
+        "5",
+        "--db-password-secret",
+        "poolcast-db-password",
+    )
+    assert res.exit_code == 0, res.output
+    assert "RUNNING" in res.output and "SUCCEEDED after" in res.output
+    assert PASSWORD not in res.output
+    props = dict(fake.create_requests[0].batch.runtime_config.properties)
+    assert props["spark.executor.instances"] == "5"
+    assert props["spark.dynamicAllocation.enabled"] == "false"
+    assert fake.create_requests[0].parent == f"projects/{PROJECT}/locations/{REGION}"
+
+
+def test_cli_submit_exits_1_with_the_state_message_on_failure(fake, cli_env):
+    fake.default_states = [(State.RUNNING, ""), (State.FAILED, "Job failed: no pools")]
+    res = _invoke("metrics", "--region", REGION, "--poll", "0")
+    assert res.exit_code == 1
+    assert "ended FAILED: Job failed: no pools" in res.output
+    assert "resource.labels.batch_id" in res.output
+
+
+def test_cli_submit_without_password_secret_warns_and_never_sends_the_password(fake, cli_env):
+    res = _invoke("metrics", "--region", REGION, "--no-wait")
+    assert res.exit_code == 0, res.output
+    assert "never sent to a batch" in res.output
+    raw = dataproc_v1.CreateBatchRequest.serialize(fake.create_requests[0])
+    assert PASSWORD.encode() not in raw and b"DB_PASSWORD_SECRET" not in raw
