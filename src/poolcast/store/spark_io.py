@@ -1,0 +1,300 @@
+"""Moving tables between a store and Spark, in bulk (plan Task 2.1, with the ERRATA's fixes).
+
+PostgreSQL (``postgresql://...``): JDBC with the driver from Maven Central.
+
+* Reads are partitioned by a hash of ``pool_id`` (``predicates``): N parallel connections, each
+  reading whole pools, never one connection for everything, never a partition per row range
+  that splits a pool's history.
+* Writes never touch a table users read: Spark appends in batches (``batchsize``, with the
+  driver's ``reWriteBatchedInserts``) into a fresh, run-unique staging table; then one
+  transaction on the store's own connection merges the stage into the target with the store's
+  merge SQL (``INSERT ... ON CONFLICT DO UPDATE ... WHERE IS DISTINCT FROM``) and drops the
+  stage. A JDBC failure part way leaves the target as it was (the stage is dropped).
+
+Embedded DuckDB (a path): Spark and DuckDB exchange Parquet files in a temporary folder: DuckDB
+runs the input query and writes Parquet, Spark reads it; Spark writes its result as Parquet and
+the store merges it like any other Arrow table. Measured against the alternatives in
+``docs/spark.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from poolcast.store._base import Store, StoreError, ident
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+# libpq URL parameters that have a JDBC equivalent under the same name.
+_PASS_THROUGH = {"sslmode", "sslrootcert", "sslcert", "sslkey", "options", "application_name"}
+
+
+class SparkIOError(StoreError):
+    """Moving data between Spark and the store failed; the target tables are unchanged."""
+
+
+@dataclass(frozen=True)
+class JdbcTarget:
+    """A PostgreSQL URL turned into what Spark's JDBC source wants (password kept out of URL)."""
+
+    url: str
+    properties: dict[str, str] = field(repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, batch_size: int = 10_000) -> JdbcTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise SparkIOError(f"not a PostgreSQL URL: {parts.scheme}://...")
+        host = parts.hostname or "localhost"
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        port = parts.port or 5432
+        database = unquote(parts.path.lstrip("/")) or "postgres"
+        query = dict(parse_qsl(parts.query))
+        jdbc_query = {k: v for k, v in query.items() if k in _PASS_THROUGH}
+        jdbc_query["reWriteBatchedInserts"] = "true"
+        jdbc_query.setdefault("ApplicationName", "poolcast-spark")
+        props = {
+            "driver": "org.postgresql.Driver",
+            "user": unquote(parts.username or query.get("user", "postgres")),
+            "connectTimeout": "30",
+            "socketTimeout": "600",
+            "batchsize": str(batch_size),
+            "fetchsize": str(batch_size),
+            "sessionInitStatement": "SET TIME ZONE 'UTC'",
+        }
+        password = parts.password or query.get("password")
+        if password:
+            props["password"] = unquote(password)
+        jdbc_url = f"jdbc:postgresql://{host}:{port}/{database}?{urlencode(jdbc_query)}"
+        return cls(jdbc_url, props)
+
+
+def pool_hash_predicates(partitions: int, column: str = "pool_id") -> list[str]:
+    """One WHERE clause per read partition: pools spread by PostgreSQL's ``hashtext``."""
+    if partitions < 1:
+        raise SparkIOError("jdbc_partitions must be at least 1")
+    column = ident(column)
+    # hashtext() is a signed int4; shift it to be non-negative before the modulo.
+    expr = f"mod(hashtext({column})::bigint + 2147483648, {partitions})"
+    return [f"{expr} = {i}" for i in range(partitions)]
+
+
+def is_postgres(store: Store) -> bool:
+    return store.dialect == "postgres"
+
+
+class SparkExchange:
+    """Reads inputs into Spark and merges Spark results into one store.
+
+    Use as a context manager: temporary Parquet files and staging tables are removed on exit,
+    whatever happened.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        store: Store,
+        *,
+        jdbc_partitions: int = 8,
+        batch_size: int = 10_000,
+        workdir: str | None = None,
+    ) -> None:
+        self.spark = spark
+        self.store = store
+        self.jdbc_partitions = jdbc_partitions
+        self.batch_size = batch_size
+        self._tmp = Path(tempfile.mkdtemp(prefix="poolcast-spark-", dir=workdir))
+        self._jdbc = JdbcTarget.from_url(store.url, batch_size=batch_size) if is_postgres(store) else None
+        self.timings: dict[str, float] = {}
+
+    # -- lifecycle -----
+    def __enter__(self) -> SparkExchange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    # -- reads -----
+    def read_query(
+        self,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        name: str,
+        partition_by_pool: bool = False,
+    ) -> DataFrame:
+        """The result of ``sql`` (a SELECT in the store's dialect) as a Spark DataFrame.
+
+        PostgreSQL: JDBC, ``partition_by_pool`` spreads whole pools over ``jdbc_partitions``
+        connections (the query must have a ``pool_id`` column). Parameters are bound by the
+        store (never formatted into SQL): for JDBC they must be literals we render ourselves, so
+        only ints, floats, dates and validated identifiers are accepted.
+        DuckDB: the store runs the query and writes Parquet that Spark reads.
+        """
+        name = ident(name)
+        if self._jdbc is not None:
+            rendered = _render_params(sql, params)
+            with self._timed(f"read:{name}"):
+                reader = self.spark.read
+                subquery = f"({rendered}) AS {name}"
+                if partition_by_pool and self.jdbc_partitions > 1:
+                    return reader.jdbc(
+                        self._jdbc.url,
+                        subquery,
+                        predicates=pool_hash_predicates(self.jdbc_partitions),
+                        properties=self._jdbc.properties,
+                    )
+                return reader.jdbc(self._jdbc.url, subquery, properties=self._jdbc.properties)
+        with self._timed(f"read:{name}"):
+            table = self.store.fetch_arrow(sql, params)
+            return self.arrow_to_spark(table, name)
+
+    def arrow_to_spark(self, table: pa.Table, name: str) -> DataFrame:
+        """Hand an Arrow table to Spark through a Parquet file (see docs/spark.md)."""
+        path = self._tmp / f"in-{ident(name)}-{uuid.uuid4().hex[:8]}.parquet"
+        pq.write_table(table, path)
+        return self.spark.read.parquet(str(path))
+
+    def spark_to_arrow(self, df: DataFrame, name: str) -> pa.Table:
+        """Collect a Spark result as Arrow through Parquet files (no row-by-row Python)."""
+        path = self._tmp / f"out-{ident(name)}-{uuid.uuid4().hex[:8]}"
+        df.write.mode("errorifexists").parquet(str(path))
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            return pa.table({c: pa.array([], type=pa.null()) for c in df.columns})
+        return pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
+
+    # -- writes -----
+    def merge(
+        self,
+        target: str,
+        df: DataFrame,
+        key: Sequence[str],
+        *,
+        update: Sequence[str] | None = None,
+        casts: dict[str, str] | None = None,
+    ) -> int:
+        """Merge ``df`` into ``target`` through a staging table, in one transaction.
+
+        The target is touched only by the final merge statement: if the Spark job, the JDBC
+        write or the merge fails, the target is as it was and the error says which step failed.
+        """
+        target = ident(target)
+        if self._jdbc is None:
+            with self._timed(f"write:{target}"):
+                try:
+                    table = self.spark_to_arrow(df, target)
+                except Exception as exc:
+                    raise SparkIOError(
+                        f"Spark could not compute the rows for {target}: {_first_line(exc)}; "
+                        f"{target} is unchanged"
+                    ) from exc
+            with self._timed(f"merge:{target}"):
+                return self.store.merge(target, table, key, update=update, casts=casts)
+        return self._merge_jdbc(target, df, key, update=update, casts=casts)
+
+    def append_jdbc(self, table: str, df: DataFrame, *, label: str | None = None) -> None:
+        """Append ``df`` to an existing PostgreSQL table in JDBC batches (staging tables only)."""
+        assert self._jdbc is not None, "append_jdbc needs a PostgreSQL store"
+        table = ident(table)
+        with self._timed(f"write:{label or table}"):
+            (
+                df.write.mode("append")
+                .option("batchsize", str(self.batch_size))
+                .option("isolationLevel", "READ_COMMITTED")
+                .jdbc(self._jdbc.url, table, properties=self._jdbc.properties)
+            )
+
+    def _merge_jdbc(
+        self,
+        target: str,
+        df: DataFrame,
+        key: Sequence[str],
+        *,
+        update: Sequence[str] | None,
+        casts: dict[str, str] | None,
+    ) -> int:
+        assert self._jdbc is not None
+        stage = ident(f"_spark_stage_{target}_{uuid.uuid4().hex[:10]}"[:63])
+        columns = [ident(c) for c in df.columns]
+        # An UNLOGGED table with the target's column types; no constraints, nobody reads it.
+        self.store.execute(
+            f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(columns)} "  # noqa: S608
+            f"FROM {target} WITH NO DATA"
+        )
+        try:
+            try:
+                self.append_jdbc(stage, df, label=target)
+            except Exception as exc:
+                raise SparkIOError(
+                    f"writing {target} over JDBC failed: {_first_line(exc)}; "
+                    f"{target} is unchanged"
+                ) from exc
+            with self._timed(f"merge:{target}"):
+                return self.store.merge_from(
+                    target, stage, columns, key, update=update, casts=casts
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                self.store.execute(f"DROP TABLE IF EXISTS {stage}")
+
+
+def _render_params(sql: str, params: Sequence[Any] | None) -> str:
+    """Inline ``$n`` parameters for a JDBC subquery, accepting only self-rendering types."""
+    import datetime as dt
+
+    if not params:
+        return sql
+    rendered = sql
+    # Replace from the highest index down so $1 does not clobber $10.
+    for index in range(len(params), 0, -1):
+        value = params[index - 1]
+        if isinstance(value, bool):
+            literal = "TRUE" if value else "FALSE"
+        elif isinstance(value, int | float):
+            literal = repr(value)
+        elif isinstance(value, dt.datetime):
+            literal = f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+        elif isinstance(value, dt.date):
+            literal = f"DATE '{value.isoformat()}'"
+        else:
+            raise SparkIOError(
+                f"parameter ${index} of a JDBC read has type {type(value).__name__}: only numbers "
+                "and dates are inlined, never text"
+            )
+        rendered = rendered.replace(f"${index}", literal)
+    return rendered
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "at ", "py4j")):
+            return line[:500]
+    return type(exc).__name__
