@@ -339,6 +339,23 @@ def recent_runs(
     return rows
 
 
+def runs_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The columns a person scans in ``poolcast runs``."""
+    return pa.table(
+        {
+            "started_at": [r["started_at"].strftime("%Y-%m-%d %H:%M:%S") for r in rows],
+            "run_id": [r["run_id"] for r in rows],
+            "stage": [r["stage"] for r in rows],
+            "engine": [r["engine"] for r in rows],
+            "status": [r["status"] for r in rows],
+            "seconds": [round(r["seconds"], 2) if r["seconds"] is not None else None for r in rows],
+            "rows_read": pa.array([r["rows_read"] for r in rows], pa.int64()),
+            "rows_written": pa.array([r["rows_written"] for r in rows], pa.int64()),
+            "error": [(r["error"] or "")[:80] for r in rows],
+        }
+    )
+
+
 def _dead(host: str | None, pid: int | None) -> bool:
     if host != socket.gethostname() or not pid or pid == os.getpid():
         return False
