@@ -1,4 +1,4 @@
-"""API responses -> raw tables: DefiLlama /pools and /chart/<pool>, CoinMarketCap OHLCV, Etherscan gas.
+"""API responses -> raw tables: DefiLlama /pools, /chart/<pool>, CoinMarketCap OHLCV, Etherscan gas.
 
 Everything is validated before anything is written. A bad record names its file, pool, record and
 field; without ``skip_bad`` nothing is written at all, with it the good records load and the bad
@@ -22,6 +22,8 @@ from poolcast.store import Store
 
 # A snapshot more than this far ahead of the clock is not real (clock skew allowance).
 _FUTURE_SLACK = dt.timedelta(hours=1)
+# Nothing on a blockchain predates the Unix epoch; earlier stamps are corrupt (and overflow dates).
+_EARLIEST = dt.datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class _Batch:
     ohlcv: list[dict[str, Any]] = field(default_factory=list)
     gas: list[dict[str, Any]] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
+    charts: set[str] = field(default_factory=set)  # pool ids that came with a /chart file
+    seen: dict[tuple[str, dt.datetime], str] = field(default_factory=dict)
+    conflicts: set[tuple[str, dt.datetime]] = field(default_factory=set)
 
 
 def _files(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -91,8 +96,11 @@ def _number(
     if value is None:
         return None, "missing"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, f"not a number: {value!r}"
-    number = float(value)
+        return None, f"not a number: {_short(value)}"
+    try:
+        number = float(value)
+    except OverflowError:
+        return None, "not finite: an integer too large for a double"
     if not math.isfinite(number):
         return None, f"not finite: {value!r}"
     if minimum is not None and number < minimum:
@@ -107,18 +115,63 @@ def _timestamp(value: Any) -> tuple[dt.datetime | None, str | None]:
     if isinstance(value, bool):
         return None, f"not a timestamp: {value!r}"
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            return None, f"not a timestamp: {value!r}"
-        return dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None), None
-    if not isinstance(value, str):
-        return None, "missing" if value is None else f"not a timestamp: {value!r}"
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None, f"not an ISO-8601 timestamp: {value!r}"
-    if parsed.tzinfo is None:
-        return None, f"timestamp {value!r} has no time zone; DefiLlama sends UTC with 'Z'"
-    return parsed.astimezone(dt.UTC).replace(tzinfo=None), None
+        try:
+            stamp = dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            return None, f"not a timestamp: {_short(value)}"
+    elif not isinstance(value, str):
+        return None, "missing" if value is None else f"not a timestamp: {_short(value)}"
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None, f"not an ISO-8601 timestamp: {_short(value)}"
+        if parsed.tzinfo is None:
+            return None, f"timestamp {_short(value)} has no time zone; DefiLlama sends UTC with 'Z'"
+        try:
+            stamp = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:
+            return None, f"timestamp {_short(value)} is out of range"
+    if stamp < _EARLIEST:
+        return None, f"{stamp.isoformat()}Z is before 1970"
+    return stamp, None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value for an error message, cut short: a fuzzed megabyte string is no message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(field, reason) for the first part of a JSON value that neither store can hold.
+
+    PostgreSQL's TEXT and JSONB refuse NUL characters, JSON has no NaN/Infinity, and a lone
+    UTF-16 surrogate is not UTF-8: such a record is rejected rather than failing the write.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "record", f"not finite: {value!r}"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path or "record", "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "record", "not valid Unicode (lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            bad = _unstorable(key, path or "record") or _unstorable(
+                item, f"{path}.{key}" if path else str(key)
+            )
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            bad = _unstorable(item, f"{path}[{i}]")
+            if bad:
+                return bad
+    return None
 
 
 def _dumps(obj: Any) -> str:
@@ -128,10 +181,14 @@ def _dumps(obj: Any) -> str:
 def _parse_chart(
     path: Path, pool_id: str, rows: list[Any], batch: _Batch, apy_ceiling: float, now: dt.datetime
 ) -> int:
-    seen: dict[dt.datetime, str] = {}
+    batch.charts.add(pool_id)
     for i, rec in enumerate(rows):
         if not isinstance(rec, dict):
             batch.bad.append(BadRecord(path.name, pool_id, i, "record", "not a JSON object"))
+            continue
+        unstorable = _unstorable(rec)
+        if unstorable:
+            batch.bad.append(BadRecord(path.name, pool_id, i, *unstorable, _safe_raw(rec)))
             continue
         raw = _dumps(rec)
         problems: list[tuple[str, str]] = []
@@ -147,11 +204,16 @@ def _parse_chart(
         if err:
             problems.append(("tvlUsd", err))
         if not problems and ts is not None:
-            if ts in seen:
-                if seen[ts] != raw:
+            # Across the whole batch: the same pool's chart may come in two files.
+            earlier = batch.seen.get((pool_id, ts))
+            if earlier is not None:
+                if earlier != raw:
                     problems.append(("timestamp", f"two different snapshots at {ts.isoformat()}Z"))
-                continue  # an exact repeat is the same snapshot
-            seen[ts] = raw
+                    batch.conflicts.add((pool_id, ts))
+                else:
+                    continue  # an exact repeat is the same snapshot
+            else:
+                batch.seen[(pool_id, ts)] = raw
         if problems:
             batch.bad.extend(BadRecord(path.name, pool_id, i, f, r, raw) for f, r in problems)
             continue
@@ -164,6 +226,14 @@ def _parse_pools(path: Path, rows: list[Any], batch: _Batch) -> int:
         pool = rec.get("pool") if isinstance(rec, dict) else None
         if not isinstance(pool, str) or not pool.strip():
             batch.bad.append(BadRecord(path.name, None, i, "pool", "missing pool id"))
+            continue
+        assert isinstance(rec, dict)
+        problem = _unstorable(rec) or _pool_field_problem(rec)
+        if problem:
+            ok_id = _unstorable(pool) is None
+            batch.bad.append(
+                BadRecord(path.name, pool if ok_id else None, i, *problem, _safe_raw(rec))
+            )
             continue
         stable = rec.get("stablecoin")
         batch.pools.append(
@@ -182,19 +252,50 @@ def _parse_pools(path: Path, rows: list[Any], batch: _Batch) -> int:
     return len(rows)
 
 
-def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch) -> int:
+_POOL_TEXT_FIELDS = ("chain", "project", "symbol", "ilRisk", "exposure")
+
+
+def _pool_field_problem(rec: dict[str, Any]) -> tuple[str, str] | None:
+    """Columns of `pools` are typed: a number where a name belongs is garbage, not a name."""
+    for name in _POOL_TEXT_FIELDS:
+        value = rec.get(name)
+        if value is not None and not isinstance(value, str):
+            return name, f"not a string: {_short(value)}"
+    stable = rec.get("stablecoin")
+    if stable is not None and not isinstance(stable, bool):
+        return "stablecoin", f"not true/false: {_short(stable)}"
+    return None
+
+
+def _safe_raw(value: Any) -> str:
+    """The raw record for the quarantine: ASCII JSON text, so NUL and surrogates stay escaped."""
+    return _dumps(value)
+
+
+def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch, now: dt.datetime) -> int:
     symbol = data.get("symbol")
     quotes = data.get("quotes")
-    if not isinstance(symbol, str) or not isinstance(quotes, list):
+    if (
+        not isinstance(symbol, str)
+        or not symbol.strip()
+        or _unstorable(symbol)
+        or not isinstance(quotes, list)
+    ):
         batch.bad.append(BadRecord(path.name, None, None, "data", "expected data.symbol, quotes"))
         return 0
     for i, q in enumerate(quotes):
         ts, err = _timestamp(q.get("time_open") if isinstance(q, dict) else None)
-        usd = q.get("quote", {}).get("USD") if isinstance(q, dict) else None
+        if ts is not None and ts > now + _FUTURE_SLACK:
+            err = f"{ts.isoformat()}Z is in the future"
+        quote = q.get("quote") if isinstance(q, dict) else None
+        usd = quote.get("USD") if isinstance(quote, dict) else None
         close, cerr = _number(usd.get("close") if isinstance(usd, dict) else None, minimum=0.0)
-        if err or cerr:
-            fld, why = ("time_open", err) if err else ("quote.USD.close", cerr)
-            batch.bad.append(BadRecord(path.name, symbol, i, fld, str(why), _dumps(q)))
+        unstorable = _unstorable(q)
+        if err or cerr or unstorable:
+            fld, why = (
+                ("time_open", err) if err else ("quote.USD.close", cerr) if cerr else unstorable
+            )
+            batch.bad.append(BadRecord(path.name, symbol, i, fld, str(why), _safe_raw(q)))
             continue
         batch.ohlcv.append(
             {"symbol": symbol, "data_timestamp": ts, "raw_json_data": _dumps(q["quote"])}
@@ -203,20 +304,30 @@ def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch) -> int:
 
 
 def _parse_gas(path: Path, batch: _Batch) -> int:
+    try:
+        return _parse_gas_rows(path, batch)
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        batch.bad.append(BadRecord(path.name, None, None, "file", f"not a readable CSV: {exc}"))
+        return 0
+
+
+def _parse_gas_rows(path: Path, batch: _Batch) -> int:
     n = 0
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.DictReader(fh)):
             n += 1
-            day_text = row.get("Date(UTC)", "")
+            day_text = row.get("Date(UTC)") or ""
             try:
                 month, day, year = (int(x) for x in day_text.split("/"))
                 day_value = dt.date(year, month, day)
-            except ValueError:
-                batch.bad.append(BadRecord(path.name, None, i, "Date(UTC)", f"bad date {day_text!r}"))
+            except (ValueError, TypeError, AttributeError):
+                batch.bad.append(
+                    BadRecord(path.name, None, i, "Date(UTC)", f"bad date {day_text!r}")
+                )
                 continue
             try:
                 wei = float(row.get("Value (Wei)") or "nan")
-            except ValueError:
+            except (ValueError, TypeError):
                 wei = math.nan
             gwei, err = _number(wei / 1e9, minimum=0.0)
             if err:
@@ -232,13 +343,16 @@ def _parse_file(path: Path, batch: _Batch, report: IngestReport, apy_ceiling: fl
         report.add("gas_fees_daily", _parse_gas(path, batch))
         return
     try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         batch.bad.append(BadRecord(path.name, None, None, "file", f"not valid JSON: {exc}"))
+        return
+    except OSError as exc:
+        batch.bad.append(BadRecord(path.name, None, None, "file", f"cannot read: {exc}"))
         return
     data = doc.get("data") if isinstance(doc, dict) else None
     if isinstance(data, dict) and "quotes" in data:
-        report.add("raw_coinmarketcap_ohlcv", _parse_ohlcv(path, data, batch))
+        report.add("raw_coinmarketcap_ohlcv", _parse_ohlcv(path, data, batch, now))
     elif isinstance(data, list) and data and isinstance(data[0], dict) and "pool" in data[0]:
         report.add("pools", _parse_pools(path, data, batch))
     elif isinstance(data, list):
@@ -268,7 +382,11 @@ _SCHEMAS = {
         ]
     ),
     "raw_defillama_pool_history": pa.schema(
-        [("pool_id", pa.string()), ("timestamp", pa.timestamp("us")), ("raw_json_data", pa.string())]
+        [
+            ("pool_id", pa.string()),
+            ("timestamp", pa.timestamp("us")),
+            ("raw_json_data", pa.string()),
+        ]
     ),
     "raw_coinmarketcap_ohlcv": pa.schema(
         [
@@ -314,13 +432,18 @@ def ingest(
         _parse_file(path, batch, report, apy_ceiling)
 
     known = _known_pools(store) | {p["pool_id"] for p in batch.pools}
-    unknown = sorted({h["pool_id"] for h in batch.history} - known)
+    unknown = sorted(batch.charts - known)
     for pool in unknown:
         batch.bad.append(
             BadRecord(f"{pool}.json", pool, None, "pool", "unknown pool: ingest pools.json first")
         )
-    if unknown:
-        batch.history = [h for h in batch.history if h["pool_id"] not in set(unknown)]
+    # Neither of two different snapshots at one instant is trusted, whichever file came first.
+    drop = set(unknown)
+    batch.history = [
+        h
+        for h in batch.history
+        if h["pool_id"] not in drop and (h["pool_id"], h["timestamp"]) not in batch.conflicts
+    ]
 
     if batch.bad and not skip_bad:
         raise IngestError(batch.bad)
