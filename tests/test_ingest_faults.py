@@ -1,6 +1,7 @@
-"""Bad input has a defined outcome: a clear error naming pool and field (nothing written), or with
---skip-bad the rest loads and the bad record is quarantined with its reason. Then metrics and forecast
-on the edge cases: empty store, single-point pools, pools that stop reporting, several snapshots a day.
+"""Bad input has a defined outcome: a clear error naming pool and field (nothing written), or
+with --skip-bad the rest loads and the bad record is quarantined with its reason. Then metrics and
+forecast on the edge cases: empty store, single-point pools, pools that stop reporting, several
+snapshots a day. And a fuzz test of random raw JSON through ingest and metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from poolcast.checksums import row_count, store_checksums
 from poolcast.ingest import IngestError, ingest
@@ -57,14 +60,24 @@ def seeded(store: Store, tmp_path: Path) -> Store:
 
 
 BAD_RECORDS: list[tuple[str, dict[str, Any], str, str]] = [
-    ("missing apy", {"timestamp": _iso(DAY0 + dt.timedelta(days=9)), "tvlUsd": 1.0}, "apy", "missing"),
+    (
+        "missing apy",
+        {"timestamp": _iso(DAY0 + dt.timedelta(days=9)), "tvlUsd": 1.0},
+        "apy",
+        "missing",
+    ),
     ("non-numeric apy", _snap(9, apy="5%"), "apy", "not a number"),  # type: ignore[arg-type]
     ("NaN apy", _snap(9, apy=math.nan), "apy", "not finite"),
     ("infinite tvl", _snap(9, tvl=math.inf), "tvlUsd", "not finite"),
     ("huge integer apy", _snap(9, apy=10**400), "apy", "not finite"),  # type: ignore[arg-type]
     ("negative tvl", _snap(9, tvl=-5.0), "tvlUsd", "below 0"),
     ("apy above ceiling", _snap(9, apy=20_000.0), "apy", "above the ceiling"),
-    ("naive timestamp", {**_snap(9), "timestamp": "2024-06-10T23:00:00"}, "timestamp", "no time zone"),
+    (
+        "naive timestamp",
+        {**_snap(9), "timestamp": "2024-06-10T23:00:00"},
+        "timestamp",
+        "no time zone",
+    ),
     ("future timestamp", {**_snap(9), "timestamp": "2999-01-01T00:00:00Z"}, "timestamp", "future"),
     ("timestamp before 1970", {**_snap(9), "timestamp": -86400}, "timestamp", "before 1970"),
     ("absurd epoch", {**_snap(9), "timestamp": 1e20}, "timestamp", "not a timestamp"),
@@ -82,7 +95,9 @@ def _bad_chart(tmp_path: Path, record: dict[str, Any]) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("case", "record", "field", "reason"), BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS])
+@pytest.mark.parametrize(
+    ("case", "record", "field", "reason"), BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS]
+)
 def test_bad_snapshot_is_rejected_and_nothing_written(
     seeded: Store, tmp_path: Path, case: str, record: dict[str, Any], field: str, reason: str
 ) -> None:
@@ -95,7 +110,9 @@ def test_bad_snapshot_is_rejected_and_nothing_written(
     assert store_checksums(seeded) == before
 
 
-@pytest.mark.parametrize(("case", "record", "field", "reason"), BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS])
+@pytest.mark.parametrize(
+    ("case", "record", "field", "reason"), BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS]
+)
 def test_bad_snapshot_is_quarantined_with_skip_bad(
     seeded: Store, tmp_path: Path, case: str, record: dict[str, Any], field: str, reason: str
 ) -> None:
@@ -107,10 +124,14 @@ def test_bad_snapshot_is_quarantined_with_skip_bad(
     assert reason in rows[0]["reason"]
     # The good record after the bad one loaded; the conflicting pair keeps the stored one.
     assert row_count(seeded, "raw_defillama_pool_history") == history + 1
-    stored = seeded.fetch_arrow(
-        "SELECT CAST(raw_json_data->>'apy' AS DOUBLE PRECISION) AS apy "
-        "FROM raw_defillama_pool_history WHERE pool_id = 'pool-a' ORDER BY timestamp"
-    ).column("apy").to_pylist()
+    stored = (
+        seeded.fetch_arrow(
+            "SELECT CAST(raw_json_data->>'apy' AS DOUBLE PRECISION) AS apy "
+            "FROM raw_defillama_pool_history WHERE pool_id = 'pool-a' ORDER BY timestamp"
+        )
+        .column("apy")
+        .to_pylist()
+    )
     assert stored == [5.0] * 7 + [7.0]
 
 
@@ -150,17 +171,23 @@ def test_conflicting_snapshots_across_two_files_are_both_rejected(
     assert row_count(seeded, "raw_defillama_pool_history") == 14  # neither was kept
 
 
-def test_exact_duplicates_collapse_and_offsets_convert_to_utc(seeded: Store, tmp_path: Path) -> None:
+def test_exact_duplicates_collapse_and_offsets_convert_to_utc(
+    seeded: Store, tmp_path: Path
+) -> None:
     folder = tmp_path / "dup"
     folder.mkdir()
     shifted = {**_snap(10), "timestamp": "2024-06-12T01:00:00+02:00"}  # = 2024-06-11T23:00Z
     _write(folder, "pool-a.json", [_snap(9), _snap(9), shifted])
     ingest(seeded, [folder])
-    stamps = seeded.fetch_arrow(
-        "SELECT timestamp FROM raw_defillama_pool_history WHERE pool_id = 'pool-a' "
-        "AND timestamp > $1 ORDER BY timestamp",
-        [dt.datetime(2024, 6, 8)],
-    ).column("timestamp").to_pylist()
+    stamps = (
+        seeded.fetch_arrow(
+            "SELECT timestamp FROM raw_defillama_pool_history WHERE pool_id = 'pool-a' "
+            "AND timestamp > $1 ORDER BY timestamp",
+            [dt.datetime(2024, 6, 8)],
+        )
+        .column("timestamp")
+        .to_pylist()
+    )
     assert stamps == [dt.datetime(2024, 6, 10, 23), dt.datetime(2024, 6, 11, 23)]
 
 
@@ -202,12 +229,15 @@ def test_single_point_and_stopped_pools(store: Store, tmp_path: Path, settings: 
     _write(folder, "stops.json", [_snap(d, apy=4.0 + d) for d in range(5)])
     # Several snapshots a day: the latest of the day is the day's value.
     early = {**_snap(99, apy=1.0), "timestamp": _iso(DAY0 + dt.timedelta(days=99, hours=-20))}
-    _write(folder, "steady.json", [_snap(d, apy=8.0) for d in range(99)] + [early, _snap(99, apy=9.0)])
+    _write(
+        folder, "steady.json", [_snap(d, apy=8.0) for d in range(99)] + [early, _snap(99, apy=9.0)]
+    )
     ingest(store, [folder])
     metrics_stage(store, settings)
     rows = store.fetch_arrow(
         "SELECT pool_id, count(*) AS n, min(date) AS first, max(date) AS last, "
-        "count(actual_apy) AS apy, count(stddev_apy_7d) AS std, sum(CAST(is_observed AS INTEGER)) AS obs "
+        "count(actual_apy) AS apy, count(stddev_apy_7d) AS std, "
+        "sum(CAST(is_observed AS INTEGER)) AS obs "
         "FROM pool_daily_metrics GROUP BY pool_id ORDER BY pool_id"
     ).to_pylist()
     by_pool = {r["pool_id"]: r for r in rows}
@@ -222,14 +252,19 @@ def test_single_point_and_stopped_pools(store: Store, tmp_path: Path, settings: 
     assert stops["last"] == (DAY0 + dt.timedelta(days=4 + FILL_LIMIT_DAYS)).date()
     assert stops["n"] == 5 + FILL_LIMIT_DAYS and stops["apy"] == stops["n"]
     assert by_pool["steady"]["last"] == last_day
-    latest = store.fetch_arrow(
-        "SELECT actual_apy FROM pool_daily_metrics WHERE pool_id = 'steady' AND date = $1",
-        [last_day],
-    ).column("actual_apy").to_pylist()
+    latest = (
+        store.fetch_arrow(
+            "SELECT actual_apy FROM pool_daily_metrics WHERE pool_id = 'steady' AND date = $1",
+            [last_day],
+        )
+        .column("actual_apy")
+        .to_pylist()
+    )
     assert latest == [9.0]
     result = forecast_stage(store, settings)
     forecasts = store.fetch_arrow(
-        "SELECT pool_id, date FROM pool_daily_metrics WHERE forecasted_apy IS NOT NULL ORDER BY pool_id"
+        "SELECT pool_id, date FROM pool_daily_metrics "
+        "WHERE forecasted_apy IS NOT NULL ORDER BY pool_id"
     ).to_pylist()
     # One forecast per active pool, for the day after its own latest observed day.
     assert result.details["forecasts"] == 3
@@ -251,12 +286,15 @@ _scalars = (
 )
 _json = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 _stamps = (
     st.datetimes(
-        min_value=dt.datetime(2023, 1, 1), max_value=dt.datetime(2026, 1, 1),
+        min_value=dt.datetime(2023, 1, 1),
+        max_value=dt.datetime(2026, 1, 1),
         timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=5)), None]),
     ).map(lambda d: d.isoformat())
     | st.integers(min_value=1_672_531_200, max_value=1_767_225_600)
@@ -280,7 +318,9 @@ _document = st.one_of(
 _documents = st.lists(_document, min_size=1, max_size=3)
 
 
-def _fuzz_once(store: Store, docs: list[tuple[str, Any]], skip_bad: bool, settings: Settings) -> None:
+def _fuzz_once(
+    store: Store, docs: list[tuple[str, Any]], skip_bad: bool, settings: Settings
+) -> None:
     before = store_checksums(store)
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -304,11 +344,15 @@ def _fuzz_once(store: Store, docs: list[tuple[str, Any]], skip_bad: bool, settin
     except StoreError:
         assert store_checksums(store) == before, "a failed metrics run wrote something"
         return
-    bad = store.fetch_arrow(
-        "SELECT count(*) AS n FROM pool_daily_metrics WHERE actual_apy > $1 OR actual_tvl < 0 "
-        "OR actual_apy = 'NaN'::DOUBLE PRECISION",
-        [settings.apy_ceiling],
-    ).column("n")[0].as_py()
+    bad = (
+        store.fetch_arrow(
+            "SELECT count(*) AS n FROM pool_daily_metrics WHERE actual_apy > $1 OR actual_tvl < 0 "
+            "OR actual_apy = 'NaN'::DOUBLE PRECISION",
+            [settings.apy_ceiling],
+        )
+        .column("n")[0]
+        .as_py()
+    )
     assert bad == 0, "garbage reached pool_daily_metrics"
 
 
