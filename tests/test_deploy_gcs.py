@@ -283,3 +283,31 @@ def test_cli_upload_list_rollback(client, tmp_path, monkeypatch):
     assert res.exit_code == 0 and "bbb222 -> aaa111" in res.output
     res = runner.invoke(cli.deploy_app, ["rollback", "nope"])
     assert res.exit_code == 1 and "no version 'nope'" in res.output
+
+
+def test_pydeps_targets_the_runtime_python_and_drops_what_it_ships(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, **_kw):
+        seen["cmd"] = cmd
+        site = Path(cmd[cmd.index("--target") + 1])
+        for name in (
+            "numpy",
+            "numpy.libs",
+            "numpy-2.1.0.dist-info",
+            "pydantic",
+            "bin",
+            "pydantic-2.9.0.dist-info",
+            "pyarrow",
+        ):
+            (site / name).mkdir(parents=True)
+            (site / name / "x.py").write_text("")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(_artifacts.subprocess, "run", fake_run)
+    target = _artifacts.build_pydeps(["pydantic>=2"], tmp_path)
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--python-version") + 1] == "3.12"  # Dataproc runtime 1.2
+    assert "--only-binary=:all:" in cmd and "manylinux_2_28_x86_64" in cmd
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(target).namelist()}
+    assert tops == {"pydantic", "pydantic-2.9.0.dist-info"}

@@ -35,7 +35,14 @@ ENTRY_SCRIPTS: dict[str, str] = {
 RUNTIME_PROVIDED_GROUPS: tuple[str, ...] = ("org.scala-lang", "org.apache.spark", "org.slf4j")
 
 #: Python distributions the Dataproc 1.2 runtime already ships (PySpark and its scientific stack).
-RUNTIME_PROVIDED_PYTHON: tuple[str, ...] = ("pyspark", "py4j", "numpy", "pandas", "pyarrow")
+RUNTIME_PROVIDED_PYTHON: tuple[str, ...] = (
+    "pyspark",
+    "py4j",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+)
 
 #: A fixed timestamp for zip entries, so the same sources give the same bytes (and the same md5).
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
@@ -185,13 +192,14 @@ def build_pydeps(
     out_dir: Path,
     *,
     python_version: str = "3.12",
-    platform: str = "manylinux2014_x86_64",
+    platforms: Sequence[str] = ("manylinux_2_28_x86_64", "manylinux2014_x86_64"),
     skip: Iterable[str] = RUNTIME_PROVIDED_PYTHON,
 ) -> Path:
     """``pydeps.zip``: ``requirements`` installed for the runtime's Python, minus what it ships.
 
-    Binary wheels only (``--only-binary=:all:``) for the runtime's platform, so nothing is compiled
-    here and the result imports on the Dataproc image. Needs PyPI (or a mirror pip is set up for).
+    Binary wheels only (``--only-binary=:all:``) for the runtime's platform (glibc 2.28 or newer,
+    x86_64), so nothing is compiled here and the result imports on the Dataproc image. Needs PyPI
+    (or a mirror pip is set up for).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     site = out_dir / "pydeps"
@@ -211,8 +219,7 @@ def build_pydeps(
         "cp",
         "--python-version",
         python_version,
-        "--platform",
-        platform,
+        *[arg for platform in platforms for arg in ("--platform", platform)],
         *requirements,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -222,7 +229,11 @@ def build_pydeps(
         )
     skip_names = {s.lower().replace("-", "_") for s in skip}
     for entry in list(site.iterdir()):
-        base = entry.name.split("-")[0].lower() if entry.name.endswith(".dist-info") else entry.name
+        base = entry.name
+        if base.endswith(".dist-info"):
+            base = base.split("-")[0]
+        elif base.endswith(".libs"):  # auditwheel's vendored shared libraries, e.g. numpy.libs
+            base = base[: -len(".libs")]
         if base.lower().replace("-", "_") in skip_names or entry.name == "bin":
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     target = out_dir / "pydeps.zip"
