@@ -311,3 +311,40 @@ def test_pydeps_targets_the_runtime_python_and_drops_what_it_ships(tmp_path, mon
     assert "--only-binary=:all:" in cmd and "manylinux_2_28_x86_64" in cmd
     tops = {n.split("/")[0] for n in zipfile.ZipFile(target).namelist()}
     assert tops == {"pydantic", "pydantic-2.9.0.dist-info"}
+
+
+def test_collect_upload_then_a_batch_from_latest(client, tmp_path, monkeypatch):
+    """The whole chain on this machine: build, upload, read latest/, build the batch request."""
+    import shutil
+
+    from poolcast.deploy import dataproc
+    from poolcast.settings import load_settings
+
+    source = tmp_path / "poolcast"
+    shutil.copytree(_artifacts.package_dir(), source, ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "jobs").mkdir(exist_ok=True)
+    for rel in _artifacts.ENTRY_SCRIPTS.values():
+        if not (source / rel).exists():
+            (source / rel).write_text("print('entry point')\n")
+    mvn, _log = _fake_mvn(tmp_path)  # named "mvn", found on PATH by resolve_jars
+    monkeypatch.setenv("PATH", f"{Path(mvn).parent}{os.pathsep}{os.environ['PATH']}")
+    settings = load_settings()
+    artifacts = _artifacts.collect(
+        tmp_path / "build",
+        packages=settings.spark.packages,
+        source=source,
+        jar_cache=tmp_path / "jars",
+    )
+    assert {a.role for a in artifacts} == {"main:metrics", "main:forecast", "python", "jar"}
+    gcs.upload_version(client, BUCKET, "ccc333", artifacts, package_version="0.1.0")
+
+    settings.gcp.project_id = PROJECT
+    batch = dataproc.build_batch(settings, "forecast", gcs.latest(client, BUCKET))
+    base = f"gs://{BUCKET}/versions/ccc333/"
+    assert batch.pyspark_batch.main_python_file_uri == base + "jobs/forecast_job.py"
+    assert list(batch.pyspark_batch.python_file_uris) == [base + "poolcast-0.1.0.zip"]
+    assert len(batch.pyspark_batch.jar_file_uris) == 3
+    # what is in the bucket is what a driver would import
+    data = client.bucket(BUCKET).blob("versions/ccc333/poolcast-0.1.0.zip").download_as_bytes()
+    (tmp_path / "dl.zip").write_bytes(data)
+    assert "poolcast/deploy/dataproc.py" in zipfile.ZipFile(tmp_path / "dl.zip").namelist()
