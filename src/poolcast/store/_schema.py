@@ -129,6 +129,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS pipeline_runs_started_idx ON pipeline_runs (started_at)",
         ),
     ),
+    Migration(
+        3,
+        "forecasts: every horizon with its 80% interval (poolcast.forecast)",
+        (
+            # One row per pool, forecast day, metric and horizon: a rerun on the same day replaces
+            # its forecasts (same data and seed: the same model_version, nothing changes).
+            # horizon: '1', '7', '30' days ahead or 'mean7' (the mean of the next 7 days, whose
+            # target_date is its last day); metric: 'apy' or 'tvl'.
+            """CREATE TABLE IF NOT EXISTS forecasts (
+    pool_id TEXT NOT NULL,
+    made_on DATE NOT NULL,
+    metric TEXT NOT NULL,
+    horizon TEXT NOT NULL,
+    target_date DATE NOT NULL,
+    value DOUBLE PRECISION,
+    lower DOUBLE PRECISION,
+    upper DOUBLE PRECISION,
+    model_version TEXT NOT NULL,
+    PRIMARY KEY (pool_id, made_on, metric, horizon)
+)""",
+            "CREATE INDEX IF NOT EXISTS forecasts_target_idx ON forecasts (target_date)",
+        ),
+    ),
 )
 
 
