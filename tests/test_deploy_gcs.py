@@ -189,8 +189,14 @@ def test_upload_writes_version_then_latest_pointer(client, tmp_path):
     assert blob.download_as_text() == "print('metrics v1')\n"
 
 
-def test_versions_are_immutable_but_reuploading_the_same_files_is_fine(client, tmp_path):
-    gcs.upload_version(client, BUCKET, "aaa111", _files(tmp_path / "a"), package_version="x")
+def test_versions_are_immutable_but_reuploading_the_same_files_is_fine(
+    client, tmp_path, monkeypatch
+):
+    clock = iter(f"2026-11-26T09:0{i}:00Z" for i in range(10))
+    monkeypatch.setattr(gcs, "_now", lambda: next(clock))
+    first = gcs.upload_version(
+        client, BUCKET, "aaa111", _files(tmp_path / "a"), package_version="x"
+    )
     said: list[str] = []
     gcs.upload_version(
         client,
@@ -201,6 +207,11 @@ def test_versions_are_immutable_but_reuploading_the_same_files_is_fine(client, t
         progress=said.append,
     )
     assert sum(line.startswith("unchanged") for line in said) == 5
+    assert gcs.latest(client, BUCKET).created == first.created  # the manifest was kept
+    with pytest.raises(gcs.DeployError, match="other files"):
+        gcs.upload_version(
+            client, BUCKET, "aaa111", _files(tmp_path / "b")[:3], package_version="x"
+        )
     with pytest.raises(gcs.DeployError, match="already exists with other content"):
         gcs.upload_version(
             client, BUCKET, "aaa111", _files(tmp_path / "c", "v2"), package_version="x"

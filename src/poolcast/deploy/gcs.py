@@ -185,9 +185,21 @@ def upload_version(
             progress(f"uploaded   gs://{bucket_name}/{name} ({size} bytes)")
         manifest.files.append(ManifestFile(name=art.name, role=art.role, md5=md5, size=size))
     # The manifest goes last: a version folder without one is an interrupted upload, never listed.
-    bucket.blob(prefix + MANIFEST).upload_from_string(
-        manifest.to_json(), content_type="application/json"
-    )
+    # A complete clean version keeps its manifest (and creation time) when uploaded again.
+    previous = existing.get(prefix + MANIFEST)
+    if previous is not None and not mutable:
+        kept = Manifest.from_json(previous.download_as_bytes())
+        if sorted((f.name, f.md5) for f in kept.files) != sorted(
+            (f.name, f.md5) for f in manifest.files
+        ):
+            raise DeployError(
+                f"version {version} already exists with other files: a version is written once"
+            )
+        manifest = kept
+    else:
+        bucket.blob(prefix + MANIFEST).upload_from_string(
+            manifest.to_json(), content_type="application/json"
+        )
     if point_latest:
         set_latest(client, bucket_name, version)
         progress(f"latest  -> {version}")
