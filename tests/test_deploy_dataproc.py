@@ -326,9 +326,7 @@ def test_create_of_an_existing_id_is_an_error_on_first_attempt(fake, client, set
     batch = dataproc.build_batch(settings, "metrics", _manifest())
     kw = dict(project_id=PROJECT, region=REGION, batch=batch, batch_id="poolcast-dup-1")
     dataproc.submit_batch(client, request_id="r1", **kw)
-    from google.api_core.exceptions import AlreadyExists
-
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(dataproc.BatchError, match="already exists"):
         dataproc.submit_batch(client, request_id="r2", **kw)
 
 

@@ -266,15 +266,17 @@ def submit_batch(
         try:
             client.create_batch(request=request, retry=None)
             return name
-        except gexc.AlreadyExists:
+        except gexc.AlreadyExists as exc:
             if attempt == 1:
-                raise
+                raise BatchError(f"could not create {name}: it already exists") from exc
             return name
         except _transient() as exc:
             if attempt == attempts:
                 raise BatchError(f"could not create {name}: {exc}") from exc
             report(f"create {batch_id}: {exc.__class__.__name__}, retrying ({attempt}/{attempts})")
             sleep(backoff_s * attempt)
+        except gexc.GoogleAPICallError as exc:  # permission, invalid argument, quota: final
+            raise BatchError(f"could not create {name}: {exc}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
