@@ -404,6 +404,12 @@ def test_wait_retries_transient_unavailable(fake, client, settings):
     assert sum("ServiceUnavailable" in line for line in lines) == 2
 
 
+def test_wait_on_an_unknown_batch_is_a_clear_error(client):
+    name = dataproc.batch_name(PROJECT, REGION, "poolcast-nope-1")
+    with pytest.raises(dataproc.BatchError, match="cannot follow .*poolcast-nope-1"):
+        _wait(client, name)
+
+
 def test_operations_are_served_and_cancel_goes_through_the_batch_operation(fake, client, settings):
     batch = dataproc.build_batch(settings, "metrics", _manifest())
     op = client.create_batch(

@@ -309,6 +309,7 @@ def wait_for_batch(
     report: Callable[[str], None] = lambda _msg: None,
 ) -> Batch:
     """Poll ``name`` until a final state; return it on SUCCEEDED, raise otherwise."""
+    from google.api_core import exceptions as gexc
     from google.cloud import dataproc_v1
 
     State = dataproc_v1.Batch.State
@@ -320,6 +321,8 @@ def wait_for_batch(
             batch = client.get_batch(name=name, retry=None, timeout=max(5.0, min(60.0, poll_s)))
         except _transient() as exc:
             report(f"{name.rsplit('/', 1)[-1]}: {exc.__class__.__name__} from Dataproc, retrying")
+        except gexc.GoogleAPICallError as exc:  # not found, permission denied: no use waiting
+            raise BatchError(f"cannot follow {name}: {exc}", batch) from exc
         else:
             if batch.state != last_state:
                 last_state = batch.state
