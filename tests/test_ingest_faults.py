@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_inputs import DAY0, POOLS
+from fault_inputs import iso as _iso
+from fault_inputs import pools_file as _pools_file
+from fault_inputs import snap as _snap
+from fault_inputs import write as _write
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -24,27 +29,6 @@ from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
 from poolcast.spec import FILL_LIMIT_DAYS
 from poolcast.store import Store, StoreError
-
-POOLS = ("pool-a", "pool-b")
-DAY0 = dt.datetime(2024, 6, 1, 23, 0, tzinfo=dt.UTC)
-
-
-def _iso(ts: dt.datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
-
-
-def _snap(day: int, apy: float = 5.0, tvl: float = 1e6, **extra: Any) -> dict[str, Any]:
-    return {"timestamp": _iso(DAY0 + dt.timedelta(days=day)), "apy": apy, "tvlUsd": tvl, **extra}
-
-
-def _write(folder: Path, name: str, data: Any) -> Path:
-    path = folder / name
-    path.write_text(json.dumps({"status": "success", "data": data}, allow_nan=True))
-    return path
-
-
-def _pools_file(folder: Path, pools: tuple[str, ...] = POOLS, **extra: Any) -> Path:
-    return _write(folder, "pools.json", [{"pool": p, "chain": "Ethereum", **extra} for p in pools])
 
 
 @pytest.fixture

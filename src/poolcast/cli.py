@@ -63,9 +63,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _open(settings: Settings):  # type: ignore[no-untyped-def]
-    from poolcast.store import open_store
+    from poolcast.retry import open_with_retry
 
-    return open_store(settings.store_url())
+    return open_with_retry(settings)
 
 
 def format_table(table: pa.Table, max_rows: int = 50) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from poolcast.locks import locked
+from poolcast.retry import retried
 from poolcast.settings import Settings
 from poolcast.spec import MARKET, METRICS
 from poolcast.store import Store, StoreError
@@ -66,6 +68,8 @@ def resolve_as_of(store: Store, settings: Settings) -> dt.date:
     return day
 
 
+@retried
+@locked("metrics")
 def metrics_stage(store: Store, settings: Settings) -> StageResult:
     """Step 7: the daily grid and its rolling metrics for every active pool, merged in one go."""
     store.require_schema()
@@ -124,6 +128,8 @@ def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
     return written
 
 
+@retried
+@locked("forecast")
 def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
     """Step 11: train the global model, forecast each active pool's next day, merge."""
     store.require_schema()

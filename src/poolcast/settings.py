@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     lock_wait: bool = Field(
         default=False, validation_alias=AliasChoices("lock_wait", "POOLCAST_LOCK_WAIT")
     )
+    # A stage that loses its database connection is rerun this many times in all, with an
+    # exponential pause (backoff, 2x backoff, ...) to let a restarting server come back.
+    db_retry_attempts: int = Field(
+        default=3, ge=1, le=20,
+        validation_alias=AliasChoices("db_retry_attempts", "POOLCAST_DB_RETRY_ATTEMPTS"),
+    )
+    db_retry_backoff_s: float = Field(
+        default=2.0, ge=0, le=300,
+        validation_alias=AliasChoices("db_retry_backoff_s", "POOLCAST_DB_RETRY_BACKOFF_S"),
+    )
 
     spark: SparkSettings = SparkSettings()
     gcp: GcpSettings = GcpSettings()

@@ -22,6 +22,19 @@ class StoreError(RuntimeError):
     """A store operation failed; the message says which and what to do."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (down, restarting, network): worth a bounded retry."""
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@?#\s]+):[^@\s]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (user-info or ``?password=``) masked, for messages and logs."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", url))
+
+
 def ident(name: str) -> str:
     """A validated SQL identifier: we never build SQL from unchecked names."""
     if not _IDENT.match(name):
@@ -65,6 +78,9 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def reconnect(self) -> None:  # noqa: B027 - an embedded file has no connection to lose
+        """Replace a broken connection with a fresh one (a server store after a restart)."""
 
     @abstractmethod
     def readonly_query(self, sql: str) -> pa.Table:
@@ -151,7 +167,7 @@ class Store(ABC):
 
     def safe_url(self) -> str:
         """The URL with any password masked, for messages and logs."""
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", self.url)
+        return redact_url(self.url)
 
     def merge(
         self,

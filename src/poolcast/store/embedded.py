@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,35 @@ from poolcast.store._base import Store, StoreError
 class DuckDBStore(Store):
     dialect = "duckdb"
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    def __init__(self, path: str, *, read_only: bool = False, wait: bool = False) -> None:
         super().__init__()
         self.url = path
         if path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._con = duckdb.connect(path, read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StoreError(
-                f"cannot open the embedded store {path!r}: {exc}. Another poolcast process may be "
-                "writing it; wait for it to finish."
-            ) from exc
+        self._con = self._connect(path, read_only, wait)
         self._con.execute("SET TimeZone = 'UTC'")
+
+    @staticmethod
+    def _connect(path: str, read_only: bool, wait: bool) -> duckdb.DuckDBPyConnection:
+        """DuckDB's file lock lets one process write the file: the second waits or stops here."""
+        pause, announced = 0.05, False
+        while True:
+            try:
+                return duckdb.connect(path, read_only=read_only)
+            except duckdb.IOException as exc:
+                if not (wait and "lock" in str(exc).lower()):
+                    raise StoreError(
+                        f"cannot open the embedded store {path!r}: {exc}. Another poolcast "
+                        "process may be writing it; wait for it to finish, or set "
+                        "POOLCAST_LOCK_WAIT=true to queue behind it."
+                    ) from exc
+            if not announced:
+                from poolcast.observe import event
+
+                event("lock.waiting", store=path, lock="duckdb file")
+                announced = True
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         result = self._con.execute(sql, list(params) if params else None)

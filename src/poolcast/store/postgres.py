@@ -8,7 +8,18 @@ from typing import Any
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 
-from poolcast.store._base import Store, StoreError
+from poolcast.store._base import Store, StoreError, StoreUnavailable
+
+# Connect failures that no retry fixes: the server answered and said no.
+_PERMANENT = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "invalid",
+    "sslmode",
+    "SSL is not enabled",
+)
 
 
 class PostgresStore(Store):
@@ -17,15 +28,27 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
+        self._con = self._connect()
+
+    def _connect(self) -> pg.Connection:
         try:
-            self._con = pg.connect(url)
+            con = pg.connect(self.url)
         except Exception as exc:  # noqa: BLE001 - ADBC raises its own hierarchy
-            raise StoreError(
-                f"cannot connect to PostgreSQL at {self.safe_url()}: {_first_line(exc)}. "
+            reason = _first_line(exc)
+            kind = StoreError if any(p in reason for p in _PERMANENT) else StoreUnavailable
+            raise kind(
+                f"cannot connect to PostgreSQL at {self.safe_url()}: {reason}. "
                 "Check DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD or --store."
             ) from None
-        self.execute("SET TIME ZONE 'UTC'")
-        self._con.commit()
+        with con.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+        con.commit()
+        return con
+
+    def reconnect(self) -> None:
+        self.close()
+        self._depth = 0
+        self._con = self._connect()
 
     def _cursor(self) -> pg.Cursor:
         return self._con.cursor()
