@@ -359,3 +359,12 @@ def test_collect_upload_then_a_batch_from_latest(client, tmp_path, monkeypatch):
     data = client.bucket(BUCKET).blob("versions/ccc333/poolcast-0.1.0.zip").download_as_bytes()
     (tmp_path / "dl.zip").write_bytes(data)
     assert "poolcast/deploy/dataproc.py" in zipfile.ZipFile(tmp_path / "dl.zip").namelist()
+
+
+def test_cli_list_of_a_missing_bucket_is_a_clean_error(client, monkeypatch):
+    from poolcast.deploy import cli
+
+    monkeypatch.setenv("PROJECT_ID", PROJECT)
+    res = CliRunner().invoke(cli.deploy_app, ["list", "--bucket", "no-such-bucket-here"])
+    assert res.exit_code == 1
+    assert "error: Cloud Storage:" in res.output and "Traceback" not in res.output

@@ -52,6 +52,14 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _google_errors() -> tuple[type[Exception], ...]:
+    """API errors from Google (imported when one is being handled: the gcp extra is optional)."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import GoogleAuthError
+
+    return (GoogleAPICallError, GoogleAuthError)
+
+
 @deploy_app.command("upload")
 def upload(
     project: ProjectOpt = None,
@@ -94,6 +102,8 @@ def upload(
             )
     except (ArtifactError, gcs.DeployError) as exc:
         _fail(str(exc))
+    except _google_errors() as exc:
+        _fail(f"Cloud Storage: {exc}")
     typer.echo(f"gs://{bucket}/{manifest.prefix}MANIFEST.json ({len(manifest.files)} files)")
 
 
@@ -102,7 +112,10 @@ def list_cmd(project: ProjectOpt = None, bucket: BucketOpt = None) -> None:
     """Show uploaded versions, newest first; '*' marks the one latest/ points at."""
     settings = _settings(project, None)
     bucket = bucket or gcs.code_bucket(settings.gcp.project_id)
-    versions = gcs.list_versions(gcs.make_client(settings.gcp.project_id), bucket)
+    try:
+        versions = gcs.list_versions(gcs.make_client(settings.gcp.project_id), bucket)
+    except _google_errors() as exc:
+        _fail(f"Cloud Storage: {exc}")
     if not versions:
         typer.echo(f"no versions in gs://{bucket}")
         return
@@ -124,6 +137,8 @@ def rollback_cmd(
         previous, manifest = gcs.rollback(gcs.make_client(settings.gcp.project_id), bucket, version)
     except gcs.DeployError as exc:
         _fail(str(exc))
+    except _google_errors() as exc:
+        _fail(f"Cloud Storage: {exc}")
     typer.echo(f"latest: {previous or '(none)'} -> {manifest.version}")
 
 
@@ -170,6 +185,8 @@ def _submit(
         )
     except (gcs.DeployError, ValueError) as exc:
         _fail(str(exc))
+    except _google_errors() as exc:
+        _fail(f"Cloud Storage: {exc}")
     if settings.db_password is not None and not gcp.db_password_secret:
         _say("note: DB_PASSWORD is set here but is never sent to a batch; use --db-password-secret")
     client = dataproc.make_client(gcp.region)
