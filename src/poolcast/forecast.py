@@ -1,7 +1,18 @@
-"""Step 11: one global LightGBM model that forecasts every pool's APY for a later day.
+"""Step 11: global LightGBM models that forecast every pool's APY 1, 7 and 30 days ahead and the
+mean of the next 7 days, with calibrated 80% intervals.
 
 The target is always a later day's APY than the features (the plan trained on the same day's APY
-from features that contain it). Only observed targets train or score a model.
+from features that contain it). Only observed targets train or score a model. Choices below were
+made on the rolling-origin backtest (``poolcast backtest``, docs/forecasting.md), not by default:
+
+* L1 loss on the change ``apy(t+h) - apy(t)``: L2 on the level (the plan) chases APY spikes and
+  loses to "APY stays as today".
+* From 7 days on, the change divided by the pool's own scale (30-day std + 5% of its APY): pools
+  with 0.01% and 400% APY then teach the model the same mean reversion.
+* Each fit holds out its last ``calibration_days`` (a time-based split): early stopping, a blend of
+  model, naive and 7-day mean fitted there (shrinkage toward naive where the model has no edge),
+  a dead zone that keeps today's APY when the predicted move is small, and conformal 80% intervals
+  from the scaled residuals there. The booster is then refitted on the whole window.
 """
 
 from __future__ import annotations
@@ -10,8 +21,9 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +33,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from poolcast.spec import FEATURE_COLUMNS, PLAN_FEATURE_COLUMNS
+
+Horizon = int | str  # 1, 7, 30 days ahead, or "mean7": the mean of the next 7 days
+HORIZONS: tuple[Horizon, ...] = (1, 7, 30, "mean7")
+MEAN7_MIN_OBSERVED = 4  # a mean of the next 7 days needs at least this many observed days
+FORECASTS_KEY = ("pool_id", "made_on", "metric", "horizon")  # the forecasts table's primary key
 
 # The plan's LightGBM parameters (Task 2.3), as LightGBM's own names.
 PLAN_PARAMS: dict[str, Any] = {
@@ -33,58 +50,230 @@ PLAN_PARAMS: dict[str, Any] = {
     "bagging_freq": 5,
 }
 
+# Smaller trees, coarser bins and early stopping: the issue-5 training-time target at equal error.
+PRODUCTION_PARAMS: dict[str, Any] = {
+    **PLAN_PARAMS,
+    "objective": "regression_l1",
+    "num_leaves": 15,
+    "num_iterations": 300,  # an upper bound: early stopping on the calibration split picks fewer
+    "learning_rate": 0.05,
+    "min_data_in_leaf": 50,
+    "max_bin": 63,
+}
+
+# Model-side features: plain arithmetic on spec columns (any engine can compute them). How far
+# today's APY is from its own recent past is what mean reversion needs; trees find it poorly.
+DERIVED: dict[str, tuple[str, str, Literal["sub", "zscore"]]] = {
+    "apy_minus_7d": ("actual_apy", "rolling_apy_7d", "sub"),
+    "apy_minus_30d": ("actual_apy", "rolling_apy_30d", "sub"),
+    "apy_change_7d": ("actual_apy", "apy_lag_7", "sub"),
+    "apy_z_30d": ("apy_minus_30d", "stddev_apy_30d", "zscore"),
+}
+
+# ETH/BTC/gas and calendar features added nothing on the backtest: left out of production.
+PRODUCTION_FEATURES: tuple[str, ...] = (
+    "actual_apy",
+    "actual_tvl",
+    "rolling_apy_7d",
+    "rolling_apy_30d",
+    "stddev_apy_7d",
+    "stddev_apy_30d",
+    "apy_delta_today_yesterday",
+    "apy_lag_1",
+    "apy_lag_3",
+    "apy_lag_7",
+    *DERIVED,
+)
+
+Target = Literal["level", "change", "scaled_change"]
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model learns: its features, its target form and its LightGBM parameters.
+    """What a model learns and how it is fitted.
 
-    ``target="level"`` learns APY(t+h) itself; ``target="change"`` learns APY(t+h) - APY(t) and adds
-    today's APY back, which keeps flat pools flat.
+    ``target``: ``level`` learns APY(t+h); ``change`` learns APY(t+h) - APY(t) and adds today's APY
+    back (flat pools stay flat); ``scaled_change`` learns that change divided by :func:`scale`.
+    ``baseline``: no booster, the forecast is this panel column (``actual_apy``: naive).
+    ``calibrate``: hold out the last ``calibration_days`` for early stopping, blend weights, the
+    dead zone and conformal intervals. ``per_horizon``: overrides of these fields by horizon key.
     """
 
     name: str
     features: tuple[str, ...]
-    target: Literal["level", "change"]
+    target: Target
     params: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+    calibrate: bool = False
+    calibration_days: int = 14
+    early_stopping: int = 0
+    float32: bool = False
+    # Quantile levels of the calibration residuals that bound the 80% interval: conformal's own
+    # (0.1, 0.9) under-covers out of sample (APY regimes drift), so production widens them.
+    interval: tuple[float, float] = (0.1, 0.9)
+    per_horizon: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_horizon(self, horizon: Horizon) -> ModelSpec:
+        over = self.per_horizon.get(horizon_key(horizon), {})
+        params = {**self.params, **over.get("params", {})}
+        return replace(self, **{k: v for k, v in over.items() if k != "params"}, params=params)
 
 
 MODELS: dict[str, ModelSpec] = {
+    "naive": ModelSpec("naive", (), "level", baseline="actual_apy", calibrate=True),
+    "mean7d": ModelSpec("mean7d", (), "level", baseline="rolling_apy_7d", calibrate=True),
     "plan": ModelSpec("plan", PLAN_FEATURE_COLUMNS, "level", dict(PLAN_PARAMS)),
+    # The issue's measured L1-on-change model with the plan's trees and features, for comparison.
+    "l1change": ModelSpec(
+        "l1change", FEATURE_COLUMNS, "change", {**PLAN_PARAMS, "objective": "regression_l1"}
+    ),
     "production": ModelSpec(
-        "production", FEATURE_COLUMNS, "change", {**PLAN_PARAMS, "objective": "regression_l1"}
+        "production",
+        PRODUCTION_FEATURES,
+        "scaled_change",
+        dict(PRODUCTION_PARAMS),
+        calibrate=True,
+        early_stopping=30,
+        float32=True,
+        interval=(0.07, 0.93),
+        per_horizon={
+            # One day ahead, scaling by a spiky pool's std makes the model bet on reversions that
+            # come later than tomorrow: the plain change wins there.
+            "1": {"target": "change"},
+            # 30-day residuals drift most between calibration window and future.
+            "30": {"interval": (0.05, 0.95)},
+        },
     ),
 }
 
 
-def _matrix(panel: pa.Table, features: Sequence[str]) -> np.ndarray:
-    return np.column_stack(
-        [pc.cast(panel.column(f), pa.float64()).to_numpy(zero_copy_only=False) for f in features]
-    ).astype(np.float64)
+def horizon_key(horizon: Horizon) -> str:
+    return str(horizon)
 
 
-def training_rows(panel: pa.Table, train_days: int, horizon: int = 1) -> pa.Table:
-    """Rows with an observed target, from the last ``train_days`` days of each pool's data.
+def horizon_days(horizon: Horizon) -> int:
+    """How many days after the forecast day the target reaches."""
+    return 7 if horizon == "mean7" else int(horizon)
 
-    Anchored on each pool's latest observed day: where every pool reports daily this is the plan's
-    ``date >= today - TRAIN_DAYS``; a pool that paused still teaches the model its latest days.
+
+def parse_horizon(text: str | int) -> Horizon:
+    if str(text) == "mean7":
+        return "mean7"
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"horizon must be a positive number of days or 'mean7', not {text!r}")
+    return value
+
+
+def target_column(horizon: Horizon) -> str:
+    return "target_mean7" if horizon == "mean7" else f"target_h{horizon}"
+
+
+def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.Table:
+    """The panel with one target column per horizon (NULL unless observed) and ``target_tvl_h{h}``
+    for the day horizons, plus ``rolling_tvl_7d`` (a TVL baseline). Replaces existing targets.
+
+    The grid has one row per pool and day, so ``lead(x, h)`` is the value h days later.
     """
-    target = f"target_h{horizon}"
-    observed = panel.filter(pc.field("is_observed"))
-    last = observed.group_by("pool_id").aggregate([("date", "max")])
-    joined = panel.join(last, "pool_id")
-    start = pc.subtract(
-        pc.cast(joined.column("date_max"), pa.timestamp("s")),
-        pa.scalar(dt.timedelta(days=train_days + horizon - 1), pa.duration("s")),
+    import duckdb
+
+    names = (
+        {target_column(h) for h in horizons}
+        | {f"target_tvl_h{h}" for h in horizons if h != "mean7"}
+        | {"rolling_tvl_7d"}
     )
+    base = panel.drop_columns([c for c in panel.column_names if c in names])
+    by_pool = "PARTITION BY pool_id ORDER BY date"
+
+    def observed(k: int, col: str) -> str:
+        return f"CASE WHEN lead(is_observed, {k}) OVER w THEN lead({col}, {k}) OVER w END"
+
+    exprs = ["avg(actual_tvl) OVER (w ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS rolling_tvl_7d"]
+    for h in horizons:
+        if h == "mean7":
+            leads = [observed(k, "actual_apy") for k in range(1, 8)]
+            count = " + ".join(f"CAST(({x}) IS NOT NULL AS INTEGER)" for x in leads)
+            total = " + ".join(f"coalesce({x}, 0)" for x in leads)
+            exprs.append(
+                f"CASE WHEN ({count}) >= {MEAN7_MIN_OBSERVED} "
+                f"THEN ({total}) / ({count}) END AS target_mean7"
+            )
+        else:
+            exprs.append(f"{observed(int(h), 'actual_apy')} AS {target_column(h)}")
+            exprs.append(f"{observed(int(h), 'actual_tvl')} AS target_tvl_h{h}")
+    con = duckdb.connect()
+    try:
+        con.register("panel", base)
+        # Built only from fixed column names and integer horizons, never from user text.
+        sql = (
+            f"SELECT *, {', '.join(exprs)} FROM panel "  # noqa: S608
+            f"WINDOW w AS ({by_pool}) ORDER BY pool_id, date"
+        )
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    if name in DERIVED:
+        a, b, op = DERIVED[name]
+        x, y = _column(table, a), _column(table, b)
+        if op == "sub":
+            return x - y
+        return x / (np.nan_to_num(y, nan=0.0) + 1e-3)
+    return (
+        pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    )
+
+
+def _matrix(panel: pa.Table, features: Sequence[str], dtype: type = np.float64) -> np.ndarray:
+    if not features:
+        return np.empty((panel.num_rows, 0), dtype=dtype)
+    return np.column_stack([_column(panel, f) for f in features]).astype(dtype)
+
+
+def scale(rows: pa.Table) -> np.ndarray:
+    """A pool's own yardstick for APY moves: 30-day std plus 5% of its APY, never zero."""
+    std = np.nan_to_num(_column(rows, "stddev_apy_30d"), nan=0.0)
+    return std + 0.05 * np.abs(np.nan_to_num(_column(rows, "actual_apy"), nan=0.0)) + 0.01
+
+
+def training_rows(
+    panel: pa.Table, train_days: int, horizon: Horizon = 1, *, end: dt.date | None = None
+) -> pa.Table:
+    """Rows with an observed target from the last ``train_days`` forecast days, sorted by pool and
+    date, with ``age``: days between the row and the latest day whose target is known.
+
+    Without ``end``, anchored on each pool's latest observed day: where every pool reports daily
+    this is the plan's ``date >= today - TRAIN_DAYS``; a pool that paused still teaches the model
+    its latest days. With ``end`` (a backtest cutoff), only targets observed by ``end`` count.
+    """
+    days = horizon_days(horizon)
+    target = target_column(horizon)
+    if target not in panel.column_names:
+        panel = add_targets(panel, [horizon])
+    if end is None:
+        observed = panel.filter(pc.field("is_observed"))
+        last = observed.group_by("pool_id").aggregate([("date", "max")])
+        joined = panel.join(last, "pool_id")
+        anchor = pc.cast(joined.column("date_max"), pa.timestamp("s"))
+    else:
+        joined = panel.append_column("date_max", pa.array([end] * panel.num_rows, pa.date32()))
+        anchor = pc.cast(joined.column("date_max"), pa.timestamp("s"))
+    last_origin = pc.subtract(anchor, pa.scalar(dt.timedelta(days=days), pa.duration("s")))
+    age = pc.divide(
+        pc.cast(
+            pc.subtract(last_origin, pc.cast(joined.column("date"), pa.timestamp("s"))), pa.int64()
+        ),
+        86_400,
+    )
+    joined = joined.append_column("age", age)
     mask = pc.and_(
-        pc.greater(pc.cast(joined.column("date"), pa.timestamp("s")), start),
+        pc.and_(pc.greater_equal(age, 0), pc.less(age, train_days)),
         pc.and_(pc.is_valid(joined.column(target)), pc.is_valid(joined.column("actual_apy"))),
     )
-    return (
-        joined.filter(mask)
-        .drop_columns(["date_max"])
-        .sort_by([("pool_id", "ascending"), ("date", "ascending")])
-    )
+    rows = joined.filter(mask).drop_columns(["date_max"])
+    return rows.sort_by([("pool_id", "ascending"), ("date", "ascending")])
 
 
 def latest_rows(panel: pa.Table) -> pa.Table:
@@ -96,14 +285,65 @@ def latest_rows(panel: pa.Table) -> pa.Table:
     return joined.filter(keep).drop_columns(["date_max"]).sort_by("pool_id")
 
 
+def _conformal(residuals: np.ndarray, levels: tuple[float, float]) -> tuple[float, float]:
+    """Split-conformal quantiles of scaled residuals at ``levels`` (finite-sample ranks)."""
+    r = np.sort(residuals[np.isfinite(residuals)])
+    if r.size == 0:
+        return (0.0, 0.0)
+    n = r.size
+    lo = int(np.floor(levels[0] * (n + 1))) - 1
+    hi = int(np.ceil(levels[1] * (n + 1))) - 1
+    return (float(r[min(max(lo, 0), n - 1)]), float(r[min(max(hi, 0), n - 1)]))
+
+
+BLEND_GRID = np.round(np.arange(0.0, 1.0001, 0.1), 2)
+DEAD_ZONES = (0.0, 0.05, 0.1, 0.2, 0.3)
+DEAD_ZONE_TOLERANCE = 1.005  # keep today's APY more often if that costs at most 0.5% MAE
+
+
+def _blend(
+    model: np.ndarray,
+    naive: np.ndarray,
+    mean7: np.ndarray,
+    scl: np.ndarray,
+    weights: tuple[float, float],
+    dead_zone: float,
+) -> np.ndarray:
+    value = naive + weights[0] * (model - naive) + weights[1] * (mean7 - naive)
+    return np.where(np.abs(value - naive) < dead_zone * scl, naive, value)
+
+
+def _fit_blend(
+    y: np.ndarray, model: np.ndarray, naive: np.ndarray, mean7: np.ndarray, scl: np.ndarray
+) -> tuple[tuple[float, float], float]:
+    """Weights of model and 7-day mean over naive, then the widest dead zone that costs almost
+    nothing: where the model has no edge the forecast falls back to today's APY."""
+    best: tuple[float, tuple[float, float]] | None = None
+    for a in BLEND_GRID:
+        for b in BLEND_GRID:
+            if a + b > 1.0 + 1e-9:
+                continue
+            mae = float(np.mean(np.abs(_blend(model, naive, mean7, scl, (a, b), 0.0) - y)))
+            if best is None or mae < best[0] - 1e-12:
+                best = (mae, (float(a), float(b)))
+    assert best is not None
+    mae0, weights = best
+    zone = 0.0
+    for dz in DEAD_ZONES:
+        mae = float(np.mean(np.abs(_blend(model, naive, mean7, scl, weights, dz) - y)))
+        if mae <= mae0 * DEAD_ZONE_TOLERANCE:
+            zone = dz
+    return weights, zone
+
+
 class Forecaster:
-    """A global LightGBM APY model for one horizon."""
+    """One model for one horizon: a global LightGBM model (or a baseline), fitted on all pools."""
 
     def __init__(
         self,
         model: str = "production",
         *,
-        horizon: int = 1,
+        horizon: Horizon = 1,
         train_days: int = 60,
         seed: int = 42,
         num_threads: int = 0,
@@ -119,7 +359,7 @@ class Forecaster:
     def _spec(self) -> ModelSpec:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
-        return MODELS[self.model]
+        return MODELS[self.model].for_horizon(self.horizon)
 
     def lgb_params(self) -> dict[str, Any]:
         spec = self._spec()
@@ -133,91 +373,486 @@ class Forecaster:
             "verbosity": -1,
         }
 
-    def fit(self, panel: pa.Table) -> Forecaster:
+    # -- the target in the model's own units ----------------------------------------------------
+    def _to_target(self, rows: pa.Table, y: np.ndarray) -> np.ndarray:
+        target = self._spec().target
+        if target == "level":
+            return y
+        change = y - _column(rows, "actual_apy")
+        return change / scale(rows) if target == "scaled_change" else change
+
+    def _from_target(self, rows: pa.Table, raw: np.ndarray) -> np.ndarray:
+        target = self._spec().target
+        if target == "level":
+            return raw
+        change = raw * scale(rows) if target == "scaled_change" else raw
+        return change + _column(rows, "actual_apy")
+
+    def _train(self, rows: pa.Table, rounds: int, valid: pa.Table | None = None) -> lgb.Booster:
         spec = self._spec()
-        rows = training_rows(panel, self.train_days, self.horizon)
-        if rows.num_rows < 10:
-            raise ValueError(
-                f"only {rows.num_rows} training rows with an observed next-day APY in the last "
-                f"{self.train_days} days; ingest more history or raise TRAIN_DAYS"
-            )
-        y = rows.column(f"target_h{self.horizon}").to_numpy(zero_copy_only=False)
-        if spec.target == "change":
-            y = y - rows.column("actual_apy").to_numpy(zero_copy_only=False)
-        dataset = lgb.Dataset(
-            _matrix(rows, spec.features),
+        dtype = np.float32 if spec.float32 else np.float64
+        y = self._to_target(rows, _column(rows, target_column(self.horizon)))
+        data = lgb.Dataset(
+            _matrix(rows, spec.features, dtype),
             label=y,
             feature_name=list(spec.features),
             free_raw_data=True,
+            params={"max_bin": spec.params.get("max_bin", 255)},
         )
         params = self.lgb_params()
-        if not self.num_threads:
+        params.pop("num_iterations", None)
+        params["num_threads"] = self.fit_threads_
+        callbacks: list[Callable[..., Any]] = []
+        valid_sets = []
+        if valid is not None and valid.num_rows and spec.early_stopping:
+            yv = self._to_target(valid, _column(valid, target_column(self.horizon)))
+            valid_sets = [
+                lgb.Dataset(_matrix(valid, spec.features, dtype), label=yv, reference=data)
+            ]
+            callbacks = [lgb.early_stopping(spec.early_stopping, verbose=False)]
+        return lgb.train(
+            params, data, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks
+        )
+
+    def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> Forecaster:
+        """Train on the last ``train_days`` of observed targets (up to ``end`` when given)."""
+        spec = self._spec()
+        started = time.perf_counter()
+        rows = training_rows(panel, self.train_days, self.horizon, end=end)
+        if rows.num_rows < 10:
+            raise ValueError(
+                f"only {rows.num_rows} training rows with an observed {self.horizon}-day-ahead APY "
+                f"in the last {self.train_days} days; ingest more history or raise TRAIN_DAYS"
+            )
+        threads = self.num_threads or (
             # OpenMP threads cost more than they give on small sets (and spin under contention).
-            params["num_threads"] = 1 if rows.num_rows < 200_000 else (os.cpu_count() or 1)
-        self.fit_threads_ = params["num_threads"]
-        rounds = int(params.pop("num_iterations"))
-        self.booster_ = lgb.train(params, dataset, num_boost_round=rounds)
+            1 if rows.num_rows < 200_000 else (os.cpu_count() or 1)
+        )
+        self.fit_threads_ = threads
         self.features_ = spec.features
         self.n_train_ = rows.num_rows
-        self.train_window_ = (
-            min(rows.column("date").to_pylist()),
-            max(rows.column("date").to_pylist()),
-        )
-        self.fingerprint_ = _fingerprint(rows, spec.features, f"target_h{self.horizon}")
+        dates = rows.column("date")
+        self.train_window_ = (pc.min(dates).as_py(), pc.max(dates).as_py())
+        self.fingerprint_ = _fingerprint(rows, spec.features, target_column(self.horizon))
+        self.booster_: lgb.Booster | None = None
+        self.weights_ = (1.0, 0.0)
+        self.dead_zone_ = 0.0
+        self.quantiles_: tuple[float, float] | None = None
+        self.calibration_: dict[str, Any] = {}
+        rounds = int(self.lgb_params().get("num_iterations", 100))
+        if spec.calibrate:
+            calib = rows.filter(pc.less(rows.column("age"), spec.calibration_days))
+            early = rows.filter(pc.greater_equal(rows.column("age"), spec.calibration_days))
+            if calib.num_rows and early.num_rows >= 10:
+                self._calibrate(early, calib, rounds)
+                rounds = self.best_iteration_ or rounds
+        if spec.baseline is None:
+            self.booster_ = self._train(rows, rounds)
+        self.rounds_ = rounds if spec.baseline is None else 0
+        self.fit_seconds_ = time.perf_counter() - started
         return self
 
-    def predict(self, rows: pa.Table) -> np.ndarray:
+    def _calibrate(self, early: pa.Table, calib: pa.Table, rounds: int) -> None:
+        """Fit on the early part, judge on the held-out last days: blend, dead zone, intervals."""
         spec = self._spec()
-        raw = self.booster_.predict(_matrix(rows, self.features_), num_threads=self.fit_threads_)
-        if spec.target == "change":
-            raw = raw + rows.column("actual_apy").to_numpy(zero_copy_only=False)
-        return np.asarray(raw, dtype=np.float64)
+        self.best_iteration_: int | None = None
+        if spec.baseline is None:
+            booster = self._train(early, rounds, valid=calib)
+            self.best_iteration_ = booster.best_iteration or rounds
+            self.booster_ = booster
+            model = self._raw_predict(calib, booster.best_iteration or None)
+            naive = _column(calib, "actual_apy")
+            mean7 = _column(calib, "rolling_apy_7d")
+            scl = scale(calib)
+            y = _column(calib, target_column(self.horizon))
+            mean7 = np.where(np.isfinite(mean7), mean7, naive)
+            self.weights_, self.dead_zone_ = _fit_blend(y, model, naive, mean7, scl)
+        point = self.predict(calib)
+        y = _column(calib, target_column(self.horizon))
+        naive = _column(calib, "actual_apy")
+        residual = (y - point) / scale(calib)
+        self.quantiles_ = _conformal(residual, spec.interval)
+        self.calibration_ = {
+            "n": int(calib.num_rows),
+            "mae": float(np.mean(np.abs(y - point))),
+            "naive_mae": float(np.mean(np.abs(y - naive))),
+            "weights": list(self.weights_),
+            "dead_zone": self.dead_zone_,
+            "best_iteration": self.best_iteration_,
+            "quantiles": list(self.quantiles_),
+        }
+        self.calibration_["ratio"] = (
+            self.calibration_["mae"] / self.calibration_["naive_mae"]
+            if self.calibration_["naive_mae"]
+            else None
+        )
 
-    def save(self, directory: str | Path) -> Path:
-        """Native LightGBM text plus metadata; the folder is named by the model's content hash."""
-        text = self.booster_.model_to_string()
-        version = hashlib.sha256(text.encode()).hexdigest()[:16]
-        out = Path(directory) / f"{self.model}-h{self.horizon}-{version}"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.txt").write_text(text)
-        meta = {
-            "version": version,
-            "model": asdict(self._spec()) | {"params": self.lgb_params()},
+    def _raw_predict(self, rows: pa.Table, iteration: int | None = None) -> np.ndarray:
+        spec = self._spec()
+        if spec.baseline is not None:
+            value = _column(rows, spec.baseline)
+            return np.where(np.isfinite(value), value, _column(rows, "actual_apy"))
+        assert self.booster_ is not None
+        dtype = np.float32 if spec.float32 else np.float64
+        raw = self.booster_.predict(
+            _matrix(rows, self.features_, dtype),
+            num_iteration=iteration,
+            num_threads=self.fit_threads_,
+        )
+        return self._from_target(rows, np.asarray(raw, dtype=np.float64))
+
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        """Point forecasts for the given origin rows."""
+        model = self._raw_predict(rows)
+        if self._spec().baseline is not None or self.weights_ == (1.0, 0.0) and not self.dead_zone_:
+            return model
+        naive = _column(rows, "actual_apy")
+        mean7 = _column(rows, "rolling_apy_7d")
+        mean7 = np.where(np.isfinite(mean7), mean7, naive)
+        return _blend(model, naive, mean7, scale(rows), self.weights_, self.dead_zone_)
+
+    def predict_interval(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point forecast and its 80% interval (NaN bounds for a model without calibration)."""
+        point = self.predict(rows)
+        if self.quantiles_ is None:
+            nan = np.full(point.shape, np.nan)
+            return point, nan, nan
+        scl = scale(rows)
+        return point, point + self.quantiles_[0] * scl, point + self.quantiles_[1] * scl
+
+    def model_text(self) -> str:
+        return self.booster_.model_to_string() if self.booster_ is not None else ""
+
+    def metadata(self) -> dict[str, Any]:
+        spec = self._spec()
+        return {
+            "model": asdict(spec) | {"params": self.lgb_params()},
             "horizon": self.horizon,
             "features": list(self.features_),
             "train_days": self.train_days,
             "train_window": [d.isoformat() for d in self.train_window_],
             "n_train": self.n_train_,
+            "rounds": self.rounds_,
             "data_fingerprint": self.fingerprint_,
+            "blend_weights": list(self.weights_),
+            "dead_zone": self.dead_zone_,
+            "interval_quantiles": list(self.quantiles_) if self.quantiles_ else None,
+            "calibration": self.calibration_,
         }
+
+    def save(self, directory: str | Path) -> Path:
+        """Native LightGBM text plus metadata; the folder is named by the model's content hash."""
+        text = self.model_text()
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        out = Path(directory) / f"{self.model}-h{self.horizon}-{version}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.txt").write_text(text)
+        meta = {"version": version, **self.metadata()}
         (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         self.version_ = version
         return out
 
+    @classmethod
+    def _restore(cls, meta: dict[str, Any], text: str) -> Forecaster:
+        """A fitted forecaster from its saved metadata and model text (no training)."""
+        horizon = parse_horizon(meta["horizon"])
+        self = cls(
+            meta["model"]["name"],
+            horizon=horizon,
+            train_days=meta["train_days"],
+            seed=int(meta["model"]["params"].get("seed", 42)),
+        )
+        self.fit_threads_ = 1
+        self.features_ = tuple(meta["features"])
+        self.n_train_ = meta["n_train"]
+        self.train_window_ = tuple(dt.date.fromisoformat(d) for d in meta["train_window"])
+        self.fingerprint_ = meta["data_fingerprint"]
+        self.rounds_ = meta["rounds"]
+        self.weights_ = tuple(meta["blend_weights"])  # type: ignore[assignment]
+        self.dead_zone_ = meta["dead_zone"]
+        q = meta["interval_quantiles"]
+        self.quantiles_ = (q[0], q[1]) if q else None
+        self.calibration_ = meta["calibration"]
+        self.booster_ = lgb.Booster(model_str=text) if text else None
+        return self
+
 
 def _fingerprint(rows: pa.Table, features: Sequence[str], target: str) -> str:
     """A hash of exactly the data the model saw (store-independent: no schema metadata)."""
-    table = pa.table({n: rows.column(n) for n in ("pool_id", "date", *features, target)})
+    cols = [
+        c
+        for c in dict.fromkeys(("pool_id", "date", "actual_apy", *features, target))
+        if c in rows.column_names
+    ]
+    table = pa.table({n: rows.column(n) for n in cols})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
 
 
-def forecast_table(model: Forecaster, panel: pa.Table) -> pa.Table:
+def forecast_table(model: Forecaster | ForecastModel, panel: pa.Table) -> pa.Table:
     """One next-day forecast per pool: pool_id, date (latest observed day + horizon),
-    forecasted_apy, forecasted_tvl (TVL carried from that day: the plan's baseline)."""
+    forecasted_apy, forecasted_tvl (the TVL forecast that backtested better; TVL carried from that
+    day, the plan's baseline, for a single :class:`Forecaster`)."""
+    if isinstance(model, ForecastModel) and "rolling_tvl_7d" not in panel.column_names:
+        panel = add_targets(panel, [1])
     rows = latest_rows(panel)
-    values = model.predict(rows)
+    if isinstance(model, ForecastModel):
+        one = model.horizons_[1]
+        tvl = model.tvl_forecast(rows, 1)
+    else:
+        one, tvl = model, _column(rows, "actual_tvl")
     dates = pc.add(
         pc.cast(rows.column("date"), pa.timestamp("s")),
-        pa.scalar(dt.timedelta(days=model.horizon), pa.duration("s")),
+        pa.scalar(dt.timedelta(days=horizon_days(one.horizon)), pa.duration("s")),
     )
     return pa.table(
         {
             "pool_id": rows.column("pool_id"),
             "date": pc.cast(dates, pa.date32()),
-            "forecasted_apy": pa.array(values, pa.float64()),
-            "forecasted_tvl": pc.cast(rows.column("actual_tvl"), pa.float64()),
+            "forecasted_apy": pa.array(one.predict(rows), pa.float64()),
+            "forecasted_tvl": pa.array(tvl, pa.float64()),
         }
     )
+
+
+# -- the multi-horizon production model and its artifacts ------------------------------------------
+
+
+def _tvl_baseline(rows: pa.Table, how: str) -> np.ndarray:
+    naive = _column(rows, "actual_tvl")
+    if how == "naive":
+        return naive
+    mean = _column(rows, "rolling_tvl_7d")
+    return np.where(np.isfinite(mean), mean, naive)
+
+
+def choose_tvl_baseline(
+    panel: pa.Table, horizon: int, train_days: int, *, end: dt.date | None = None
+) -> dict[str, Any]:
+    """TVL forecast by whichever baseline had the lower MAE over the training window."""
+    if (
+        "rolling_tvl_7d" not in panel.column_names
+        or f"target_tvl_h{horizon}" not in panel.column_names
+    ):
+        panel = add_targets(panel, [horizon])
+    rows = training_rows(panel, train_days, horizon, end=end)
+    y = _column(rows, f"target_tvl_h{horizon}")
+    ok = np.isfinite(y)
+    maes = {
+        how: float(np.mean(np.abs(_tvl_baseline(rows, how)[ok] - y[ok]))) if ok.any() else None
+        for how in ("naive", "mean7d")
+    }
+    valid = {k: v for k, v in maes.items() if v is not None}
+    best = min(valid, key=lambda k: valid[k]) if valid else "naive"
+    return {"baseline": best, "mae": maes, "n": int(ok.sum())}
+
+
+class ForecastModel:
+    """The production forecast: one :class:`Forecaster` per horizon, saved and loaded as one."""
+
+    def __init__(
+        self,
+        model: str = "production",
+        *,
+        horizons: Sequence[Horizon] = HORIZONS,
+        train_days: int = 60,
+        seed: int = 42,
+        num_threads: int = 0,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.horizons = tuple(horizons)
+        self.train_days = train_days
+        self.seed = seed
+        self.num_threads = num_threads
+        self.params = params
+
+    def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> ForecastModel:
+        if 1 not in self.horizons:
+            raise ValueError("the horizons must include 1: forecasted_apy is the next-day forecast")
+        panel = add_targets(panel, self.horizons)
+        self.horizons_: dict[Horizon, Forecaster] = {}
+        self.tvl_: dict[str, dict[str, Any]] = {}
+        for h in self.horizons:
+            self.horizons_[h] = Forecaster(
+                self.model,
+                horizon=h,
+                train_days=self.train_days,
+                seed=self.seed,
+                num_threads=self.num_threads,
+                params=self.params,
+            ).fit(panel, end=end)
+            if h != "mean7":
+                self.tvl_[horizon_key(h)] = choose_tvl_baseline(
+                    panel, int(h), self.train_days, end=end
+                )
+        self.version_ = self._version()
+        return self
+
+    def _version(self) -> str:
+        digest = hashlib.sha256()
+        for h, f in self.horizons_.items():
+            digest.update(horizon_key(h).encode() + b"\0" + f.model_text().encode() + b"\0")
+            digest.update(json.dumps(f.metadata(), sort_keys=True, default=str).encode())
+        digest.update(json.dumps(self.tvl_, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    def tvl_forecast(self, rows: pa.Table, horizon: Horizon) -> np.ndarray:
+        choice = self.tvl_.get(horizon_key(horizon), {"baseline": "naive"})
+        return _tvl_baseline(rows, choice["baseline"])
+
+    def forecasts(self, panel: pa.Table) -> pa.Table:
+        """Every horizon for every pool, from its latest observed day: the ``forecasts`` table's
+        rows (metric ``apy`` with its 80% interval, metric ``tvl`` without one)."""
+        panel = add_targets(panel, [h for h in self.horizons if h != "mean7"] or [1])
+        rows = latest_rows(panel)
+        made_on = rows.column("date")
+        parts = []
+        for h, f in self.horizons_.items():
+            value, lower, upper = f.predict_interval(rows)
+            target_date = pc.cast(
+                pc.add(
+                    pc.cast(made_on, pa.timestamp("s")),
+                    pa.scalar(dt.timedelta(days=horizon_days(h)), pa.duration("s")),
+                ),
+                pa.date32(),
+            )
+            base = {
+                "pool_id": rows.column("pool_id"),
+                "made_on": made_on,
+                "target_date": target_date,
+            }
+            n = rows.num_rows
+            parts.append(
+                pa.table(
+                    {
+                        **base,
+                        "metric": pa.array(["apy"] * n),
+                        "horizon": pa.array([horizon_key(h)] * n),
+                        "value": pa.array(value, pa.float64()),
+                        "lower": pa.array(
+                            np.where(np.isfinite(lower), lower, np.nan),
+                            pa.float64(),
+                            from_pandas=True,
+                        ),
+                        "upper": pa.array(
+                            np.where(np.isfinite(upper), upper, np.nan),
+                            pa.float64(),
+                            from_pandas=True,
+                        ),
+                        "model_version": pa.array([self.version_] * n),
+                    }
+                )
+            )
+            if h != "mean7":
+                parts.append(
+                    pa.table(
+                        {
+                            **base,
+                            "metric": pa.array(["tvl"] * n),
+                            "horizon": pa.array([horizon_key(h)] * n),
+                            "value": pa.array(self.tvl_forecast(rows, h), pa.float64()),
+                            "lower": pa.nulls(n, pa.float64()),
+                            "upper": pa.nulls(n, pa.float64()),
+                            "model_version": pa.array([self.version_] * n),
+                        }
+                    )
+                )
+        return pa.concat_tables(parts).sort_by(
+            [("pool_id", "ascending"), ("metric", "ascending"), ("horizon", "ascending")]
+        )
+
+    def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
+        first = self.horizons_[self.horizons[0]]
+        return {
+            "format": "poolcast-forecast-model/1",
+            "version": self.version_,
+            "model": self.model,
+            "seed": self.seed,
+            "train_days": self.train_days,
+            "features": list(first.features_),
+            "derived_features": {k: list(v) for k, v in DERIVED.items()},
+            "lightgbm": lgb.__version__,
+            "horizons": {horizon_key(h): f.metadata() for h, f in self.horizons_.items()},
+            "tvl": self.tvl_,
+            # Each fit's own time-based holdout (its last calibration days), a one-cutoff backtest.
+            "backtest": backtest
+            if backtest is not None
+            else {horizon_key(h): f.calibration_ for h, f in self.horizons_.items()},
+        }
+
+    def files(self, backtest: dict[str, Any] | None = None) -> dict[str, bytes]:
+        """The artifact's files: ``h<horizon>.txt`` native LightGBM models and ``metadata.json``."""
+        out = {f"h{horizon_key(h)}.txt": f.model_text().encode() for h, f in self.horizons_.items()}
+        out["metadata.json"] = json.dumps(
+            self.metadata(backtest), indent=2, sort_keys=True, default=str
+        ).encode()
+        return out
+
+    def save(self, location: str | Path, backtest: dict[str, Any] | None = None) -> str:
+        """Write the artifact under a local folder or a ``gs://bucket/prefix``; returns where."""
+        name = f"{self.model}-{self.version_}"
+        files = self.files(backtest)
+        base = str(location).rstrip("/")
+        if base.startswith("gs://"):
+            bucket, prefix = _split_gs(f"{base}/{name}")
+            client = _gcs_client()
+            for fname, data in files.items():
+                client.bucket(bucket).blob(f"{prefix}/{fname}").upload_from_string(data)
+            return f"gs://{bucket}/{prefix}"
+        out = Path(base) / name
+        out.mkdir(parents=True, exist_ok=True)
+        for fname, data in files.items():
+            (out / fname).write_bytes(data)
+        return str(out)
+
+    @classmethod
+    def load(cls, location: str | Path) -> ForecastModel:
+        """An artifact written by :meth:`save` (local folder or ``gs://``), ready to forecast."""
+        base = str(location).rstrip("/")
+        if base.startswith("gs://"):
+            bucket, prefix = _split_gs(base)
+            blobs = _gcs_client().bucket(bucket)
+
+            def read(name: str) -> str:
+                return blobs.blob(f"{prefix}/{name}").download_as_bytes().decode()
+        else:
+            if not Path(base, "metadata.json").is_file():
+                raise FileNotFoundError(f"no model artifact at {base} (metadata.json missing)")
+
+            def read(name: str) -> str:
+                return Path(base, name).read_text()
+
+        meta = json.loads(read("metadata.json"))
+        if meta.get("format") != "poolcast-forecast-model/1":
+            raise ValueError(f"{base} is not a poolcast forecast model artifact")
+        self = cls(
+            meta["model"],
+            horizons=[parse_horizon(h) for h in meta["horizons"]],
+            train_days=meta["train_days"],
+            seed=meta["seed"],
+        )
+        self.horizons_ = {
+            parse_horizon(k): Forecaster._restore(m, read(f"h{k}.txt"))
+            for k, m in meta["horizons"].items()
+        }
+        self.tvl_ = meta["tvl"]
+        self.version_ = meta["version"]
+        self.backtest_ = meta.get("backtest")
+        return self
+
+
+def _split_gs(uri: str) -> tuple[str, str]:
+    rest = uri[len("gs://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"not a gs:// path: {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def _gcs_client() -> Any:
+    from poolcast.deploy.gcs import make_client
+
+    return make_client(os.environ.get("PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT"))

@@ -1,0 +1,414 @@
+"""Rolling-origin backtest: would these forecasts have beaten "APY stays as today"?
+
+At each cutoff day every model is fitted on what was known that day (targets observed on or before
+it), then forecasts each pool that reported on the cutoff. Only observed targets are scored.
+Cutoffs default to 6, 14 days apart, the last one the longest horizon before the day most pools
+last reported (the median of the pools' last observed days): a lone series that runs months longer
+than the others does not drag every cutoff into a period where only it has data.
+
+``unseen_folds > 0`` also scores pools the models never saw: the pools are split into folds by a
+hash of their id, and each fold is forecast by models fitted on the other folds only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from poolcast.forecast import (
+    HORIZONS,
+    Forecaster,
+    Horizon,
+    _column,
+    _tvl_baseline,
+    add_targets,
+    choose_tvl_baseline,
+    horizon_days,
+    horizon_key,
+    target_column,
+)
+from poolcast.store import Store
+
+DEFAULT_MODELS: tuple[str, ...] = ("naive", "mean7d", "production", "plan")
+LOW_APY = 50.0  # the "APY under 50%" subset: pools below this at every origin
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    cutoffs: int = 6
+    spacing_days: int = 14
+    train_days: int = 60
+    horizons: tuple[Horizon, ...] = HORIZONS
+    models: tuple[str, ...] = DEFAULT_MODELS
+    last_cutoff: dt.date | None = None
+    unseen_folds: int = 0
+    seed: int = 42
+    num_threads: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def last_cutoff(panel: pa.Table, horizons: Sequence[Horizon]) -> dt.date:
+    """The longest horizon before the median of the pools' last observed days."""
+    observed = panel.filter(pc.field("is_observed"))
+    last = observed.group_by("pool_id").aggregate([("date", "max")]).column("date_max")
+    days = sorted(last.to_pylist())
+    if not days:
+        raise ValueError("no observed pool days to backtest on")
+    median = days[(len(days) - 1) // 2]
+    return median - dt.timedelta(days=max(horizon_days(h) for h in horizons))
+
+
+def cutoff_days(panel: pa.Table, config: BacktestConfig) -> list[dt.date]:
+    end = config.last_cutoff or last_cutoff(panel, config.horizons)
+    return sorted(end - dt.timedelta(days=config.spacing_days * k) for k in range(config.cutoffs))
+
+
+def _fold(pool_id: str, folds: int) -> int:
+    return int(hashlib.sha256(pool_id.encode()).hexdigest()[:8], 16) % folds
+
+
+def _scored(rows: pa.Table, **columns: Any) -> dict[str, Any]:
+    n = rows.num_rows
+    out = {"pool_id": rows.column("pool_id").to_pylist(), "apy": _column(rows, "actual_apy")}
+    for k, v in columns.items():
+        out[k] = v if isinstance(v, np.ndarray) else np.full(n, v, dtype=object)
+    return out
+
+
+class Backtest:
+    """Forecasts of every model at every cutoff, and their scores."""
+
+    def __init__(self, config: BacktestConfig | None = None) -> None:
+        self.config = config or BacktestConfig()
+
+    def run(self, metrics: pa.Table) -> Backtest:
+        """``metrics``: pool_daily_metrics rows with the spec's features (engines.local)."""
+        cfg = self.config
+        panel = add_targets(metrics, cfg.horizons)
+        self.cutoffs_ = cutoff_days(panel, cfg)
+        splits: list[tuple[str, pa.Table, pa.Table]] = [("all", panel, panel)]
+        if cfg.unseen_folds > 1:
+            pools = panel.column("pool_id").to_pylist()
+            folds = np.array([_fold(p, cfg.unseen_folds) for p in pools])
+            for k in range(cfg.unseen_folds):
+                splits.append(
+                    (
+                        "unseen",
+                        panel.filter(pa.array(folds != k)),
+                        panel.filter(pa.array(folds == k)),
+                    )
+                )
+        parts: list[dict[str, Any]] = []
+        self.fit_seconds_: dict[str, list[float]] = {}
+        for split, train, score in splits:
+            for day in self.cutoffs_:
+                for h in cfg.horizons:
+                    parts.extend(self._one(split, train, score, day, h))
+        self.predictions_ = _concat(parts)
+        return self
+
+    def _one(
+        self, split: str, train: pa.Table, score: pa.Table, day: dt.date, h: Horizon
+    ) -> list[dict[str, Any]]:
+        cfg = self.config
+        target = target_column(h)
+        mask = pc.and_(
+            pc.and_(
+                pc.equal(score.column("date"), pa.scalar(day, pa.date32())),
+                pc.fill_null(score.column("is_observed"), False),
+            ),
+            pc.is_valid(score.column(target)),
+        )
+        rows = score.filter(mask)
+        if rows.num_rows == 0:
+            return []
+        y = _column(rows, target)
+        out = []
+        for name in cfg.models:
+            model = Forecaster(
+                name,
+                horizon=h,
+                train_days=cfg.train_days,
+                seed=cfg.seed,
+                num_threads=cfg.num_threads,
+                params=cfg.params or None,
+            )
+            try:
+                model.fit(train, end=day)
+            except ValueError:
+                continue  # too little history before this cutoff for this horizon
+            self.fit_seconds_.setdefault(name, []).append(model.fit_seconds_)
+            value, lower, upper = model.predict_interval(rows)
+            out.append(
+                _scored(
+                    rows,
+                    split=split,
+                    metric="apy",
+                    cutoff=day,
+                    horizon=horizon_key(h),
+                    model=name,
+                    y=y,
+                    value=value,
+                    lower=lower,
+                    upper=upper,
+                    naive=_column(rows, "actual_apy"),
+                )
+            )
+        if h != "mean7":
+            out.extend(self._tvl(split, train, rows, day, int(h)))
+        return out
+
+    def _tvl(
+        self, split: str, train: pa.Table, rows: pa.Table, day: dt.date, h: int
+    ) -> list[dict[str, Any]]:
+        y = _column(rows, f"target_tvl_h{h}")
+        naive = _column(rows, "actual_tvl")
+        keep = np.isfinite(y)
+        if not keep.any():
+            return []
+        rows = rows.filter(pa.array(keep))
+        y, naive = y[keep], naive[keep]
+        chosen = choose_tvl_baseline(train, h, self.config.train_days, end=day)["baseline"]
+        out = []
+        for name, how in (("naive", "naive"), ("mean7d", "mean7d"), ("production", chosen)):
+            value = _tvl_baseline(rows, how)
+            nan = np.full(value.shape, np.nan)
+            out.append(
+                _scored(
+                    rows,
+                    split=split,
+                    metric="tvl",
+                    cutoff=day,
+                    horizon=str(h),
+                    model=name,
+                    y=y,
+                    value=value,
+                    lower=nan,
+                    upper=nan,
+                    naive=naive,
+                )
+            )
+        return out
+
+    # -- scores -----------------------------------------------------------------------------------
+    def summary(self) -> list[dict[str, Any]]:
+        """Per split, subset, metric, horizon and model: the scores the issue asks for."""
+        p = self.predictions_
+        low = _low_pools(p)
+        rows = []
+        for subset in ("all", f"apy<{LOW_APY:g}"):
+            base = p if subset == "all" else _take(p, np.isin(p["pool_id"], list(low)))
+            for key, idx in _groups(base, ("split", "metric", "horizon", "model")):
+                split, metric, horizon, model = key
+                rows.append(
+                    {
+                        "split": split,
+                        "subset": subset,
+                        "metric": metric,
+                        "horizon": _horizon_out(horizon),
+                        "model": model,
+                        **_scores(_take(base, idx)),
+                    }
+                )
+                if model in self.fit_seconds_ and metric == "apy":
+                    rows[-1]["fit_s"] = float(np.mean(self.fit_seconds_[model]))
+        order = {m: i for i, m in enumerate(self.config.models)}
+        hz = {horizon_key(h): i for i, h in enumerate(self.config.horizons)}
+        rows.sort(
+            key=lambda r: (
+                r["split"] != "all",
+                r["subset"] != "all",
+                r["metric"] != "apy",
+                hz.get(str(r["horizon"]), 99),
+                order.get(r["model"], 99),
+            )
+        )
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``poolcast backtest --json`` prints."""
+        return {
+            "cutoffs": [d.isoformat() for d in self.cutoffs_],
+            "config": {
+                "cutoffs": self.config.cutoffs,
+                "spacing_days": self.config.spacing_days,
+                "train_days": self.config.train_days,
+                "models": list(self.config.models),
+                "horizons": [_horizon_out(horizon_key(h)) for h in self.config.horizons],
+                "unseen_folds": self.config.unseen_folds,
+            },
+            "summary": self.summary(),
+            "pools": self.pools(),
+        }
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Per pool, horizon and model (APY, every split): n, mae, naive_mae, coverage."""
+        p = _take(self.predictions_, self.predictions_["metric"] == "apy")
+        out = []
+        for (split, pool, horizon, model), idx in _groups(
+            p, ("split", "pool_id", "horizon", "model")
+        ):
+            t = _take(p, idx)
+            err = np.abs(t["value"] - t["y"])
+            out.append(
+                {
+                    "split": split,
+                    "pool_id": pool,
+                    "horizon": _horizon_out(horizon),
+                    "model": model,
+                    "n": int(err.size),
+                    "mae": float(err.mean()),
+                    "naive_mae": float(np.abs(t["naive"] - t["y"]).mean()),
+                    "coverage": _coverage(t),
+                }
+            )
+        return out
+
+
+def _horizon_out(key: str) -> int | str:
+    return key if key == "mean7" else int(key)
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    if not parts:
+        raise ValueError("the backtest scored nothing: no pool reported on any cutoff day")
+    keys = parts[0].keys()
+    return {
+        k: np.concatenate([np.asarray(d[k], dtype=object if k in _TEXT else float) for d in parts])
+        for k in keys
+    }
+
+
+_TEXT = {"pool_id", "split", "metric", "cutoff", "horizon", "model"}
+
+
+def _take(p: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in p.items()}
+
+
+def _groups(
+    p: dict[str, np.ndarray], keys: Sequence[str]
+) -> list[tuple[tuple[Any, ...], np.ndarray]]:
+    index: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(*(p[k] for k in keys), strict=True)):
+        index.setdefault(key, []).append(i)
+    return [(k, np.array(v)) for k, v in index.items()]
+
+
+def _low_pools(p: dict[str, np.ndarray]) -> set[str]:
+    high = {pool for pool, apy in zip(p["pool_id"], p["apy"], strict=True) if not apy < LOW_APY}
+    return set(p["pool_id"]) - high
+
+
+def _coverage(t: dict[str, np.ndarray]) -> float | None:
+    ok = np.isfinite(t["lower"]) & np.isfinite(t["upper"])
+    if not ok.any():
+        return None
+    y = t["y"][ok]
+    return float(np.mean((t["lower"][ok] <= y) & (y <= t["upper"][ok])))
+
+
+def _scores(t: dict[str, np.ndarray]) -> dict[str, Any]:
+    err = t["value"] - t["y"]
+    nerr = t["naive"] - t["y"]
+    mae, naive_mae = float(np.mean(np.abs(err))), float(np.mean(np.abs(nerr)))
+    medae, naive_medae = float(np.median(np.abs(err))), float(np.median(np.abs(nerr)))
+    wins = losses = 0
+    for _, idx in _groups(t, ("pool_id",)):
+        m, n = np.abs(err[idx]).mean(), np.abs(nerr[idx]).mean()
+        wins += bool(m < n - 1e-12)
+        losses += bool(m > n + 1e-12)
+    pools = len(set(t["pool_id"]))
+    ok = np.isfinite(t["lower"]) & np.isfinite(t["upper"])
+    return {
+        "n": int(err.size),
+        "pools": pools,
+        "mae": mae,
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "medae": medae,
+        "ratio": mae / naive_mae if naive_mae else None,
+        "medae_ratio": medae / naive_medae if naive_medae else None,
+        # Pools where model and naive differ; on a flat pool both are exact (a tie, not a win).
+        "beat_share": wins / (wins + losses) if wins + losses else None,
+        "ties": pools - wins - losses,
+        "coverage": _coverage(t),
+        "width": float(np.mean(t["upper"][ok] - t["lower"][ok])) if ok.any() else None,
+    }
+
+
+def run_backtest(metrics: pa.Table, config: BacktestConfig | None = None) -> Backtest:
+    """``metrics``: pool_daily_metrics rows; the features are computed here."""
+    from poolcast.engines.local import compute_features
+
+    started = time.perf_counter()
+    bt = Backtest(config).run(compute_features(metrics))
+    bt.seconds_ = time.perf_counter() - started
+    return bt
+
+
+# The whole history of active pools: a backtest needs every day before its earliest cutoff.
+HISTORY_SQL = """
+SELECT m.*
+FROM pool_daily_metrics AS m
+JOIN pools AS p ON p.pool_id = m.pool_id
+WHERE p.is_active
+"""
+
+
+def backtest_store(store: Store, config: BacktestConfig | None = None) -> Backtest:
+    store.require_schema()
+    metrics = store.fetch_arrow(HISTORY_SQL)
+    if metrics.num_rows == 0:
+        raise ValueError("pool_daily_metrics is empty: run `poolcast metrics` first")
+    return run_backtest(metrics, config)
+
+
+COLUMNS = (
+    "horizon",
+    "model",
+    "n",
+    "pools",
+    "mae",
+    "rmse",
+    "medae",
+    "ratio",
+    "medae_ratio",
+    "beat_share",
+    "ties",
+    "coverage",
+    "width",
+    "fit_s",
+)
+
+
+def format_summary(summary: list[dict[str, Any]]) -> str:
+    """The human table: one block per split, subset and metric."""
+    lines: list[str] = []
+    blocks: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in summary:
+        blocks.setdefault((r["split"], r["subset"], r["metric"]), []).append(r)
+    for (split, subset, metric), rows in blocks.items():
+        title = {"all": "pools seen in training", "unseen": "pools never seen (held out)"}[split]
+        lines.append(f"{metric.upper()}  {title}, subset: {subset}")
+        cells = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+        lines.append("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
+        lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.4g}"
+    return str(v)
