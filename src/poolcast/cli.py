@@ -210,9 +210,20 @@ def forecast(
     store: StoreOpt = None,
     engine: EngineOpt = None,
     train_days: TrainDaysOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Forecast with this saved model (folder or gs:// path) instead of training one "
+            "[env: POOLCAST_MODEL]",
+        ),
+    ] = None,
 ) -> None:
-    """Step 11: train the global LightGBM model and forecast every active pool's next day."""
-    _run_stages(["forecast"], _settings(store=store, engine=engine, train_days=train_days))
+    """Step 11: train the global LightGBM models and forecast every active pool 1, 7 and 30 days
+    ahead (and the next 7 days' mean) with 80% intervals."""
+    _run_stages(
+        ["forecast"], _settings(store=store, engine=engine, train_days=train_days, model_path=model)
+    )
 
 
 @app.command()
@@ -260,6 +271,67 @@ def sql(
         sys.stdout.write(buf.getvalue().to_pybytes().decode())
     else:
         typer.echo(format_table(table, max_rows))
+
+
+@app.command()
+def backtest(
+    store: StoreOpt = None,
+    cutoffs: Annotated[int, typer.Option("--cutoffs", min=1, help="Forecast days scored")] = 6,
+    spacing: Annotated[int, typer.Option("--spacing", min=1, help="Days between cutoffs")] = 14,
+    last: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--last-cutoff", formats=["%Y-%m-%d"],
+            help="Last cutoff [default: the longest horizon before the median of the pools' "
+            "last observed days]",
+        ),
+    ] = None,
+    train_days: TrainDaysOpt = None,
+    horizons: Annotated[
+        str, typer.Option("--horizons", help="Comma-separated days ahead, or mean7")
+    ] = "1,7,30,mean7",
+    models: Annotated[
+        str,
+        typer.Option("--models", help="Comma-separated: naive, mean7d, production, plan, l1change"),
+    ] = "naive,mean7d,production,plan",
+    unseen_folds: Annotated[
+        int,
+        typer.Option(
+            "--unseen-folds", min=0, help="Also score pools held out of training, in N folds"
+        ),
+    ] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='{"summary": [...], "pools": [...]} for machines')
+    ] = False,
+) -> None:
+    """Rolling-origin backtest of the forecast models against naive and 7-day-mean baselines."""
+    from poolcast.backtest import BacktestConfig, backtest_store, format_summary
+    from poolcast.forecast import MODELS, parse_horizon
+    from poolcast.store import StoreError
+
+    settings = _settings(store=store, train_days=train_days)
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        _fail(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
+    try:
+        config = BacktestConfig(
+            cutoffs=cutoffs, spacing_days=spacing, train_days=settings.train_days,
+            horizons=tuple(parse_horizon(h.strip()) for h in horizons.split(",") if h.strip()),
+            models=names, last_cutoff=last.date() if last else None,
+            unseen_folds=unseen_folds, seed=settings.seed,
+        )
+        with _open(settings) as s:
+            result = backtest_store(s, config)
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+        return
+    days = ", ".join(d.isoformat() for d in result.cutoffs_)
+    typer.echo(f"cutoffs: {days}; train window {config.train_days} days; {result.seconds_:.1f} s")
+    typer.echo(format_summary(result.summary()))
 
 
 def main() -> None:

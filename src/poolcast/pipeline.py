@@ -131,30 +131,41 @@ def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
 @retried
 @locked("forecast")
 def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
-    """Step 11: train the global model, forecast each active pool's next day, merge."""
+    """Step 11: train the global models (or load ``settings.model_path``), forecast every active
+    pool 1, 7 and 30 days ahead and the next 7 days' mean, merge: the next day into
+    pool_daily_metrics, every horizon with its 80% interval into ``forecasts``."""
     store.require_schema()
     if settings.engine == "spark":
         from poolcast.engines import spark
 
         return spark.forecast_stage(store, settings)
     from poolcast.engines.local import compute_features
-    from poolcast.forecast import Forecaster, forecast_table
+    from poolcast.forecast import FORECASTS_KEY, ForecastModel, forecast_table
 
     started = time.perf_counter()
     result = StageResult("forecast", "local", new_run_id())
-    metrics = read_panel(store, settings)
+    metrics = read_panel(store, settings, horizon=30)
     if metrics.num_rows == 0:
         raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
     panel = compute_features(metrics)
-    forecaster = Forecaster(model, train_days=settings.train_days, seed=settings.seed).fit(panel)
-    model_path = forecaster.save(settings.model_dir)
-    forecasts = forecast_table(forecaster, panel)
+    if settings.model_path:
+        fitted = ForecastModel.load(settings.model_path)
+        model_path = settings.model_path
+    else:
+        fitted = ForecastModel(model, train_days=settings.train_days, seed=settings.seed).fit(panel)
+        model_path = fitted.save(settings.model_dir)
+    forecasts = forecast_table(fitted, panel)
+    horizons = fitted.forecasts(panel)
     result.rows_read = metrics.num_rows
-    result.rows_written = write_forecasts(store, forecasts, result.run_id)
+    with store.transaction():
+        result.rows_written = write_forecasts(store, forecasts, result.run_id)
+        result.rows_written += store.merge("forecasts", horizons, FORECASTS_KEY)
     result.details = {
         "forecasts": forecasts.num_rows,
-        "train_rows": forecaster.n_train_,
+        "horizon_rows": horizons.num_rows,
+        "train_rows": fitted.horizons_[1].n_train_,
         "model": str(model_path),
+        "model_version": fitted.version_,
     }
     result.seconds = time.perf_counter() - started
     return result

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     model_dir: str = Field(
         default="models", validation_alias=AliasChoices("model_dir", "POOLCAST_MODEL_DIR")
     )
+    # A saved forecast model (folder or gs:// path) to forecast with instead of training one.
+    model_path: str | None = Field(
+        default=None, validation_alias=AliasChoices("model_path", "POOLCAST_MODEL")
+    )
     lock_wait: bool = Field(
         default=False, validation_alias=AliasChoices("lock_wait", "POOLCAST_LOCK_WAIT")
     )
