@@ -243,8 +243,15 @@ def build_pydeps(
     return target
 
 
-def runtime_requirements(skip: Iterable[str] = RUNTIME_PROVIDED_PYTHON) -> list[str]:
-    """The installed package's base requirements (no extras) minus what the runtime ships."""
+def runtime_requirements(
+    skip: Iterable[str] = RUNTIME_PROVIDED_PYTHON, extras: Iterable[str] = ("spark", "gcp")
+) -> list[str]:
+    """The installed package's requirements (base and ``extras``) minus what the runtime ships.
+
+    The ``spark`` extra brings ``synapseml``'s Python wrappers: with ``jarFileUris`` (unlike
+    ``spark.jars.packages``) Spark does not put the jars' Python code on the path. The ``gcp``
+    extra brings Secret Manager (the DB password) and Cloud Monitoring for the job.
+    """
     from importlib.metadata import PackageNotFoundError, requires
 
     try:
@@ -253,8 +260,9 @@ def runtime_requirements(skip: Iterable[str] = RUNTIME_PROVIDED_PYTHON) -> list[
         raise ArtifactError("poolcast is not installed; pip install -e . first") from exc
     skip_names = {s.lower().replace("-", "_") for s in skip}
     out = []
+    wanted = {f"extra == {q}{e}{q}" for e in extras for q in "'\""}
     for req in reqs:
-        if "extra ==" in req:
+        if "extra ==" in req and not any(marker in req for marker in wanted):
             continue
         name = req.split(";")[0].strip()
         base = name.split("[")[0]
