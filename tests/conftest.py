@@ -73,3 +73,110 @@ def sample_store(store: Store) -> Store:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(model_dir=str(tmp_path / "models"))
+
+
+def _pg_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+def _demo_run(url: str, settings: Settings, as_of_days: tuple[int, ...]) -> None:
+    """Ingest the sample, then `poolcast run` once per as-of (days before the latest data day;
+    0 is the latest), with run records, as the CLI does."""
+    import datetime as dt
+
+    from poolcast.observe import observed_stage
+    from poolcast.pipeline import forecast_stage, metrics_stage, new_run_id
+    from poolcast.store.queries import latest_data_day
+
+    with open_store(url) as s:
+        s.init_schema()
+        ingest(s, [SAMPLE])
+        latest = latest_data_day(s)
+        assert latest is not None
+        for back in as_of_days:
+            run = settings.model_copy(update={"as_of": latest - dt.timedelta(days=back)})
+            run_id = new_run_id()
+            observed_stage(s, "metrics", run, metrics_stage, run_id=run_id)
+            observed_stage(s, "forecast", run, forecast_stage, run_id=run_id)
+
+
+@pytest.fixture(scope="session", params=["duckdb", "postgres"])
+def demo_template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[str, Settings]]:
+    """The sample after `make demo` ("demo": one run) and after two daily runs ("daily": the day
+    before, then the latest day, so yesterday's forecasts are scored), built once per store kind.
+    Tests use copies (`demo_store`, `daily_store`)."""
+    root = tmp_path_factory.mktemp(f"demo-{request.param}")
+    out: dict[str, tuple[str, Settings]] = {}
+    for name, days in (("demo", (0,)), ("daily", (1, 0))):
+        settings = Settings(model_dir=str(root / f"models-{name}"))
+        if request.param == "duckdb":
+            url = str(root / f"{name}.duckdb")
+        else:
+            import adbc_driver_postgresql.dbapi as pg
+
+            schema = f"tpl_{name}_{uuid.uuid4().hex[:8]}"
+            with pg.connect(request.getfixturevalue("pg_url")) as con, con.cursor() as cur:
+                cur.execute(f"CREATE SCHEMA {schema}")
+                con.commit()
+            url = _pg_schema_url(request.getfixturevalue("pg_url"), schema)
+        _demo_run(url, settings, days)
+        out[name] = (url, settings)
+    return out
+
+
+def _copy_store(url: str, tmp_path: Path, pg_base: str | None) -> str:
+    """A private copy of a template store: a file copy, or every table into a new schema."""
+    import shutil
+    from urllib.parse import unquote
+
+    if not url.startswith("postgresql://"):
+        target = tmp_path / "copy.duckdb"
+        shutil.copyfile(url, target)
+        return str(target)
+    import adbc_driver_postgresql.dbapi as pg
+
+    assert pg_base is not None
+    source = unquote(url).rsplit("search_path=", 1)[1]
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg.connect(pg_base) as con, con.cursor() as cur:
+        cur.execute(
+            "SELECT table_name FROM information_schema.tables "
+            f"WHERE table_schema = '{source}' AND table_type = 'BASE TABLE'"
+        )
+        tables = [r[0] for r in cur.fetchall()]
+        cur.execute(f"CREATE SCHEMA {schema}")
+        for table in tables:
+            cur.execute(f"CREATE TABLE {schema}.{table} (LIKE {source}.{table} INCLUDING ALL)")
+            cur.execute(f"INSERT INTO {schema}.{table} SELECT * FROM {source}.{table}")
+        con.commit()
+    return _pg_schema_url(pg_base, schema)
+
+
+def _template_copy(
+    request: pytest.FixtureRequest, template: dict[str, tuple[str, Settings]], name: str,
+    tmp_path: Path,
+) -> Iterator[tuple[Store, Settings]]:
+    url, settings = template[name]
+    pg_base = request.getfixturevalue("pg_url") if url.startswith("postgresql://") else None
+    s = open_store(_copy_store(url, tmp_path, pg_base))
+    yield s, settings
+    s.close()
+
+
+@pytest.fixture
+def demo_store(
+    request: pytest.FixtureRequest, demo_template: dict[str, tuple[str, Settings]], tmp_path: Path
+) -> Iterator[tuple[Store, Settings]]:
+    """A private copy of the store `make demo` leaves, of each kind, with its settings."""
+    yield from _template_copy(request, demo_template, "demo", tmp_path)
+
+
+@pytest.fixture
+def daily_store(
+    request: pytest.FixtureRequest, demo_template: dict[str, tuple[str, Settings]], tmp_path: Path
+) -> Iterator[tuple[Store, Settings]]:
+    """A private copy of the store after two daily runs (yesterday's forecasts scored)."""
+    yield from _template_copy(request, demo_template, "daily", tmp_path)
