@@ -334,6 +334,60 @@ def backtest(
     typer.echo(format_summary(result.summary()))
 
 
+@app.command()
+def runs(
+    store: StoreOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many, newest first")] = 20,
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="running, succeeded or failed")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for machines")] = False,
+) -> None:
+    """Recent stage runs from the pipeline_runs table."""
+    from poolcast.observe import recent_runs, runs_table
+    from poolcast.store import StoreError
+
+    settings = _settings(store=store)
+    try:
+        with _open(settings) as s:
+            s.require_schema()
+            rows = recent_runs(s, limit, stage=stage, status=status)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(rows, default=str))
+    else:
+        typer.echo(format_table(runs_table(rows), max_rows=limit))
+
+
+@app.command()
+def validate(
+    store: StoreOpt = None,
+    as_of: AsOfOpt = None,
+    sample: Annotated[
+        int, typer.Option("--sample", min=0, help="Pools recomputed from raw snapshots")
+    ] = 5,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the pool sample")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for machines")] = False,
+) -> None:
+    """Check the store before trusting a run; exit code 1 when a check fails."""
+    from poolcast.store import StoreError
+    from poolcast.validate import format_checks, run_checks
+
+    settings = _settings(store=store, as_of=as_of)
+    try:
+        with _open(settings) as s:
+            result = run_checks(s, settings, sample=sample, seed=seed)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(json.dumps(result.to_dict(), default=str) if as_json else format_checks(result))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
