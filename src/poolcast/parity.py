@@ -216,3 +216,265 @@ def format_report(reports: Sequence[TableReport]) -> str:
     overall = all(r.ok for r in reports)
     lines.append(f"parity: {'OK' if overall else 'FAILED'} ({len(reports)} tables)")
     return "\n".join(lines)
+
+
+# -- running both engines --------------------------------------------------------------------------
+@dataclass
+class HoldoutReport:
+    """Next-day MAE of each engine's model on the last ``days`` days, trained on the days before."""
+
+    cutoff: str
+    days: int
+    rows: int
+    mae_local: float
+    mae_spark: float
+    tolerance: float
+
+    @property
+    def rel_diff(self) -> float:
+        return abs(self.mae_spark - self.mae_local) / self.mae_local if self.mae_local else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.rel_diff <= self.tolerance
+
+
+def _metric_tables(store: object, settings: object) -> tuple[pa.Table, pa.Table, dict[str, float]]:
+    import time
+
+    from poolcast.engines import spark as spark_engine
+    from poolcast.engines._spark_session import get_spark_session
+    from poolcast.engines.local import compute_metrics
+    from poolcast.pipeline import resolve_as_of
+    from poolcast.store.queries import read_market, read_snapshots
+
+    seconds: dict[str, float] = {}
+    as_of = resolve_as_of(store, settings)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    local = compute_metrics(
+        read_snapshots(store, as_of, settings.lookback_days),  # type: ignore[arg-type, attr-defined]
+        read_market(store, as_of),  # type: ignore[arg-type]
+        as_of,
+    )
+    seconds["metrics_local"] = time.perf_counter() - start
+    start = time.perf_counter()
+    spark = get_spark_session(settings, "poolcast-parity", training=True)  # type: ignore[arg-type]
+    seconds["spark_session"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with spark_engine._exchange(spark, store, settings) as exchange:  # type: ignore[arg-type]
+        snapshots, market = spark_engine.read_inputs(exchange, as_of, settings.lookback_days)  # type: ignore[attr-defined]
+        frame = spark_engine.compute_metrics(spark, snapshots, market, as_of)
+        remote = exchange.spark_to_arrow(frame, "metrics")
+    seconds["metrics_spark"] = time.perf_counter() - start
+    return local, remote, seconds
+
+
+def _forecast_tables(
+    store: object, settings: object, holdout_days: int, full_metrics: pa.Table | None = None
+) -> tuple[list[tuple[str, pa.Table, pa.Table]], HoldoutReport | None, dict[str, float]]:
+    """Both engines' forecast panels and forecasts from the stored metrics, and the holdout."""
+    import time
+
+    from poolcast.engines import spark as spark_engine
+    from poolcast.engines._spark_session import get_spark_session
+    from poolcast.engines.local import compute_features
+    from poolcast.forecast import ForecastModel, forecast_table
+    from poolcast.pipeline import read_panel
+
+    seconds: dict[str, float] = {}
+    spark = get_spark_session(settings, "poolcast-parity", training=True)  # type: ignore[arg-type]
+    model = "production"
+    start = time.perf_counter()
+    metrics = read_panel(store, settings, horizon=30)  # type: ignore[arg-type]
+    if metrics.num_rows == 0:
+        raise ValueError("pool_daily_metrics is empty: run `poolcast metrics` first")
+    panel_local = compute_features(metrics)
+    local = ForecastModel(
+        model, train_days=settings.train_days, seed=settings.seed  # type: ignore[attr-defined]
+    ).fit(panel_local)
+    forecasts_local = forecast_table(local, panel_local)
+    horizons_local = local.forecasts(panel_local)
+    seconds["forecast_local"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with spark_engine._exchange(spark, store, settings) as exchange:  # type: ignore[arg-type]
+        panel_spark, _ = spark_engine.forecast_panel(exchange, settings)  # type: ignore[arg-type]
+        remote = spark_engine.spark_forecast_model(
+            exchange, settings, model  # type: ignore[arg-type]
+        ).fit(panel_spark)
+        forecasts_spark = forecast_table(remote, panel_spark)
+        horizons_spark = remote.forecasts(panel_spark)
+        seconds["forecast_spark"] = time.perf_counter() - start
+        holdout = None
+        if holdout_days > 0:
+            start = time.perf_counter()
+            history = full_metrics if full_metrics is not None else read_all_metrics(store)
+            holdout = holdout_mae(
+                compute_features(history), holdout_days, settings, exchange, model=model
+            )
+            seconds["holdout"] = time.perf_counter() - start
+    apy = pc.equal(horizons_local.column("metric"), "apy")
+    apy_s = pc.equal(horizons_spark.column("metric"), "apy")
+    tables = [
+        ("forecast_panel", panel_local, panel_spark),
+        ("forecasts_next_day", forecasts_local, forecasts_spark),
+        ("forecasts_horizons", horizons_local.filter(apy), horizons_spark.filter(apy_s)),
+    ]
+    return tables, holdout, seconds
+
+
+def read_all_metrics(store: object) -> pa.Table:
+    """Every stored metric row of the active pools (the holdout needs more than a panel)."""
+    return store.fetch_arrow(  # type: ignore[attr-defined]
+        "SELECT m.* FROM pool_daily_metrics AS m JOIN pools AS p ON p.pool_id = m.pool_id "
+        "WHERE p.is_active"
+    )
+
+
+def holdout_cutoff(panel: pa.Table, holdout_days: int) -> object:
+    """A time-based split: the median pool's latest observed day minus ``holdout_days``.
+
+    Pools stop on different days (most of the sample ends in June 2025, one series runs to
+    November): a cutoff from the latest day overall would leave one pool to test on.
+    """
+    import datetime as dt
+
+    observed = panel.filter(pc.field("is_observed"))
+    last = observed.group_by("pool_id").aggregate([("date", "max")]).column("date_max")
+    days = sorted(last.to_pylist())
+    return days[len(days) // 2] - dt.timedelta(days=holdout_days)
+
+
+def holdout_mae(
+    panel: pa.Table,
+    holdout_days: int,
+    settings: object,
+    exchange: object,
+    *,
+    model: str = "production",
+    tolerance: float = DEFAULT_FORECAST_TOL,
+) -> HoldoutReport:
+    """Fit both engines' next-day model on targets observed by the cutoff (``fit(end=...)``),
+    forecast every observed next day of the ``holdout_days`` after it, and compare the MAEs.
+    Both models score the same rows; the Spark model is the native LightGBM text that SynapseML
+    produced, loaded by ``lightgbm``."""
+    import datetime as dt
+
+    from poolcast.engines import spark as spark_engine
+    from poolcast.forecast import ForecastModel
+
+    cutoff = holdout_cutoff(panel, holdout_days)
+    until = cutoff + dt.timedelta(days=holdout_days)  # type: ignore[operator]
+
+    local = ForecastModel(
+        model,
+        horizons=(1,),
+        train_days=settings.train_days,  # type: ignore[attr-defined]
+        seed=settings.seed,  # type: ignore[attr-defined]
+    ).fit(panel, end=cutoff)  # type: ignore[arg-type]
+    remote = spark_engine.spark_forecast_model(
+        exchange, settings, model, horizons=(1,)  # type: ignore[arg-type]
+    ).fit(panel, end=cutoff)
+    test = panel.filter(
+        pc.and_(
+            pc.and_(
+                pc.greater_equal(panel.column("date"), pa.scalar(cutoff, pa.date32())),
+                pc.less(panel.column("date"), pa.scalar(until, pa.date32())),
+            ),
+            pc.and_(
+                pc.is_valid(panel.column("target_h1")), pc.is_valid(panel.column("actual_apy"))
+            ),
+        )
+    )
+    y = test.column("target_h1").to_numpy(zero_copy_only=False)
+    pred_local = local.horizons_[1].predict(test)
+    pred_spark = remote.horizons_[1].predict(test)
+    return HoldoutReport(
+        cutoff=str(cutoff),
+        days=int(len(set(test.column("date").to_pylist()))),
+        rows=test.num_rows,
+        mae_local=float(np.mean(np.abs(pred_local - y))),
+        mae_spark=float(np.mean(np.abs(pred_spark - y))),
+        tolerance=tolerance,
+    )
+
+
+@dataclass
+class ParityResult:
+    tables: list[TableReport]
+    holdout: HoldoutReport | None
+    seconds: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tables) and (self.holdout is None or self.holdout.ok)
+
+    def format(self) -> str:
+        text = format_report(self.tables)
+        lines = text.splitlines()[:-1]
+        if self.holdout is not None:
+            h = self.holdout
+            lines.append(
+                f"== holdout (next-day MAE, trained up to {h.cutoff}, {h.days} days, "
+                f"{h.rows} rows): "
+                f"local {h.mae_local:.4f}, spark {h.mae_spark:.4f}, relative difference "
+                f"{h.rel_diff:.2%} (tolerance {h.tolerance:.0%}) -> {'OK' if h.ok else 'DIFFERENT'}"
+            )
+        lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
+        lines.append(f"parity: {'OK' if self.ok else 'FAILED'}")
+        return "\n".join(lines)
+
+
+def run_parity(
+    store: object,
+    settings: object,
+    *,
+    stages: Sequence[str] = ("metrics", "forecast"),
+    rel_tol: float = DEFAULT_REL_TOL,
+    forecast_tol: float = DEFAULT_FORECAST_TOL,
+    holdout_days: int = 14,
+) -> ParityResult:
+    """Run both engines on ``store`` without writing anything, and compare what they compute."""
+    from poolcast.spec import FEATURES, metric_names
+
+    reports: list[TableReport] = []
+    seconds: dict[str, float] = {}
+    holdout = None
+    full_metrics = None
+    key = ("pool_id", "date")
+    if "metrics" in stages:
+        local, remote, secs = _metric_tables(store, settings)
+        full_metrics = local
+        seconds.update(secs)
+        reports.append(
+            compare_tables(
+                "pool_daily_metrics", local, remote, key, [*metric_names(), "is_observed"],
+                rel_tol=rel_tol,
+            )
+        )
+    if "forecast" in stages:
+        tables, holdout, secs = _forecast_tables(store, settings, holdout_days, full_metrics)
+        seconds.update(secs)
+        (_, panel_l, panel_s), (_, fc_l, fc_s), (_, hz_l, hz_s) = tables
+        reports.append(
+            compare_tables(
+                "forecast_panel", panel_l, panel_s, key, [f.name for f in FEATURES] + ["target_h1"],
+                rel_tol=rel_tol,
+            )
+        )
+        reports.append(
+            compare_tables(
+                "forecasts (next day)", fc_l, fc_s, key, ["forecasted_apy", "forecasted_tvl"],
+                rel_tol=rel_tol, forecast_columns=("forecasted_apy",), forecast_tol=forecast_tol,
+            )
+        )
+        reports.append(
+            compare_tables(
+                "forecasts (apy, every horizon)", hz_l, hz_s, ("pool_id", "made_on", "horizon"),
+                ["value", "lower", "upper"], rel_tol=rel_tol,
+                forecast_columns=("value", "lower", "upper"), forecast_tol=forecast_tol,
+            )
+        )
+        if holdout is not None:
+            holdout.tolerance = forecast_tol
+    return ParityResult(reports, holdout, seconds)

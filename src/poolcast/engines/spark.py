@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import json
 import os
 import random
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
 
 from poolcast.engines._spark_session import SparkSetupError, detect_environment, get_spark_session
 from poolcast.settings import Settings
@@ -163,13 +162,18 @@ def compute_metrics(
         for part in shifted[1:]:
             long = long.unionByName(part)
         wide = long.groupBy("date").agg(
-            *[F.first(F.when(F.col("name") == m.name, F.col("value")), ignorenulls=True).alias(m.name)
-              for m in MARKET]
+            *[
+                F.first(F.when(F.col("name") == m.name, F.col("value")), ignorenulls=True)
+                .alias(m.name)
+                for m in MARKET
+            ]
         )
         out = metrics.join(F.broadcast(wide), "date", "left")
     else:
         out = metrics
-    columns = ["pool_id", "date", *(c.name for c in METRICS), *(m.name for m in MARKET), "is_observed"]
+    columns = [
+        "pool_id", "date", *(c.name for c in METRICS), *(m.name for m in MARKET), "is_observed"
+    ]
     return out.select(*columns)
 
 
@@ -308,186 +312,216 @@ def _port_free(port: int) -> bool:
     return True
 
 
-@dataclass
-class SparkForecastModel:
-    """A trained SynapseML model, its native LightGBM text and what it was trained on."""
-
-    model_name: str
-    features: tuple[str, ...]
-    target: str  # "level" or "change"
-    horizon: int
-    params: dict[str, Any]
-    native_model: str
-    n_train: int
-    train_window: tuple[dt.date, dt.date]
-    spark_model: Any = None
-
-    def booster(self) -> Any:
-        import lightgbm as lgb
-
-        return lgb.Booster(model_str=self.native_model)
-
-    def save(self, directory: str | Path) -> Path:
-        """``model.txt`` (native LightGBM, loads with ``lightgbm.Booster(model_file=...)``) and
-        ``metadata.json``, in a folder named by the model's content hash (like the local engine)."""
-        version = hashlib.sha256(self.native_model.encode()).hexdigest()[:16]
-        out = Path(directory) / f"spark-{self.model_name}-h{self.horizon}-{version}"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.txt").write_text(self.native_model)
-        meta = {
-            "version": version,
-            "engine": "spark",
-            "trainer": f"synapseml-lightgbm {SYNAPSEML_VERSION} (lightgbmlib {LIGHTGBMLIB_VERSION})",
-            "model": {"name": self.model_name, "target": self.target, "features": list(self.features)},
-            "synapseml_params": self.params,
-            "horizon": self.horizon,
-            "features": list(self.features),
-            "n_train": self.n_train,
-            "train_window": [d.isoformat() for d in self.train_window],
-        }
-        (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        return out
+# LightGBM parameters that SynapseML takes through its own setters (dataset construction reads
+# these, not passThroughArgs); every other parameter of the local model passes through verbatim.
+_SETTERS = {
+    "objective": ("objective", str),
+    "num_leaves": ("numLeaves", int),
+    "learning_rate": ("learningRate", float),
+    "feature_fraction": ("featureFraction", float),
+    "bagging_fraction": ("baggingFraction", float),
+    "bagging_freq": ("baggingFreq", int),
+    "min_data_in_leaf": ("minDataInLeaf", int),
+    "max_bin": ("maxBin", int),
+    "seed": ("seed", int),
+    "deterministic": ("deterministic", bool),
+}
+_NOT_PASSED = {"num_iterations", "num_threads", "verbosity"}
 
 
-def synapseml_params(spec: Any, settings: Settings, *, local: bool, port: int) -> dict[str, Any]:
-    """The local model's LightGBM parameters as SynapseML setters (one source: forecast.MODELS)."""
-    p = dict(spec.params)
+def synapseml_params(
+    lgb_params: dict[str, Any], *, rounds: int, threads: int, port: int
+) -> dict[str, Any]:
+    """The local model's LightGBM parameters as SynapseML ``LightGBMRegressor`` arguments.
+
+    One source (``forecast.MODELS``): known parameters go to their setters, the rest (e.g.
+    ``force_col_wise``) through ``passThroughArgs``, which also repeats the setters' values so
+    LightGBM sees exactly the local model's parameter set.
+    """
     params: dict[str, Any] = {
-        "objective": p.get("objective", "regression"),
-        "numLeaves": int(p["num_leaves"]),
-        "numIterations": int(p["num_iterations"]),
-        "learningRate": float(p["learning_rate"]),
-        "featureFraction": float(p["feature_fraction"]),
-        "baggingFraction": float(p["bagging_fraction"]),
-        "baggingFreq": int(p["bagging_freq"]),
-        "seed": settings.seed,
-        "deterministic": True,
-        "passThroughArgs": "force_col_wise=true",
+        "numIterations": int(rounds),
+        "numThreads": int(threads),
         "verbosity": -1,
         "defaultListenPort": port,
         "useBarrierExecutionMode": False,
         "useSingleDatasetMode": True,
     }
-    if local:
-        # One worker, one thread: the same serial training as the local engine on small sets.
-        params["numThreads"] = 1
+    passed: list[str] = []
+    for key, value in lgb_params.items():
+        if key in _NOT_PASSED or value is None:
+            continue
+        if key in _SETTERS:
+            name, kind = _SETTERS[key]
+            params[name] = kind(value)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        passed.append(f"{key}={text}")
+    params["passThroughArgs"] = " ".join(passed)
     return params
 
 
-def training_rows(panel: DataFrame, train_days: int, horizon: int = 1) -> DataFrame:
-    """The local ``forecast.training_rows`` in Spark: observed targets in each pool's last
-    ``train_days`` days (anchored on its latest observed day)."""
-    from pyspark.sql import functions as F
+def _forecaster_class() -> type:
+    """:class:`SparkForecaster`, built on first use (``poolcast.forecast`` loads lightgbm)."""
+    global _SPARK_FORECASTER
+    if _SPARK_FORECASTER is not None:
+        return _SPARK_FORECASTER
+    import numpy as np
 
-    target = f"target_h{horizon}"
-    last = panel.where("is_observed").groupBy("pool_id").agg(F.max("date").alias("date_max"))
-    return (
-        panel.join(last, "pool_id")
-        .where(F.col("date") > F.date_sub("date_max", train_days + horizon - 1))
-        .where(F.col(target).isNotNull() & F.col("actual_apy").isNotNull())
-        .drop("date_max")
-    )
+    from poolcast.forecast import Forecaster, _column, _matrix, target_column
+
+    class SparkForecaster(Forecaster):  # type: ignore[misc, valid-type]
+        """The local :class:`~poolcast.forecast.Forecaster` with its boosters trained by SynapseML.
+
+        Row selection, targets, calibration (early stopping, blend, dead zone, conformal
+        intervals), prediction and artifacts are the local model's own code, so both engines
+        forecast by the same rules; only ``lightgbm.train`` is replaced by a SynapseML
+        ``LightGBMRegressor`` fit on Spark, whose native model string becomes the booster.
+        """
+
+        exchange_: Any = None  # set by spark_forecast_model() for its fit
+        partitions_: int = 1
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.exchange_ is None:
+                raise SparkStageError("SparkForecaster needs spark_forecast_model()'s exchange")
+            self.exchange = self.exchange_
+            self.partitions = max(1, self.partitions_)
+            self.synapse_fits_: list[dict[str, Any]] = []
+
+        def _train(self, rows: pa.Table, rounds: int, valid: pa.Table | None = None) -> Any:
+            import lightgbm as lgb
+            from pyspark.ml.feature import VectorAssembler
+            from pyspark.sql import functions as F
+            from synapse.ml.lightgbm import LightGBMRegressor
+
+            spec = self._spec()
+            dtype = np.float32 if spec.float32 else np.float64
+            features = list(spec.features)
+            target = target_column(self.horizon)
+            use_valid = valid is not None and valid.num_rows > 0 and bool(spec.early_stopping)
+            parts = [(rows, False)] + ([(valid, True)] if use_valid else [])
+            columns: dict[str, list[np.ndarray]] = {f"f{i}": [] for i in range(len(features))}
+            labels, flags = [], []
+            for part, is_valid in parts:
+                # The local model's own matrix (derived features, float32 rounding) and target.
+                matrix = _matrix(part, features, dtype).astype(np.float64)
+                for i in range(len(features)):
+                    columns[f"f{i}"].append(matrix[:, i])
+                labels.append(self._to_target(part, _column(part, target)))
+                flags.append(np.full(part.num_rows, is_valid))
+            table = pa.table(
+                {
+                    **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()},
+                    "label": pa.array(np.concatenate(labels), pa.float64()),
+                    "is_valid": pa.array(np.concatenate(flags), pa.bool_()),
+                    "row": pa.array(np.arange(sum(p.num_rows for p, _ in parts)), pa.int64()),
+                }
+            )
+            frame = self.exchange.arrow_to_spark(table, "training")
+            # NaN features stay missing values (LightGBM's use_missing), as in the local engine.
+            frame = VectorAssembler(
+                inputCols=[f"f{i}" for i in range(len(features))],
+                outputCol="features",
+                handleInvalid="keep",
+            ).transform(frame)
+            # Fixed order and partitioning: determinism, and no empty partitions (SynapseML #1556).
+            frame = (
+                frame.select("row", "features", "label", "is_valid")
+                .repartitionByRange(self.partitions, "row")
+                .sortWithinPartitions("row")
+            )
+            params = synapseml_params(
+                self.lgb_params(), rounds=rounds, threads=self.fit_threads_,
+                port=choose_listen_port(),
+            )
+            if use_valid:
+                params["earlyStoppingRound"] = int(spec.early_stopping)
+                params["validationIndicatorCol"] = "is_valid"
+            else:
+                frame = frame.where(~F.col("is_valid"))
+            estimator = LightGBMRegressor(
+                labelCol="label", featuresCol="features", predictionCol="prediction", **params
+            )
+            fitted = estimator.fit(frame)
+            booster = lgb.Booster(model_str=fitted.getNativeModel())
+            best = int(fitted.getBoosterBestIteration()) if use_valid else 0
+            booster.best_iteration = best if best > 0 else 0
+            self.synapse_fits_.append(
+                {
+                    "rows": int(rows.num_rows),
+                    "valid_rows": int(valid.num_rows) if use_valid and valid is not None else 0,
+                    "rounds": int(rounds),
+                    "best_iteration": booster.best_iteration,
+                    "params": {k: v for k, v in params.items() if k != "defaultListenPort"},
+                }
+            )
+            return booster
+
+        def metadata(self) -> dict[str, Any]:
+            meta = super().metadata()
+            meta["engine"] = "spark"
+            meta["trainer"] = (
+                f"synapseml-lightgbm_2.12 {SYNAPSEML_VERSION} (lightgbmlib {LIGHTGBMLIB_VERSION})"
+            )
+            meta["synapseml_fits"] = self.synapse_fits_
+            return meta
+
+    _SPARK_FORECASTER = SparkForecaster
+    return SparkForecaster
 
 
-def latest_rows(panel: DataFrame) -> DataFrame:
-    """Each pool's row on its latest observed day (``forecast.latest_rows``)."""
-    from pyspark.sql import functions as F
-
-    observed = panel.where("is_observed")
-    last = observed.groupBy("pool_id").agg(F.max("date").alias("date_max"))
-    return observed.join(last, "pool_id").where(F.col("date") == F.col("date_max")).drop("date_max")
+_SPARK_FORECASTER: type | None = None
 
 
-def _assemble(df: DataFrame, features: Sequence[str]) -> DataFrame:
-    from pyspark.ml.feature import VectorAssembler
-    from pyspark.sql import functions as F
+@contextlib.contextmanager
+def _boosters_from_spark() -> Iterator[None]:
+    """Within the block, ``forecast.ForecastModel.fit`` builds ``SparkForecaster`` objects.
 
-    cast = df.withColumns({f: F.col(f).cast("double") for f in features})
-    # NULL features stay missing values (LightGBM's use_missing), as in the local engine.
-    return VectorAssembler(
-        inputCols=list(features), outputCol="features", handleInvalid="keep"
-    ).transform(cast)
+    ``ForecastModel.fit`` creates its per-horizon ``Forecaster`` by the module's global name; we
+    swap that name for the block instead of copying ``fit``. (A ``forecaster_cls`` hook on
+    ``ForecastModel`` would make this unnecessary; see docs/spark.md.)
+    """
+    import poolcast.forecast as forecast_module
 
-
-def train(
-    panel: DataFrame,
-    settings: Settings,
-    *,
-    model: str = "production",
-    horizon: int = 1,
-) -> SparkForecastModel:
-    """Fit SynapseML ``LightGBMRegressor`` on the leak-free next-day target."""
-    from pyspark.sql import functions as F
-    from synapse.ml.lightgbm import LightGBMRegressor
-
-    from poolcast.forecast import MODELS
-
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
-    spec = MODELS[model]
-    local = detect_environment(settings) == "local"
-    rows = training_rows(panel, settings.train_days, horizon)
-    label = F.col(f"target_h{horizon}")
-    if spec.target == "change":
-        label = label - F.col("actual_apy")
-    rows = rows.withColumn("label", label.cast("double"))
-    # Fixed input order and partitioning (determinism; no empty partitions, SynapseML #1556).
-    partitions = 1 if local else max(1, settings.spark.executor_instances)
-    data = (
-        _assemble(rows, spec.features)
-        .select("pool_id", "date", "features", "label")
-        .repartition(partitions, "pool_id")
-        .sortWithinPartitions("pool_id", "date")
-        .cache()
-    )
-    stats = data.agg(F.count("*"), F.min("date"), F.max("date")).collect()[0]
-    n_train = int(stats[0])
-    if n_train < 10:
-        data.unpersist()
-        raise ValueError(
-            f"only {n_train} training rows with an observed next-day APY in the last "
-            f"{settings.train_days} days; ingest more history or raise TRAIN_DAYS"
-        )
-    params = synapseml_params(spec, settings, local=local, port=choose_listen_port())
-    estimator = LightGBMRegressor(
-        labelCol="label", featuresCol="features", predictionCol="prediction", **params
-    )
+    original = forecast_module.Forecaster
+    forecast_module.Forecaster = _forecaster_class()  # type: ignore[misc]
     try:
-        fitted = estimator.fit(data)
+        yield
     finally:
-        data.unpersist()
-    return SparkForecastModel(
-        model_name=model,
-        features=tuple(spec.features),
-        target=spec.target,
-        horizon=horizon,
-        params=params,
-        native_model=fitted.getNativeModel(),
-        n_train=n_train,
-        train_window=(stats[1], stats[2]),
-        spark_model=fitted,
-    )
+        forecast_module.Forecaster = original  # type: ignore[misc]
 
 
-def predict(model: SparkForecastModel, panel: DataFrame) -> DataFrame:
-    """One forecast per pool (``forecast.forecast_table``): pool_id, date (latest observed day +
-    horizon), forecasted_apy, forecasted_tvl (TVL carried from that day)."""
-    from pyspark.sql import functions as F
+def spark_forecast_model(
+    exchange: Any, settings: Settings, model: str = "production", **kwargs: Any
+) -> Any:
+    """A ``forecast.ForecastModel`` (every horizon, calibration, TVL baselines) whose boosters
+    SynapseML trains: one partition locally (one LightGBM worker, like the local engine's serial
+    training), ``executor_instances`` partitions on Dataproc."""
+    from poolcast.forecast import ForecastModel
 
-    rows = _assemble(latest_rows(panel), model.features)
-    scored = model.spark_model.transform(rows)
-    value = F.col("prediction")
-    if model.target == "change":
-        value = value + F.col("actual_apy")
-    return scored.select(
-        "pool_id",
-        F.date_add("date", model.horizon).alias("date"),
-        value.cast("double").alias("forecasted_apy"),
-        F.col("actual_tvl").cast("double").alias("forecasted_tvl"),
-    )
+    partitions = 1 if detect_environment(settings) == "local" else settings.spark.executor_instances
+    cls = _forecaster_class()
+
+    class SparkForecastModel(ForecastModel):  # type: ignore[misc, valid-type]
+        def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> Any:
+            cls.exchange_ = exchange
+            cls.partitions_ = partitions
+            with _boosters_from_spark():
+                return super().fit(panel, end=end)
+
+        def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
+            meta = super().metadata(backtest)
+            meta["engine"] = "spark"
+            meta["trainer"] = (
+                f"synapseml-lightgbm_2.12 {SYNAPSEML_VERSION} (lightgbmlib {LIGHTGBMLIB_VERSION})"
+            )
+            return meta
+
+    return SparkForecastModel(model, train_days=settings.train_days, seed=settings.seed, **kwargs)
 
 
 def read_panel(exchange: Any, settings: Settings, horizon: int = 1) -> DataFrame:
+    """``pipeline.read_panel``'s statement, read by pool partitions over JDBC."""
     from poolcast.pipeline import LAG_CONTEXT, PANEL_SQL
 
     return exchange.read_query(
@@ -498,68 +532,29 @@ def read_panel(exchange: Any, settings: Settings, horizon: int = 1) -> DataFrame
     )
 
 
-def forecast_dataframe(
-    spark: SparkSession, exchange: Any, settings: Settings, *, model: str = "production"
-) -> tuple[DataFrame, SparkForecastModel, int]:
-    metrics = read_panel(exchange, settings).cache()
-    n_read = metrics.count()
-    if n_read == 0:
-        raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
-    panel = compute_features(metrics).cache()
-    fitted = train(panel, settings, model=model)
-    forecasts = predict(fitted, panel)
-    return forecasts, fitted, n_read
+def forecast_panel(exchange: Any, settings: Settings, horizon: int = 30) -> tuple[pa.Table, int]:
+    """The forecast panel computed by Spark from the spec, brought to the driver as Arrow.
 
-
-def write_forecasts(exchange: Any, forecasts: DataFrame, run_id: str) -> int:
-    """The plan's staging table, then one transactional merge (the local engine's path).
-
-    PostgreSQL: Spark appends to ``pool_forecasts_staging`` over JDBC in batches, tagged with this
-    run's id; one transaction merges those rows into ``pool_daily_metrics`` and deletes them. A
-    failed write leaves only this run's staging rows, which are deleted.
-    DuckDB: the rows come back through Parquet and take the local engine's own path.
+    The panel is ``train_days`` + ``horizon`` + a few days of each active pool: small enough for
+    the driver, where the training rows are selected and calibrated by the local model's code.
     """
-    from pyspark.sql import functions as F
-
-    from poolcast.pipeline import FORECAST_COLUMNS, METRIC_KEY
-    from poolcast.pipeline import write_forecasts as write_local
-    from poolcast.store.spark_io import SparkIOError, _first_line, is_postgres
-
-    store = exchange.store
-    if not is_postgres(store):
-        table = exchange.spark_to_arrow(forecasts.select(*FORECAST_COLUMNS), "forecasts")
-        return write_local(store, table, run_id)
-    staged = forecasts.select(*FORECAST_COLUMNS).withColumn("run_id", F.lit(run_id))
-    try:
-        try:
-            exchange.append_jdbc("pool_forecasts_staging", staged)
-        except Exception as exc:
-            raise SparkIOError(
-                f"writing forecasts over JDBC failed: {_first_line(exc)}; "
-                "pool_daily_metrics is unchanged"
-            ) from exc
-        with store.transaction():
-            written = store.merge_from(
-                "pool_daily_metrics",
-                "pool_forecasts_staging",
-                FORECAST_COLUMNS,
-                METRIC_KEY,
-                update=("forecasted_apy", "forecasted_tvl"),
-                where="s.run_id = $1",
-                params=[run_id],
-            )
-            store.execute("DELETE FROM pool_forecasts_staging WHERE run_id = $1", [run_id])
-        return written
-    finally:
-        with contextlib.suppress(Exception):
-            store.execute("DELETE FROM pool_forecasts_staging WHERE run_id = $1", [run_id])
+    metrics = read_panel(exchange, settings, horizon=horizon)
+    panel = exchange.spark_to_arrow(compute_features(metrics), "panel")
+    if panel.num_rows == 0:
+        raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
+    panel = panel.sort_by([("pool_id", "ascending"), ("date", "ascending")])
+    return panel, panel.num_rows
 
 
-def forecast_stage(
-    store: Store, settings: Settings, model: str = "production"
-) -> StageResult:
-    """Step 11 on Spark: features from the spec, SynapseML LightGBM, staging + merge."""
-    from poolcast.pipeline import StageResult, new_run_id
+def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
+    """Step 11 on Spark: features from the spec, SynapseML LightGBM, staging + one merge.
+
+    The same model, horizons and writes as the local stage (``pipeline.forecast_stage``): the
+    next day into ``pool_daily_metrics`` through the plan's staging table, every horizon into
+    ``forecasts``, in one transaction.
+    """
+    from poolcast.forecast import FORECASTS_KEY, ForecastModel, forecast_table
+    from poolcast.pipeline import StageResult, new_run_id, write_forecasts
 
     started = time.perf_counter()
     result = StageResult("forecast", "spark", new_run_id())
@@ -567,20 +562,36 @@ def forecast_stage(
         spark = get_spark_session(settings, "poolcast-forecast", training=True)
     session_s = time.perf_counter() - started
     with _exchange(spark, store, settings) as exchange:
-        with _step("forecast", "training"):
-            forecasts, fitted, n_read = forecast_dataframe(spark, exchange, settings, model=model)
-            forecasts = forecasts.cache()
-            n_forecasts = forecasts.count()
-        with _step("forecast", "saving the model"):
-            model_path = fitted.save(settings.model_dir)
-        result.rows_written = write_forecasts(exchange, forecasts, result.run_id)
-        forecasts.unpersist()
+        with _step("forecast", "reading the panel"):
+            panel, n_read = forecast_panel(exchange, settings)
+        model_path = getattr(settings, "model_path", None)
+        if model_path:
+            fitted = ForecastModel.load(model_path)
+        else:
+            with _step("forecast", "training"):
+                fitted = spark_forecast_model(exchange, settings, model).fit(panel)
+            with _step("forecast", "saving the model"):
+                model_path = fitted.save(str(Path(settings.model_dir) / "spark"))
+        with _step("forecast", "predicting"):
+            forecasts = forecast_table(fitted, panel)
+            horizons = fitted.forecasts(panel)
+    # One row per pool and horizon, already on the driver: the store's own bulk path (ADBC COPY
+    # for PostgreSQL) into the plan's staging table, then one transaction for both tables.
+    with store.transaction():
+        result.rows_written = write_forecasts(store, forecasts, result.run_id)
+        result.rows_written += store.merge("forecasts", horizons, FORECASTS_KEY)
     result.rows_read = n_read
+    one = fitted.horizons_[1]
     result.details = {
-        "forecasts": n_forecasts,
-        "train_rows": fitted.n_train,
+        "forecasts": forecasts.num_rows,
+        "horizon_rows": horizons.num_rows,
+        "train_rows": one.n_train_,
         "model": str(model_path),
+        "model_version": fitted.version_,
         "session_s": round(session_s, 2),
+        "synapseml_fits": sum(
+            len(getattr(f, "synapse_fits_", [])) for f in fitted.horizons_.values()
+        ),
     }
     result.seconds = time.perf_counter() - started
     return result

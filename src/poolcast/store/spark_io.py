@@ -118,7 +118,9 @@ class SparkExchange:
         self.jdbc_partitions = jdbc_partitions
         self.batch_size = batch_size
         self._tmp = Path(tempfile.mkdtemp(prefix="poolcast-spark-", dir=workdir))
-        self._jdbc = JdbcTarget.from_url(store.url, batch_size=batch_size) if is_postgres(store) else None
+        self._jdbc = (
+            JdbcTarget.from_url(store.url, batch_size=batch_size) if is_postgres(store) else None
+        )
         self.timings: dict[str, float] = {}
 
     # -- lifecycle -----
