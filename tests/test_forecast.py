@@ -1,0 +1,231 @@
+"""The forecast models: targets, training windows, multi-horizon forecasts, intervals, artifacts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from poolcast.engines.local import compute_features
+from poolcast.forecast import (
+    FORECASTS_KEY,
+    MODELS,
+    Forecaster,
+    ForecastModel,
+    add_targets,
+    forecast_table,
+    latest_rows,
+    training_rows,
+)
+from poolcast.pipeline import forecast_stage, metrics_stage
+from poolcast.settings import Settings
+from poolcast.store import Store
+
+DAY0 = dt.date(2025, 1, 1)
+
+
+def _grid(apy: list[float | None]) -> pa.Table:
+    """One pool's daily grid: ``None`` marks a day without a snapshot (APY carried forward)."""
+    carried, last = [], None
+    for v in apy:
+        last = v if v is not None else last
+        carried.append(last)
+    n = len(apy)
+    return pa.table(
+        {
+            "pool_id": ["p"] * n,
+            "date": [DAY0 + dt.timedelta(days=i) for i in range(n)],
+            "actual_apy": pa.array(carried, pa.float64()),
+            "actual_tvl": pa.array([1000.0 + i for i in range(n)], pa.float64()),
+            "is_observed": [v is not None for v in apy],
+        }
+    )
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(0, 100)), min_size=1, max_size=40))
+def test_targets_are_later_observed_values_only(apy: list[float | None]) -> None:
+    panel = add_targets(_grid(apy), [1, 7, "mean7"]).to_pylist()
+    for i, row in enumerate(panel):
+        for h in (1, 7):
+            later = apy[i + h] if i + h < len(apy) else None
+            assert row[f"target_h{h}"] == later
+        window = [v for v in apy[i + 1 : i + 8] if v is not None]
+        if len(window) >= 4:
+            assert row["target_mean7"] == pytest.approx(sum(window) / len(window))
+        else:
+            assert row["target_mean7"] is None
+
+
+def test_training_rows_up_to_a_cutoff_never_see_later_targets() -> None:
+    panel = add_targets(_grid([float(i % 5) for i in range(90)]), [7])
+    end = DAY0 + dt.timedelta(days=60)
+    rows = training_rows(panel, 20, 7, end=end)
+    dates = rows.column("date").to_pylist()
+    # the last origin whose 7-day target is known on the cutoff, and 20 origins in all
+    assert max(dates) == end - dt.timedelta(days=7)
+    assert len(dates) == 20 and min(dates) == end - dt.timedelta(days=26)
+    assert rows.column("age").to_pylist() == list(range(19, -1, -1))
+
+
+@pytest.fixture(scope="module")
+def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> pa.Table:
+    """The forecast panel of the shipped sample (embedded store, computed once)."""
+    from poolcast.ingest import ingest
+    from poolcast.pipeline import read_panel
+    from poolcast.store import open_store
+
+    path = tmp_path_factory.mktemp("panel") / "s.duckdb"
+    with open_store(str(path)) as s:
+        s.init_schema()
+        ingest(s, [sample_dir])
+        settings = Settings(store=str(path))
+        metrics_stage(s, settings)
+        return compute_features(read_panel(s, settings, horizon=30))
+
+
+@pytest.fixture(scope="module")
+def fitted(sample_panel: pa.Table) -> ForecastModel:
+    return ForecastModel("production", num_threads=1).fit(sample_panel)
+
+
+def test_same_data_and_seed_give_the_same_model_byte_for_byte(
+    sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
+) -> None:
+    again = ForecastModel("production", num_threads=1).fit(sample_panel)
+    first, second = Path(fitted.save(tmp_path / "a")), Path(again.save(tmp_path / "b"))
+    assert first.name == second.name == f"production-{fitted.version_}"
+    for name in ("h1.txt", "h7.txt", "h30.txt", "hmean7.txt", "metadata.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    other = ForecastModel("production", num_threads=1, seed=7).fit(sample_panel)
+    assert other.version_ != fitted.version_
+
+
+def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_path: Path) -> None:
+    import json
+
+    meta = json.loads((Path(fitted.save(tmp_path)) / "metadata.json").read_text())
+    one = meta["horizons"]["1"]
+    assert one["features"] == list(MODELS["production"].features)
+    assert one["model"]["target"] == "change" and meta["horizons"]["7"]["model"]["target"] == (
+        "scaled_change"
+    )
+    assert one["data_fingerprint"] and one["train_window"][0] < one["train_window"][1]
+    assert one["model"]["params"]["objective"] == "regression_l1"
+    assert set(meta["backtest"]) == {"1", "7", "30", "mean7"}
+    assert meta["backtest"]["1"]["n"] > 0 and meta["backtest"]["1"]["naive_mae"] > 0
+    assert set(meta["tvl"]) == {"1", "7", "30"}
+
+
+def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(
+    sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
+) -> None:
+    loaded = ForecastModel.load(fitted.save(tmp_path))
+    assert loaded.version_ == fitted.version_
+    assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
+
+
+def test_every_pool_gets_every_horizon_with_an_interval(
+    sample_panel: pa.Table, fitted: ForecastModel
+) -> None:
+    rows = fitted.forecasts(sample_panel)
+    apy = rows.filter(pa.compute.equal(rows.column("metric"), "apy")).to_pylist()
+    assert len(apy) == 99 * 4
+    assert {r["horizon"] for r in apy} == {"1", "7", "30", "mean7"}
+    for r in apy:
+        assert r["lower"] <= r["upper"]
+        days = 7 if r["horizon"] == "mean7" else int(r["horizon"])
+        assert r["target_date"] == r["made_on"] + dt.timedelta(days=days)
+    # the next-day forecast is the one pool_daily_metrics gets
+    nextday = {
+        r["pool_id"]: r["forecasted_apy"] for r in forecast_table(fitted, sample_panel).to_pylist()
+    }
+    assert nextday == {r["pool_id"]: r["value"] for r in apy if r["horizon"] == "1"}
+
+
+def test_a_flat_pool_keeps_its_apy(sample_panel: pa.Table, fitted: ForecastModel) -> None:
+    """Pools whose APY never moved (the sample has several at 0%): the model keeps them."""
+    origins = latest_rows(add_targets(sample_panel, [1]))
+    flat = origins.filter(pa.compute.equal(origins.column("stddev_apy_30d"), 0.0))
+    assert flat.num_rows >= 5
+    for h in (1, 7, 30, "mean7"):
+        value = fitted.horizons_[h].predict(flat)
+        np.testing.assert_allclose(value, flat.column("actual_apy").to_numpy(), atol=1e-9)
+
+
+def test_the_plan_model_is_a_named_option_without_intervals(sample_panel: pa.Table) -> None:
+    plan = Forecaster("plan", params={"num_iterations": 20}, num_threads=1).fit(sample_panel)
+    value, lower, upper = plan.predict_interval(sample_panel.slice(0, 5))
+    assert np.isfinite(value).all() and np.isnan(lower).all() and np.isnan(upper).all()
+    with pytest.raises(ValueError, match="unknown model"):
+        Forecaster("nope").fit(sample_panel)
+
+
+def test_forecast_stage_writes_every_horizon_and_reruns_change_nothing(
+    sample_store: Store, settings: Settings
+) -> None:
+    metrics_stage(sample_store, settings)
+    first = forecast_stage(sample_store, settings)
+    stored = sample_store.fetch_arrow(
+        "SELECT * FROM forecasts ORDER BY pool_id, metric, horizon"
+    ).to_pylist()
+    assert len(stored) == first.details["horizon_rows"] == 99 * 7  # APY x4, TVL x3
+    assert {r["model_version"] for r in stored} == {first.details["model_version"]}
+    nextday = sample_store.fetch_arrow(
+        "SELECT f.pool_id, f.value, m.forecasted_apy FROM forecasts AS f "
+        "JOIN pool_daily_metrics AS m ON m.pool_id = f.pool_id AND m.date = f.target_date "
+        "WHERE f.metric = 'apy' AND f.horizon = '1'"
+    ).to_pylist()
+    assert len(nextday) == 99
+    assert all(r["value"] == pytest.approx(r["forecasted_apy"]) for r in nextday)
+    assert forecast_stage(sample_store, settings).rows_written == 0
+
+    # --model PATH: the saved artifact forecasts without training, the same numbers
+    reused = settings.model_copy(update={"model_path": first.details["model"]})
+    result = forecast_stage(sample_store, reused)
+    assert (
+        result.rows_written == 0
+        and result.details["model_version"] == first.details["model_version"]
+    )
+    key = ", ".join(FORECASTS_KEY)
+    again = sample_store.fetch_arrow(f"SELECT * FROM forecasts ORDER BY {key}").to_pylist()  # noqa: S608
+    assert sorted(stored, key=lambda r: [r[k] for k in FORECASTS_KEY]) == again
+
+
+# --- gs:// artifacts against the GCS emulator (the deploy tests' pattern) ------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_artifact_round_trips_through_gcs(
+    sample_panel: pa.Table, fitted: ForecastModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("google.cloud.storage")
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    from poolcast.deploy.gcs import make_client
+
+    port = _free_port()
+    server = emulator.create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        make_client("acme").create_bucket("acme-models")
+        where = fitted.save("gs://acme-models/forecast")
+        assert where == f"gs://acme-models/forecast/production-{fitted.version_}"
+        names = {b.name for b in make_client("acme").list_blobs("acme-models")}
+        assert f"forecast/production-{fitted.version_}/metadata.json" in names
+        loaded = ForecastModel.load(where)
+        assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
+    finally:
+        server.stop()
