@@ -29,10 +29,12 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import typer
 
 DEFAULT_REL_TOL = 1e-9
 DEFAULT_FORECAST_TOL = 0.05
@@ -478,3 +480,74 @@ def run_parity(
         if holdout is not None:
             holdout.tolerance = forecast_tol
     return ParityResult(reports, holdout, seconds)
+
+
+def parity_command(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="postgresql://... or a path to the embedded file [env: POOLCAST_STORE]",
+            show_default=False,
+        ),
+    ] = None,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="metrics and/or forecast [default: both]"),
+    ] = None,
+    rel_tol: Annotated[
+        float, typer.Option("--rel-tol", help="metric columns: max relative difference")
+    ] = DEFAULT_REL_TOL,
+    forecast_tol: Annotated[
+        float,
+        typer.Option("--forecast-tol", help="forecasts and holdout MAE: max relative difference"),
+    ] = DEFAULT_FORECAST_TOL,
+    holdout_days: Annotated[
+        int, typer.Option("--holdout-days", help="days of the time-based holdout; 0: none")
+    ] = 14,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Run the local and the Spark engine on the same store (writing nothing) and compare them.
+
+    Exit code 0 when they agree within tolerance, 1 when they differ, 2 when they could not run.
+    """
+    import json
+
+    from poolcast.settings import load_settings
+    from poolcast.store import StoreError, open_store
+
+    stages = tuple(stage or ("metrics", "forecast"))
+    unknown = set(stages) - {"metrics", "forecast"}
+    if unknown:
+        typer.secho(f"error: unknown stage(s) {sorted(unknown)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    settings = load_settings(store=store)
+    try:
+        with open_store(settings.store_url()) as s:
+            s.require_schema()
+            result = run_parity(
+                s, settings, stages=stages, rel_tol=rel_tol, forecast_tol=forecast_tol,
+                holdout_days=holdout_days,
+            )
+    except (StoreError, ValueError) as exc:
+        typer.secho(f"error: parity could not run: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "tables": [t.to_dict() for t in result.tables],
+                    "holdout": None
+                    if result.holdout is None
+                    else {**asdict(result.holdout), "rel_diff": result.holdout.rel_diff,
+                          "ok": result.holdout.ok},
+                    "seconds": result.seconds,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        typer.echo(result.format())
+    raise typer.Exit(0 if result.ok else 1)
