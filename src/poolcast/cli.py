@@ -46,7 +46,18 @@ LookbackOpt = Annotated[
     int | None, typer.Option("--lookback-days", help="Days of history per run [default: 365]")
 ]
 TrainDaysOpt = Annotated[
-    int | None, typer.Option("--train-days", help="Training window in days [env: TRAIN_DAYS; default: 60]")
+    int | None,
+    typer.Option("--train-days", help="Training window in days [env: TRAIN_DAYS; default: 60]"),
+]
+
+IncrementalOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--incremental",
+        help="Daily mode: recompute only the days since the last metrics run (plus the history "
+        "their windows need) and merge the rows that changed [env: POOLCAST_INCREMENTAL]",
+        show_default=False,
+    ),
 ]
 
 
@@ -198,10 +209,15 @@ def metrics(
     engine: EngineOpt = None,
     as_of: AsOfOpt = None,
     lookback_days: LookbackOpt = None,
+    incremental: IncrementalOpt = None,
 ) -> None:
     """Step 7: daily grid and rolling metrics for every active pool."""
     _run_stages(
-        ["metrics"], _settings(store=store, engine=engine, as_of=as_of, lookback_days=lookback_days)
+        ["metrics"],
+        _settings(
+            store=store, engine=engine, as_of=as_of, lookback_days=lookback_days,
+            incremental=incremental,
+        ),
     )
 
 
@@ -233,10 +249,12 @@ def run(
     as_of: AsOfOpt = None,
     lookback_days: LookbackOpt = None,
     train_days: TrainDaysOpt = None,
+    incremental: IncrementalOpt = None,
 ) -> None:
     """Metrics, then forecast."""
     settings = _settings(
-        store=store, engine=engine, as_of=as_of, lookback_days=lookback_days, train_days=train_days
+        store=store, engine=engine, as_of=as_of, lookback_days=lookback_days, train_days=train_days,
+        incremental=incremental,
     )
     _run_stages(["metrics", "forecast"], settings)
 

@@ -74,6 +74,8 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
     """Step 7: the daily grid and its rolling metrics for every active pool, merged in one go."""
     store.require_schema()
     if settings.engine == "spark":
+        if settings.incremental:
+            raise ValueError("--incremental runs on the local engine; drop --engine spark")
         from poolcast.engines import spark
 
         return spark.metrics_stage(store, settings)
@@ -82,9 +84,19 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
     started = time.perf_counter()
     result = StageResult("metrics", "local", new_run_id())
     as_of = resolve_as_of(store, settings)
-    snapshots = read_snapshots(store, as_of, settings.lookback_days)
+    window = None
+    if settings.incremental:
+        from poolcast.incremental import keep_rows, read_window_snapshots, recompute_window
+
+        window = recompute_window(store, as_of, settings.lookback_days)
+    if window is None:
+        snapshots = read_snapshots(store, as_of, settings.lookback_days)
+    else:
+        snapshots, catch_up = read_window_snapshots(store, window, as_of, settings.lookback_days)
     market = read_market(store, as_of)
     metrics = compute_metrics(snapshots, market, as_of)
+    if window is not None:
+        metrics = keep_rows(metrics, window, catch_up)
     result.rows_written = store.merge(
         "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
     )
@@ -94,6 +106,7 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
         "pools": len(metrics.column("pool_id").unique()),
         "days": len(metrics.column("date").unique()),
         "rows": metrics.num_rows,
+        **({"since": window.since.isoformat()} if window is not None else {}),
     }
     result.seconds = time.perf_counter() - started
     return result

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     model_path: str | None = Field(
         default=None, validation_alias=AliasChoices("model_path", "POOLCAST_MODEL")
     )
+    incremental: bool = Field(
+        default=False, validation_alias=AliasChoices("incremental", "POOLCAST_INCREMENTAL")
+    )
     lock_wait: bool = Field(
         default=False, validation_alias=AliasChoices("lock_wait", "POOLCAST_LOCK_WAIT")
     )

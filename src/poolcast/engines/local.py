@@ -26,10 +26,13 @@ def compile_column(c: Column) -> str:
     src = c.source
     if c.kind == "ffill":
         return f"last_value({src} IGNORE NULLS) OVER ({_BY_POOL} {_frame(c.window)})"
+    # mean/std aggregate the frame's own list: the same window values always give the same bits,
+    # wherever the row sits in its partition (a windowed avg() sums segment-tree nodes, so a row's
+    # last bits depend on where the partition starts; incremental runs would then differ from full).
     if c.kind == "mean":
-        return f"avg({src}) OVER ({_BY_POOL} {_frame(c.window - 1)})"
+        return f"list_avg(list({src}) OVER ({_BY_POOL} {_frame(c.window - 1)}))"
     if c.kind == "std":
-        return f"stddev_samp({src}) OVER ({_BY_POOL} {_frame(c.window - 1)})"
+        return f"list_stddev_samp(list({src}) OVER ({_BY_POOL} {_frame(c.window - 1)}))"
     if c.kind == "delta":
         return f"{src} - lag({src}, 1) OVER ({_BY_POOL})"
     if c.kind == "lag":

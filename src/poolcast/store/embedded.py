@@ -39,9 +39,11 @@ class DuckDBStore(Store):
                         "POOLCAST_LOCK_WAIT=true to queue behind it."
                     ) from exc
             if not announced:
+                import logging
+
                 from poolcast.observe import event
 
-                event("lock.waiting", store=path, lock="duckdb file")
+                event("lock.waiting", logging.WARNING, store=path, lock="duckdb file")
                 announced = True
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
