@@ -1,0 +1,202 @@
+"""The rolling-origin backtest on panels where the right answer is known, and on the sample data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from poolcast.backtest import BacktestConfig, cutoff_days, run_backtest
+from poolcast.cli import app
+from poolcast.engines.local import compute_metrics
+from poolcast.forecast import add_targets
+from poolcast.pipeline import metrics_stage
+from poolcast.settings import Settings
+from poolcast.store import Store
+
+START = dt.date(2025, 1, 1)
+DAYS = 170
+CONFIG = BacktestConfig(
+    cutoffs=5,
+    spacing_days=7,
+    models=("naive", "mean7d", "production"),
+    horizons=(1, 7, "mean7"),
+    num_threads=1,
+)
+
+
+def _metrics(apy: np.ndarray, observed: np.ndarray | None = None) -> pa.Table:
+    """pool_daily_metrics of synthetic pools: ``apy[pool, day]``; days not ``observed`` have no
+    snapshot (the grid carries the last APY forward, as it does for real pools)."""
+    pools, days = apy.shape
+    observed = np.ones_like(apy, dtype=bool) if observed is None else observed
+    pi, di = np.nonzero(observed)
+    snapshots = pa.table(
+        {
+            "pool_id": [f"pool-{p:03d}" for p in pi],
+            "timestamp": [
+                dt.datetime.combine(START + dt.timedelta(days=int(d)), dt.time(23)) for d in di
+            ],
+            "apy": apy[pi, di],
+            "tvl_usd": np.full(pi.size, 1e6),
+        }
+    )
+    dates = [START + dt.timedelta(days=d) for d in range(days)]
+    market = pa.table(
+        {
+            "source": ["ETH"] * days + ["BTC"] * days + ["gas"] * days,
+            "date": dates * 3,
+            "value": [3000.0] * days + [90000.0] * days + [5.0] * days,
+        }
+    )
+    return compute_metrics(snapshots, market, dates[-1], threads=1)
+
+
+def _random_walk(pools: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(3, 30, size=(pools, 1))
+    return level + np.cumsum(rng.normal(0, 0.5, size=(pools, DAYS)), axis=1)
+
+
+def _mean_reverting(pools: int, seed: int, phi: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mean = rng.uniform(3, 30, size=pools)
+    x = np.empty((pools, DAYS))
+    x[:, 0] = mean
+    for t in range(1, DAYS):
+        x[:, t] = mean + phi * (x[:, t - 1] - mean) + rng.normal(0, 1.0, size=pools)
+    return x
+
+
+def _summary(bt) -> dict[tuple[str, object], dict]:  # type: ignore[no-untyped-def]
+    return {
+        (r["model"], r["horizon"]): r
+        for r in bt.summary()
+        if r["split"] == "all" and r["subset"] == "all" and r["metric"] == "apy"
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_nothing_beats_naive_on_a_random_walk(seed: int) -> None:
+    scores = _summary(run_backtest(_metrics(_random_walk(50, seed)), CONFIG))
+    for h in (1, 7, "mean7"):
+        # the calibrated blend falls back to today's APY: no edge, no bet
+        assert scores[("production", h)]["ratio"] > 0.98, scores[("production", h)]
+        assert scores[("mean7d", h)]["ratio"] > 1.0
+        assert scores[("naive", h)]["ratio"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_model_beats_naive_on_mean_reverting_pools(seed: int) -> None:
+    scores = _summary(run_backtest(_metrics(_mean_reverting(50, seed)), CONFIG))
+    # the best possible forecast has MAE ratios of about 0.87 at 1 day and 0.71 at 7 days
+    assert scores[("production", 1)]["ratio"] < 0.92
+    assert scores[("production", 7)]["ratio"] < 0.85
+    assert scores[("production", "mean7")]["ratio"] < 0.75
+    for h in (1, 7, "mean7"):
+        assert scores[("production", h)]["ratio"] < scores[("mean7d", h)]["ratio"]
+        assert scores[("production", h)]["beat_share"] >= 0.6
+        assert 0.7 <= scores[("production", h)]["coverage"] <= 0.95
+
+
+def test_only_observed_targets_are_scored() -> None:
+    rng = np.random.default_rng(3)
+    apy = _mean_reverting(30, 3)
+    observed = rng.random(apy.shape) > 0.2
+    observed[:, :40] = True
+    bt = run_backtest(_metrics(apy, observed), CONFIG)
+    scores = _summary(bt)
+    pi, di = np.nonzero(observed)
+    obs = {
+        (f"pool-{p:03d}", START + dt.timedelta(days=int(d))) for p, d in zip(pi, di, strict=True)
+    }
+    pools = {p for p, _ in obs}
+    for h in (1, 7):
+        expected = sum(
+            (p, c) in obs and (p, c + dt.timedelta(days=h)) in obs
+            for p in pools
+            for c in bt.cutoffs_
+        )
+        assert scores[("production", h)]["n"] == scores[("naive", h)]["n"] == expected
+    mean7 = sum(
+        (p, c) in obs and sum((p, c + dt.timedelta(days=k)) in obs for k in range(1, 8)) >= 4
+        for p in pools
+        for c in bt.cutoffs_
+    )
+    assert scores[("production", "mean7")]["n"] == mean7
+    # every scored target is the APY actually reported that day
+    p = bt.predictions_
+    rows = zip(p["pool_id"], p["cutoff"], p["metric"], p["horizon"], p["y"], strict=True)
+    for pool, cutoff, metric, horizon, y in rows:
+        if metric == "apy" and horizon == "1":
+            day = (cutoff - START).days + 1
+            assert y == pytest.approx(apy[int(pool[5:]), day])
+
+
+def test_pools_never_seen_are_scored_by_models_trained_without_them() -> None:
+    config = BacktestConfig(
+        cutoffs=2,
+        spacing_days=7,
+        models=("naive", "production"),
+        horizons=(1,),
+        unseen_folds=3,
+        num_threads=1,
+    )
+    bt = run_backtest(_metrics(_mean_reverting(30, 4)), config)
+    rows = [r for r in bt.summary() if r["metric"] == "apy" and r["subset"] == "all"]
+    assert {r["split"] for r in rows} == {"all", "unseen"}
+    unseen = next(r for r in rows if r["split"] == "unseen" and r["model"] == "production")
+    seen = next(r for r in rows if r["split"] == "all" and r["model"] == "production")
+    assert unseen["n"] == seen["n"] and unseen["pools"] == 30
+    assert unseen["ratio"] < 0.95
+
+
+def test_default_cutoffs_end_a_longest_horizon_before_most_pools_stop() -> None:
+    apy = _random_walk(5, 5)
+    observed = np.ones_like(apy, dtype=bool)
+    observed[0, 100:] = False  # one pool stops early, one reports months longer than the rest
+    observed[1:4, 150:] = False
+    panel = add_targets(_metrics(apy, observed), (1, 30))
+    days = cutoff_days(panel, BacktestConfig(horizons=(1, 30)))
+    median_last = START + dt.timedelta(days=149)
+    assert days[-1] == median_last - dt.timedelta(days=30)
+    assert days == [days[-1] - dt.timedelta(days=14 * k) for k in range(5, -1, -1)]
+
+
+def test_backtest_command_on_the_sample(sample_store: Store, settings: Settings) -> None:
+    metrics_stage(sample_store, settings)
+    runner = CliRunner()
+    args = [
+        "backtest",
+        "--store",
+        sample_store.url,
+        "--cutoffs",
+        "2",
+        "--models",
+        "naive,mean7d,production",
+    ]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    # the sample: most pools last report on 2025-06-04/05, one runs to 2025-11-13
+    assert out["cutoffs"] == ["2025-04-21", "2025-05-05"]
+    assert {r["horizon"] for r in out["pools"]} == {1, 7, 30, "mean7"}
+    assert {r["model"] for r in out["pools"]} == {"naive", "mean7d", "production"}
+    row = out["pools"][0]
+    assert {"pool_id", "horizon", "model", "n", "mae", "coverage"} <= set(row)
+    summary = {
+        (r["model"], r["horizon"]): r
+        for r in out["summary"]
+        if r["metric"] == "apy" and r["subset"] == "all"
+    }
+    assert summary[("naive", 1)]["ratio"] == 1.0
+    assert summary[("production", 1)]["n"] == sum(
+        r["n"] for r in out["pools"] if r["model"] == "production" and r["horizon"] == 1
+    )
+    human = runner.invoke(app, args)
+    assert human.exit_code == 0 and "pools seen in training" in human.output
+    assert "production" in human.output and "coverage" in human.output
