@@ -1,0 +1,415 @@
+"""The Spark engine: Spark local[2] with the real SynapseML and PostgreSQL JDBC jars.
+
+One SparkSession for the whole run (``spark`` fixture); every stage function finds and reuses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from spark_support import spark_fixture  # noqa: F401 - the `spark` session fixture
+
+from poolcast.engines import _spark_session as session_mod
+from poolcast.parity import compare_tables
+from poolcast.settings import Settings
+from poolcast.spec import metric_names
+from poolcast.store import Store
+from poolcast.store.spark_io import (
+    JdbcTarget,
+    SparkIOError,
+    _render_params,
+    pool_hash_predicates,
+)
+
+pytestmark = pytest.mark.spark
+
+METRIC_COLUMNS = [*metric_names(), "is_observed"]
+KEY = ("pool_id", "date")
+
+
+# -- no JVM needed -------------------------------------------------------------------------------
+def test_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(__import__("os").environ):
+        if key.startswith("DATAPROC_") or key == "SPARK_ENVIRONMENT":
+            monkeypatch.delenv(key)
+    assert session_mod.detect_environment(Settings()) == "local"
+    monkeypatch.setenv("DATAPROC_IMAGE_VERSION", "1.2")
+    assert session_mod.detect_environment(Settings()) == "dataproc"
+    monkeypatch.setenv("SPARK_ENVIRONMENT", "local")
+    assert session_mod.detect_environment(Settings()) == "local"
+    monkeypatch.setenv("SPARK_ENVIRONMENT", "cloud")
+    with pytest.raises(session_mod.SparkSetupError, match="SPARK_ENVIRONMENT"):
+        session_mod.detect_environment(Settings())
+
+
+def test_session_conf_local_and_dataproc() -> None:
+    s = Settings()
+    local = session_mod.session_conf(s, environment="local")
+    assert local["spark.master"] == "local[2]"
+    assert "synapseml-lightgbm_2.12:1.1.3" in local["spark.jars.packages"]
+    assert "org.postgresql:postgresql" in local["spark.jars.packages"]
+    assert local["spark.sql.session.timeZone"] == "UTC"
+    assert local["spark.dynamicAllocation.enabled"] == "false"
+    assert local["spark.jars.ivy"] == str(session_mod.ivy_dir())
+    s.spark.jars = ["gs://code/jars/synapseml-lightgbm_2.12-1.1.3.jar"]
+    remote = session_mod.session_conf(s, environment="dataproc")
+    assert "spark.master" not in remote and "spark.jars.packages" not in remote
+    assert remote["spark.jars"] == s.spark.jars[0]
+    training = session_mod.batch_properties(s, training=True)
+    assert training["spark.dynamicAllocation.enabled"] == "false"
+    assert training["spark.executor.instances"] == str(s.spark.executor_instances)
+    assert "spark.dynamicAllocation.enabled" not in session_mod.batch_properties(s, training=False)
+
+
+def test_no_session_at_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import poolcast.engines.spark, poolcast.parity, poolcast.pipeline\n"
+        "from pyspark import SparkContext\n"
+        "assert SparkContext._active_spark_context is None\n"
+        "assert SparkContext._gateway is None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_jdbc_target_keeps_password_out_of_url() -> None:
+    t = JdbcTarget.from_url(
+        "postgresql://alice:s%40cret@db.example:6543/pools?sslmode=require&"
+        "options=-csearch_path%3Dt_1"
+    )
+    assert t.url.startswith("jdbc:postgresql://db.example:6543/pools?")
+    assert "s@cret" not in t.url and "alice" not in t.url
+    assert "sslmode=require" in t.url and "reWriteBatchedInserts=true" in t.url
+    assert "options=-csearch_path%3Dt_1" in t.url
+    assert t.properties["user"] == "alice" and t.properties["password"] == "s@cret"
+    assert "s@cret" not in repr(t)
+    with pytest.raises(SparkIOError):
+        JdbcTarget.from_url("mysql://x/y")
+
+
+def test_jdbc_parameters_are_numbers_and_dates_only() -> None:
+    sql = "SELECT * FROM t WHERE a >= $1 AND b < $2 AND c = $10"
+    params = [dt.datetime(2025, 1, 2, 3, 4, 5), dt.date(2025, 1, 3), *range(3, 10), 7]
+    out = _render_params(sql, params)
+    assert "TIMESTAMP '2025-01-02 03:04:05'" in out and "DATE '2025-01-03'" in out
+    assert out.endswith("c = 7")
+    with pytest.raises(SparkIOError, match="only numbers"):
+        _render_params("SELECT $1", ["x'; DROP TABLE pools; --"])
+
+
+def test_pool_hash_predicates_cover_every_hash() -> None:
+    preds = pool_hash_predicates(4)
+    assert len(preds) == 4 and all("hashtext(pool_id)" in p for p in preds)
+    with pytest.raises(SparkIOError):
+        pool_hash_predicates(0)
+
+
+def test_listen_ports_differ_and_are_free() -> None:
+    from poolcast.engines.spark import _port_free, choose_listen_port
+
+    ports = {choose_listen_port() for _ in range(20)}
+    assert len(ports) > 15
+    assert all(20_000 <= p < 60_000 and _port_free(p) for p in ports)
+
+
+def test_synapseml_params_come_from_the_local_model() -> None:
+    from poolcast.engines.spark import synapseml_params
+    from poolcast.forecast import Forecaster
+
+    lgb_params = Forecaster("production", seed=7).lgb_params()
+    p = synapseml_params(lgb_params, rounds=123, threads=1, port=23456)
+    assert p["numIterations"] == 123 and p["seed"] == 7 and p["deterministic"] is True
+    assert p["numLeaves"] == lgb_params["num_leaves"]
+    assert p["objective"] == lgb_params["objective"]
+    assert "force_col_wise=true" in p["passThroughArgs"]
+    assert "num_iterations" not in p["passThroughArgs"]
+
+
+# -- Spark ---------------------------------------------------------------------------------------
+def _spark_exchange(spark, store: Store | None = None):  # type: ignore[no-untyped-def]
+    from poolcast.store.embedded import DuckDBStore
+    from poolcast.store.spark_io import SparkExchange
+
+    return SparkExchange(spark, store or DuckDBStore(":memory:"))
+
+
+def _metrics_both(store: Store, settings: Settings) -> tuple[pa.Table, pa.Table]:
+    from poolcast.parity import _metric_tables
+
+    local, remote, _ = _metric_tables(store, settings)
+    return local, remote
+
+
+def _assert_same(report) -> None:  # type: ignore[no-untyped-def]
+    assert report.rows_a == report.rows_b
+    assert report.keys_only_in_a == report.keys_only_in_b == report.duplicate_keys == 0
+    for c in report.columns:
+        assert c.null_mismatches == 0, c
+        assert c.max_rel_diff < 1e-9, c
+    assert report.ok
+
+
+def test_session_is_local_utc_with_jars(spark) -> None:  # type: ignore[no-untyped-def]
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.master") == "local[2]"
+    assert conf.get("spark.sql.session.timeZone") == "UTC"
+    jvm = spark.sparkContext._jvm
+    assert jvm.java.lang.System.getProperty("user.timezone") == "UTC"
+    # Both jars were resolved from Maven Central and are loaded in the driver.
+    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    loader.loadClass("org.postgresql.Driver")
+    from synapse.ml.lightgbm import LightGBMRegressor
+
+    assert LightGBMRegressor(seed=1)._java_obj is not None
+    assert spark.version.startswith("3.5.")
+
+
+def test_metrics_match_local_on_sample(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
+    store, settings = demo_store
+    local, remote = _metrics_both(store, settings)
+    assert local.num_rows > 10_000
+    _assert_same(compare_tables("pool_daily_metrics", local, remote, KEY, METRIC_COLUMNS))
+
+
+# Generated panels: pools with gaps, late starts, several snapshots a day, NULL values, a market
+# calendar with holes, an as-of past the data (the bounded forward fill shows).
+@st.composite
+def panels(draw: st.DrawFn) -> tuple[pa.Table, pa.Table, dt.date]:
+    start = dt.date(2025, 1, 1)
+    n_pools = draw(st.integers(1, 4))
+    rows: dict[str, list] = {"pool_id": [], "timestamp": [], "apy": [], "tvl_usd": []}
+    last_day = start
+    for p in range(n_pools):
+        offset = draw(st.integers(0, 20))
+        length = draw(st.integers(1, 70))
+        present = draw(st.lists(st.booleans(), min_size=length, max_size=length))
+        for d in range(length):
+            if not present[d] and d:
+                continue
+            day = start + dt.timedelta(days=offset + d)
+            last_day = max(last_day, day)
+            for hour in sorted(draw(st.sets(st.integers(0, 23), min_size=1, max_size=2))):
+                apy = draw(st.one_of(st.none(), st.floats(0, 50, allow_nan=False)))
+                tvl = draw(st.one_of(st.none(), st.floats(1e3, 1e9, allow_nan=False)))
+                rows["pool_id"].append(f"pool-{p}")
+                rows["timestamp"].append(dt.datetime.combine(day, dt.time(hour, 7)))
+                rows["apy"].append(apy)
+                rows["tvl_usd"].append(tvl)
+    snapshots = pa.table(
+        {
+            "pool_id": pa.array(rows["pool_id"], pa.string()),
+            "timestamp": pa.array(rows["timestamp"], pa.timestamp("us")),
+            "apy": pa.array(rows["apy"], pa.float64()),
+            "tvl_usd": pa.array(rows["tvl_usd"], pa.float64()),
+        }
+    )
+    market: dict[str, list] = {"source": [], "date": [], "value": []}
+    for source in ("ETH", "BTC", "gas"):
+        begin = draw(st.integers(-5, 30))
+        for d in range(begin, 100):
+            if draw(st.integers(0, 4)) == 0:
+                continue
+            market["source"].append(source)
+            market["date"].append(start + dt.timedelta(days=d))
+            market["value"].append(draw(st.floats(1, 1e5, allow_nan=False)))
+    market_t = pa.table(
+        {
+            "source": pa.array(market["source"], pa.string()),
+            "date": pa.array(market["date"], pa.date32()),
+            "value": pa.array(market["value"], pa.float64()),
+        }
+    )
+    as_of = last_day + dt.timedelta(days=draw(st.integers(0, 40)))
+    return snapshots, market_t, as_of
+
+
+@hsettings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(panel=panels())
+def test_metrics_match_local_on_generated_panels(spark, panel) -> None:  # type: ignore[no-untyped-def]
+    from poolcast.engines import spark as engine
+    from poolcast.engines.local import compute_metrics
+
+    snapshots, market, as_of = panel
+    local = compute_metrics(snapshots, market, as_of)
+    with _spark_exchange(spark) as ex:
+        frame = engine.compute_metrics(
+            spark, ex.arrow_to_spark(snapshots, "s"), ex.arrow_to_spark(market, "m"), as_of
+        )
+        remote = ex.spark_to_arrow(frame, "out")
+    _assert_same(compare_tables("generated", local, remote, KEY, METRIC_COLUMNS))
+
+
+def test_features_match_local(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
+    from poolcast.engines import spark as engine
+    from poolcast.engines.local import compute_features
+    from poolcast.pipeline import read_panel
+    from poolcast.spec import FEATURES
+
+    store, settings = demo_store
+    metrics = read_panel(store, settings, horizon=30)
+    local = compute_features(metrics)
+    with _spark_exchange(spark, store) as ex:
+        remote, n = engine.forecast_panel(ex, settings)
+    assert n == local.num_rows
+    columns = [f.name for f in FEATURES] + ["target_h1"]
+    _assert_same(compare_tables("panel", local, remote, KEY, columns))
+
+
+def _metric_checksum(store: Store) -> list[dict]:
+    return store.fetch_arrow(
+        "SELECT pool_id, date, actual_apy, rolling_apy_30d, forecasted_apy FROM pool_daily_metrics "
+        "ORDER BY pool_id, date"
+    ).to_pylist()
+
+
+def test_metrics_stage_on_spark_writes_the_local_rows(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
+    from poolcast.engines.local import compute_metrics
+    from poolcast.pipeline import metrics_stage, resolve_as_of
+    from poolcast.store.queries import read_market, read_snapshots
+
+    store, settings = demo_store
+    forecasts_before = store.fetch_arrow(
+        "SELECT count(forecasted_apy) AS n FROM pool_daily_metrics"
+    ).column("n")[0].as_py()
+    result = metrics_stage(store, settings.model_copy(update={"engine": "spark"}))
+    assert result.engine == "spark" and result.details["rows"] > 10_000
+    # What the stage merged equals what the local engine computes, and forecasts were kept.
+    as_of = resolve_as_of(store, settings)
+    local = compute_metrics(
+        read_snapshots(store, as_of, settings.lookback_days), read_market(store, as_of), as_of
+    )
+    stored = store.fetch_arrow(
+        "SELECT * FROM pool_daily_metrics WHERE is_observed IS NOT NULL"
+    )
+    _assert_same(compare_tables("stored", local, stored, KEY, METRIC_COLUMNS))
+    assert store.fetch_arrow(
+        "SELECT count(forecasted_apy) AS n FROM pool_daily_metrics"
+    ).column("n")[0].as_py() == forecasts_before
+    if store.dialect == "postgres":
+        leftovers = store.fetch_arrow(
+            "SELECT count(*) AS n FROM information_schema.tables "
+            "WHERE table_name LIKE '\\_spark\\_stage%'"
+        )
+        assert leftovers.column("n")[0].as_py() == 0
+
+
+def test_failed_jdbc_write_leaves_target_unchanged(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    from poolcast.pipeline import METRIC_KEY
+
+    store, _ = demo_store
+    if store.dialect != "postgres":
+        pytest.skip("the JDBC path is PostgreSQL's")
+    before = _metric_checksum(store)
+    with _spark_exchange(spark, store) as ex:
+        good = ex.read_query(
+            "SELECT pool_id, date, actual_apy FROM pool_daily_metrics", name="m",
+            partition_by_pool=True,
+        )
+        # Half the rows are fine, then a value PostgreSQL refuses: the batch fails part way.
+        bad = good.withColumn(
+            "actual_apy",
+            F.when(F.col("date") > F.lit("2025-01-01"), F.lit("not a number")).otherwise(
+                F.col("actual_apy").cast("string")
+            ),
+        )
+        with pytest.raises(SparkIOError, match="pool_daily_metrics is unchanged"):
+            ex.merge("pool_daily_metrics", bad, METRIC_KEY, update=["actual_apy"])
+    assert _metric_checksum(store) == before
+    leftovers = store.fetch_arrow(
+        "SELECT count(*) AS n FROM information_schema.tables "
+        "WHERE table_name LIKE '\\_spark\\_stage%'"
+    )
+    assert leftovers.column("n")[0].as_py() == 0
+
+
+def test_failed_training_leaves_tables_unchanged(spark, demo_store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from synapse.ml.lightgbm import LightGBMRegressor
+
+    from poolcast.engines.spark import SparkStageError
+    from poolcast.pipeline import forecast_stage
+
+    store, settings = demo_store
+    before = _metric_checksum(store)
+    forecasts_before = store.fetch_arrow("SELECT count(*) AS n FROM forecasts").to_pylist()
+
+    def boom(self, dataset, params=None):  # type: ignore[no-untyped-def]
+        raise RuntimeError("java.net.ConnectException: Connection refused (simulated)")
+
+    monkeypatch.setattr(LightGBMRegressor, "fit", boom)
+    with pytest.raises(SparkStageError, match=r"spark forecast failed at training: .*Connection"):
+        forecast_stage(store, settings.model_copy(update={"engine": "spark"}))
+    assert _metric_checksum(store) == before
+    assert store.fetch_arrow("SELECT count(*) AS n FROM forecasts").to_pylist() == forecasts_before
+    staging = store.fetch_arrow("SELECT count(*) AS n FROM pool_forecasts_staging")
+    assert staging.column("n")[0].as_py() == 0
+
+
+@pytest.fixture(scope="module")
+def spark_forecast_run(spark, demo_template, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """`poolcast forecast --engine spark` once on a copy of the embedded demo store."""
+    import shutil
+
+    from poolcast.pipeline import forecast_stage
+    from poolcast.store import open_store
+
+    url, settings = demo_template["demo"]
+    if url.startswith("postgresql://"):
+        pytest.skip("the forecast stage runs on the embedded store here; PostgreSQL above")
+    root = tmp_path_factory.mktemp("spark-forecast")
+    copy = root / "copy.duckdb"
+    shutil.copyfile(url, copy)
+    run_settings = settings.model_copy(
+        update={"engine": "spark", "model_dir": str(root / "models")}
+    )
+    with open_store(str(copy)) as s:
+        local = s.fetch_arrow(
+            "SELECT pool_id, date, forecasted_apy FROM pool_daily_metrics "
+            "WHERE forecasted_apy IS NOT NULL"
+        )
+        result = forecast_stage(s, run_settings)
+        remote = s.fetch_arrow(
+            "SELECT pool_id, date, forecasted_apy FROM pool_daily_metrics "
+            "WHERE forecasted_apy IS NOT NULL"
+        )
+    return result, local, remote
+
+
+def test_forecast_stage_on_spark(spark_forecast_run) -> None:  # type: ignore[no-untyped-def]
+    import lightgbm as lgb
+
+    result, local, remote = spark_forecast_run
+    assert result.engine == "spark"
+    assert result.details["forecasts"] == 99
+    assert result.details["synapseml_fits"] >= 4  # every horizon, calibration then final fit
+    # Same pools and days as the local engine's forecasts, values close (different LightGBM
+    # builds: SynapseML's lightgbmlib 3.3.5 and the lightgbm package).
+    report = compare_tables(
+        "forecasts", local, remote, KEY, ["forecasted_apy"],
+        forecast_columns=("forecasted_apy",),
+    )
+    assert report.ok, report
+    # The saved artifact: native LightGBM text that the lightgbm package loads and predicts with.
+    model_dir = Path(result.details["model"])
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["engine"] == "spark" and "synapseml" in meta["trainer"]
+    booster = lgb.Booster(model_file=str(model_dir / "h1.txt"))
+    n_features = len(meta["features"])
+    assert booster.num_feature() == n_features
+    assert np.isfinite(booster.predict(np.zeros((2, n_features)))).all()
