@@ -10,6 +10,7 @@ for the other run and stopping at once with a clear message.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -51,7 +52,7 @@ def _local_lock(store: Store, stage: str) -> threading.Lock:
 def _announce(store: Store, stage: str) -> None:
     from poolcast.observe import event
 
-    event("lock.waiting", stage=stage, store=store.safe_url())
+    event("lock.waiting", logging.WARNING, stage=stage, store=store.safe_url())
 
 
 @contextmanager
