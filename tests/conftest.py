@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterator
@@ -80,22 +81,17 @@ def _pg_schema_url(base: str, schema: str) -> str:
     return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
-def _demo_run(url: str, settings: Settings, as_of_days: tuple[int, ...]) -> None:
-    """Ingest the sample, then `poolcast run` once per as-of (days before the latest data day;
-    0 is the latest), with run records, as the CLI does."""
-    import datetime as dt
-
+def _demo_run(url: str, settings: Settings, as_ofs: tuple[dt.date | None, ...]) -> None:
+    """Ingest the sample, then `poolcast run` once per as-of (None: the latest data day), with
+    run records, as the CLI does."""
     from poolcast.observe import observed_stage
     from poolcast.pipeline import forecast_stage, metrics_stage, new_run_id
-    from poolcast.store.queries import latest_data_day
 
     with open_store(url) as s:
         s.init_schema()
         ingest(s, [SAMPLE])
-        latest = latest_data_day(s)
-        assert latest is not None
-        for back in as_of_days:
-            run = settings.model_copy(update={"as_of": latest - dt.timedelta(days=back)})
+        for as_of in as_ofs:
+            run = settings.model_copy(update={"as_of": as_of})
             run_id = new_run_id()
             observed_stage(s, "metrics", run, metrics_stage, run_id=run_id)
             observed_stage(s, "forecast", run, forecast_stage, run_id=run_id)
@@ -105,12 +101,14 @@ def _demo_run(url: str, settings: Settings, as_of_days: tuple[int, ...]) -> None
 def demo_template(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[str, Settings]]:
-    """The sample after `make demo` ("demo": one run) and after two daily runs ("daily": the day
-    before, then the latest day, so yesterday's forecasts are scored), built once per store kind.
-    Tests use copies (`demo_store`, `daily_store`)."""
+    """The sample after `make demo` ("demo": one run) and after two daily runs ("daily": as of
+    2025-06-04 then 2025-06-05, when most sample pools still report, so the second day scores the
+    first day's forecasts), built once per store kind. Tests use copies (`demo_store`,
+    `daily_store`)."""
     root = tmp_path_factory.mktemp(f"demo-{request.param}")
     out: dict[str, tuple[str, Settings]] = {}
-    for name, days in (("demo", (0,)), ("daily", (1, 0))):
+    daily = (dt.date(2025, 6, 4), dt.date(2025, 6, 5))
+    for name, days in (("demo", (None,)), ("daily", daily)):
         settings = Settings(model_dir=str(root / f"models-{name}"))
         if request.param == "duckdb":
             url = str(root / f"{name}.duckdb")

@@ -154,12 +154,15 @@ def test_yesterdays_errors_once_a_forecast_was_scored(
 ) -> None:
     """Forecast on the day before, then the next day's run: the plan's error query has rows."""
     store, _ = daily_store
-    result = run_checks(store, settings, sample=2, seed=3)
+    day = dt.date(2025, 6, 5)
+    result = run_checks(store, settings.model_copy(update={"as_of": day}), sample=2, seed=3)
     assert result.ok, format_checks(result)
-    check = _check(result, "largest_errors_yesterday")
-    [row] = check.rows
-    assert row["pool_id"] == LIVE_POOL and row["date"] == LATEST
-    assert row["error"] == pytest.approx(abs(row["actual_apy"] - row["forecasted_apy"]))
+    rows = _check(result, "largest_errors_yesterday").rows
+    assert len(rows) == 20 and {r["date"] for r in rows} == {day}
+    errors = [r["error"] for r in rows]
+    assert errors == sorted(errors, reverse=True) and errors[0] > errors[-1]
+    for r in rows:
+        assert r["error"] == pytest.approx(abs(r["actual_apy"] - r["forecasted_apy"]))
 
 
 def test_as_of_moves_today(demo: Store, settings: Settings) -> None:
