@@ -406,6 +406,34 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    store: StoreOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path(
+        "poolcast-report.html"
+    ),
+    top: Annotated[int, typer.Option("--top", min=1, help="Pools shown, largest TVL first")] = 6,
+    days: Annotated[int, typer.Option("--days", min=7, help="Days of APY history shown")] = 90,
+    as_of: AsOfOpt = None,
+    backtest: Annotated[
+        Path | None,
+        typer.Option("--backtest", help="`poolcast backtest --json` output to chart by horizon"),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report (no internet needed to view it)."""
+    from poolcast.report import write_report
+    from poolcast.store import StoreError
+
+    settings = _settings(store=store, as_of=as_of)
+    try:
+        with _open(settings) as s:
+            path = write_report(s, settings, output, top=top, days=days, backtest=backtest)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     app()
 
