@@ -16,7 +16,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,test,spark,gcp]'
+	$(BIN)/pip install -q -e '.[dev,test,spark,gcp,bench]'
 	touch $@ $(VENV)/.demo-installed
 
 ## demo: load the shipped sample data into the embedded store, run metrics and forecast
@@ -30,6 +30,11 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.test-installed
 	scripts/test-prereqs.sh
 	scripts/with-postgres.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: every stage at 2k and 20k pools x 365 days on both stores (BENCH_SCENARIOS=100k for more;
+## see bench/run.py); results in bench/results/latest.{json,md,png}
+bench: $(VENV)/.test-installed
+	scripts/with-postgres.sh $(BIN)/python bench/run.py
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests

@@ -1,0 +1,201 @@
+"""One measurement, in its own process so that its peak RSS is its own (bench/run.py reads it with
+wait4). Prints one JSON line: ``{"timings": {section: {"wall_s", "cpu_s"}}, "info": {...}}``.
+
+Usage: ``python bench/_child.py TASK '{"store": ..., ...}'``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TIMINGS: dict[str, dict[str, float]] = {}
+INFO: dict[str, Any] = {}
+
+
+@contextmanager
+def timed(section: str) -> Iterator[None]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    TIMINGS[section] = {
+        "wall_s": time.perf_counter() - wall,
+        "cpu_s": time.process_time() - cpu,
+    }
+
+
+def _store(args: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from poolcast.store import open_store
+
+    return open_store(args["store"])
+
+
+def _as_of(store) -> dt.date:  # type: ignore[no-untyped-def]
+    from poolcast.store.queries import latest_data_day
+
+    day = latest_data_day(store)
+    assert day is not None, "no data: generate first"
+    return day
+
+
+def _cached_inputs(args: dict[str, Any]) -> tuple[pa.Table, pa.Table, dt.date]:
+    cache = Path(args["cache"])
+    meta = json.loads((cache / "meta.json").read_text())
+    return (
+        pq.read_table(cache / "snapshots.parquet"),
+        pq.read_table(cache / "market.parquet"),
+        dt.date.fromisoformat(meta["as_of"]),
+    )
+
+
+def task_generate(args: dict[str, Any]) -> None:
+    from poolcast.generate import generate
+
+    with _store(args) as store:
+        store.init_schema()
+        with timed("generate"):
+            report = generate(store, args["pools"], args["days"], seed=args.get("seed", 0))
+    INFO["snapshots"] = report.snapshots
+
+
+def task_read_raw(args: dict[str, Any]) -> None:
+    from poolcast.store.queries import read_market, read_snapshots
+
+    with _store(args) as store:
+        as_of = _as_of(store)
+        with timed("store_read_raw"):
+            snapshots = read_snapshots(store, as_of, 365)
+            market = read_market(store, as_of)
+    INFO["rows"] = snapshots.num_rows
+    if args.get("cache"):
+        cache = Path(args["cache"])
+        cache.mkdir(parents=True, exist_ok=True)
+        pq.write_table(snapshots, cache / "snapshots.parquet")
+        pq.write_table(market, cache / "market.parquet")
+        (cache / "meta.json").write_text(json.dumps({"as_of": as_of.isoformat()}))
+
+
+def task_metrics_local(args: dict[str, Any]) -> None:
+    from poolcast.engines.local import compute_metrics
+
+    snapshots, market, as_of = _cached_inputs(args)
+    with timed("metrics"):
+        out = compute_metrics(snapshots, market, as_of)
+    INFO["rows"] = out.num_rows
+
+
+def task_metrics_baseline(args: dict[str, Any]) -> None:
+    import baseline_pandas
+
+    snapshots, market, as_of = _cached_inputs(args)
+    with timed("metrics"):
+        out = baseline_pandas.compute_metrics(snapshots, market, as_of)
+    INFO["rows"] = len(out)
+
+
+def task_metrics_spark(args: dict[str, Any]) -> None:
+    from poolcast.engines import spark as engine
+    from poolcast.engines._spark_session import get_spark_session
+    from poolcast.settings import load_settings
+
+    settings = load_settings()
+    settings.spark.master = args["master"]
+    settings.spark.shuffle_partitions = args.get("partitions", 4)
+    cache = Path(args["cache"])
+    _, _, as_of = _cached_inputs(args)
+    with timed("spark_session_start"):
+        session = get_spark_session(settings, "poolcast-bench")
+    with timed("metrics"):
+        snapshots = session.read.parquet(str(cache / "snapshots.parquet"))
+        market = session.read.parquet(str(cache / "market.parquet"))
+        out = engine.compute_metrics(session, snapshots, market, as_of)
+        out.write.format("noop").mode("overwrite").save()  # every row computed, nothing kept
+    with timed("metrics_second_run"):  # warm JVM: what a long-lived executor would pay
+        out = engine.compute_metrics(session, snapshots, market, as_of)
+        out.write.format("noop").mode("overwrite").save()
+    session.stop()
+
+
+def task_metrics_write(args: dict[str, Any]) -> None:
+    from poolcast.engines.local import compute_metrics
+    from poolcast.pipeline import METRIC_KEY, METRIC_UPDATE
+
+    snapshots, market, as_of = _cached_inputs(args)
+    metrics = compute_metrics(snapshots, market, as_of)
+    with _store(args) as store:
+        store.execute("DELETE FROM pool_daily_metrics")
+        with timed("store_write_metrics"):
+            written = store.merge("pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE)
+        with timed("store_rewrite_unchanged"):
+            rewritten = store.merge("pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE)
+    INFO.update(rows=metrics.num_rows, written=written, rewritten=rewritten)
+
+
+def task_forecast(args: dict[str, Any]) -> None:
+    from poolcast.engines.local import compute_features
+    from poolcast.forecast import Forecaster, forecast_table
+    from poolcast.pipeline import new_run_id, read_panel, write_forecasts
+    from poolcast.settings import Settings
+
+    settings = Settings(model_dir=args.get("model_dir", "/tmp/poolcast-bench-models"))
+    with _store(args) as store:
+        with timed("panel_read"):
+            metrics = read_panel(store, settings)
+        with timed("panel_features"):
+            panel = compute_features(metrics)
+        with timed("train"):
+            model = Forecaster("production", train_days=settings.train_days).fit(panel)
+        with timed("predict"):
+            forecasts = forecast_table(model, panel)
+        with timed("store_write_forecasts"):
+            write_forecasts(store, forecasts, new_run_id())
+        if args.get("plan_model"):
+            with timed("train_plan_params"):
+                Forecaster("plan", train_days=settings.train_days).fit(panel)
+    INFO.update(
+        panel_rows=metrics.num_rows,
+        train_rows=model.n_train_,
+        threads=model.fit_threads_,
+        params={k: model.lgb_params().get(k) for k in ("num_iterations", "num_leaves", "max_bin")},
+    )
+
+
+def task_reset(args: dict[str, Any]) -> None:
+    """Empty pool_daily_metrics so that a full run starts from raw tables only."""
+    with _store(args) as store:
+        store.execute("DELETE FROM pool_daily_metrics")
+
+
+ADD_DAY_SQL = """
+INSERT INTO raw_defillama_pool_history (pool_id, timestamp, raw_json_data)
+SELECT pool_id, timestamp + INTERVAL '1 day', raw_json_data
+FROM raw_defillama_pool_history
+WHERE timestamp >= $1
+"""
+
+
+def task_add_day(args: dict[str, Any]) -> None:
+    """One new day of snapshots for every pool that reported on the latest day."""
+    with _store(args) as store:
+        last = _as_of(store)
+        store.execute(ADD_DAY_SQL, [dt.datetime.combine(last, dt.time())])
+        INFO["day"] = (last + dt.timedelta(days=1)).isoformat()
+
+
+TASKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    name[len("task_") :]: fn for name, fn in globals().items() if name.startswith("task_")
+}
+
+if __name__ == "__main__":
+    TASKS[sys.argv[1]](json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
+    print(json.dumps({"timings": TIMINGS, "info": INFO}, default=str))
