@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,13 +25,50 @@ TIMINGS: dict[str, dict[str, float]] = {}
 INFO: dict[str, Any] = {}
 
 
+def _descendants() -> list[int]:
+    """Pids of this process's descendants (the Spark JVM runs as one)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == pid]
+        found += kids
+        frontier += kids
+    return found
+
+
+def descendants_usage() -> tuple[float, float]:
+    """CPU seconds and summed peak RSS (MB) of the live descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu, hwm = 0.0, 0.0
+    for pid in _descendants():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return cpu, hwm
+
+
 @contextmanager
-def timed(section: str) -> Iterator[None]:
+def timed(section: str, *, children: bool = False) -> Iterator[None]:
+    """Wall and CPU seconds of a section; ``children`` adds the CPU of live child processes."""
     wall, cpu = time.perf_counter(), time.process_time()
+    child_cpu = descendants_usage()[0] if children else 0.0
     yield
+    extra = descendants_usage()[0] - child_cpu if children else 0.0
     TIMINGS[section] = {
         "wall_s": time.perf_counter() - wall,
-        "cpu_s": time.process_time() - cpu,
+        "cpu_s": time.process_time() - cpu + extra,
     }
 
 
@@ -113,16 +151,18 @@ def task_metrics_spark(args: dict[str, Any]) -> None:
     settings.spark.shuffle_partitions = args.get("partitions", 4)
     cache = Path(args["cache"])
     _, _, as_of = _cached_inputs(args)
-    with timed("spark_session_start"):
+    with timed("spark_session_start", children=True):
         session = get_spark_session(settings, "poolcast-bench")
-    with timed("metrics"):
+    with timed("metrics", children=True):
         snapshots = session.read.parquet(str(cache / "snapshots.parquet"))
         market = session.read.parquet(str(cache / "market.parquet"))
         out = engine.compute_metrics(session, snapshots, market, as_of)
         out.write.format("noop").mode("overwrite").save()  # every row computed, nothing kept
-    with timed("metrics_second_run"):  # warm JVM: what a long-lived executor would pay
+    # A warm JVM: what a long-lived session pays.
+    with timed("metrics_second_run", children=True):
         out = engine.compute_metrics(session, snapshots, market, as_of)
         out.write.format("noop").mode("overwrite").save()
+    INFO["jvm_peak_rss_mb"] = descendants_usage()[1]  # not in this process's own RSS
     session.stop()
 
 

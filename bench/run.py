@@ -108,7 +108,9 @@ def measure(
         sections[name] = {
             "wall_s": statistics.median(r[0]["timings"][name]["wall_s"] for r in runs),
             "cpu_s": statistics.median(r[0]["timings"][name]["cpu_s"] for r in runs),
-            "peak_rss_mb": statistics.median(r[1] for r in runs),
+            "peak_rss_mb": statistics.median(
+                r[1] + r[0]["info"].get("jvm_peak_rss_mb", 0.0) for r in runs
+            ),
             "runs": repeat,
         }
     return sections, runs[-1][0]["info"]
@@ -155,6 +157,7 @@ class Scenario:
             "peak_rss_mb": round(m["peak_rss_mb"], 1),
             "runs": m.get("runs", 1),
             "speedup_vs_baseline": None,
+            "load_avg_1m": round(os.getloadavg()[0], 1),  # other work on the machine
             **extra,
         }
         self.rows.append(row)
