@@ -363,22 +363,24 @@ def test_failed_training_leaves_tables_unchanged(spark, demo_store, monkeypatch)
 
 @pytest.fixture(scope="module")
 def spark_forecast_run(spark, demo_template, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """`poolcast forecast --engine spark` once on a copy of the embedded demo store."""
-    import shutil
+    """`poolcast forecast --engine spark` once on a copy of each demo store."""
+    from conftest import _copy_store
 
     from poolcast.pipeline import forecast_stage
     from poolcast.store import open_store
 
     url, settings = demo_template["demo"]
-    if url.startswith("postgresql://"):
-        pytest.skip("the forecast stage runs on the embedded store here; PostgreSQL above")
     root = tmp_path_factory.mktemp("spark-forecast")
-    copy = root / "copy.duckdb"
-    shutil.copyfile(url, copy)
+    pg_base = None
+    if url.startswith("postgresql://"):
+        import os
+
+        pg_base = os.environ["POOLCAST_TEST_PG_URL"]
+    copy = _copy_store(url, root, pg_base)
     run_settings = settings.model_copy(
         update={"engine": "spark", "model_dir": str(root / "models")}
     )
-    with open_store(str(copy)) as s:
+    with open_store(copy) as s:
         local = s.fetch_arrow(
             "SELECT pool_id, date, forecasted_apy FROM pool_daily_metrics "
             "WHERE forecasted_apy IS NOT NULL"

@@ -425,11 +425,14 @@ def _forecaster_class() -> type:
                 handleInvalid="keep",
             ).transform(frame)
             # Fixed order and partitioning: determinism, and no empty partitions (SynapseML #1556).
-            frame = (
-                frame.select("row", "features", "label", "is_valid")
-                .repartitionByRange(self.partitions, "row")
-                .sortWithinPartitions("row")
-            )
+            frame = frame.select("row", "features", "label", "is_valid")
+            if self.partitions == 1:
+                # One Parquet file is one ordered partition: no shuffle, no sampling job.
+                frame = frame.coalesce(1).sortWithinPartitions("row")
+            else:
+                frame = frame.repartitionByRange(self.partitions, "row").sortWithinPartitions(
+                    "row"
+                )
             params = synapseml_params(
                 self.lgb_params(), rounds=rounds, threads=self.fit_threads_,
                 port=choose_listen_port(),
