@@ -364,10 +364,10 @@ def test_failed_training_leaves_tables_unchanged(spark, demo_store, monkeypatch)
 @pytest.fixture(scope="module")
 def spark_forecast_run(spark, demo_template, tmp_path_factory):  # type: ignore[no-untyped-def]
     """`poolcast forecast --engine spark` once on a copy of each demo store."""
-    from conftest import _copy_store
-
     from poolcast.pipeline import forecast_stage
     from poolcast.store import open_store
+
+    from conftest import _copy_store
 
     url, settings = demo_template["demo"]
     root = tmp_path_factory.mktemp("spark-forecast")
@@ -415,3 +415,25 @@ def test_forecast_stage_on_spark(spark_forecast_run) -> None:  # type: ignore[no
     n_features = len(meta["features"])
     assert booster.num_feature() == n_features
     assert np.isfinite(booster.predict(np.zeros((2, n_features)))).all()
+
+
+def test_dataproc_entry_point(spark, demo_store, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The `mainPythonFileUri` script's main, in this session (a batch's is started by Dataproc)."""
+    import runpy
+
+    from poolcast.jobs._main import main
+
+    store, settings = demo_store
+    url = store.url
+    store.close()
+    monkeypatch.setenv("SPARK_ENVIRONMENT", "local")
+    assert main("metrics", ["--store", url, "--lookback-days", "365"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["stage"] == "metrics" and out["engine"] == "spark" and out["details"]["pools"] == 99
+    # A failure is exit status 1 with the cause on stderr (the batch is then FAILED).
+    assert main("metrics", ["--store", url + ".missing/none.duckdb"]) == 1
+    assert "poolcast metrics job failed" in capsys.readouterr().err
+    # The scripts themselves are importable files that call main() only as __main__.
+    jobs = Path(__import__("poolcast.jobs").jobs.__file__).parent
+    for name in ("metrics_job.py", "forecast_job.py"):
+        runpy.run_path(str(jobs / name), run_name="not_main")

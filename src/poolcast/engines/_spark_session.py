@@ -13,6 +13,8 @@ Where the session runs:
   in the code bucket: serverless workers have no internet without Cloud NAT) are already set by the
   batch. We add only SQL options; the properties that must be fixed at submission (dynamic
   allocation off and a fixed executor count for LightGBM) come from :func:`batch_properties`.
+* Any process that ``spark-submit`` started (``PYSPARK_GATEWAY_PORT`` is set) keeps the master,
+  jars and JVM options it was submitted with, whatever the environment.
 
 Which one: ``settings.spark.environment`` (from ``SPARK_ENVIRONMENT``), else the Dataproc
 environment itself (``DATAPROC_*`` variables that the runtime sets), else ``local``.
@@ -66,11 +68,22 @@ def ivy_dir() -> Path:
     return Path(os.environ.get("POOLCAST_IVY_DIR") or Path.cwd() / ".cache" / "ivy").resolve()
 
 
+def launched_by_spark_submit() -> bool:
+    """True when ``spark-submit`` (a Dataproc batch, or a local ``spark-submit job.py``) started
+    this Python process: its JVM is already running with the master, jars and JVM options it was
+    given, and the session must not override them."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
 def session_conf(
-    settings: Settings, *, environment: Environment | None = None
+    settings: Settings,
+    *,
+    environment: Environment | None = None,
+    submitted: bool | None = None,
 ) -> dict[str, str]:
     """The Spark properties :func:`get_spark_session` sets (pure: testable without a JVM)."""
     environment = environment or detect_environment(settings)
+    submitted = launched_by_spark_submit() if submitted is None else submitted
     sp = settings.spark
     conf: dict[str, str] = {
         "spark.sql.session.timeZone": "UTC",
@@ -78,7 +91,7 @@ def session_conf(
         "spark.sql.shuffle.partitions": str(sp.shuffle_partitions),
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
     }
-    if environment == "local":
+    if environment == "local" and not submitted:
         conf.update(
             {
                 "spark.master": sp.master,
@@ -97,9 +110,8 @@ def session_conf(
             conf["spark.jars.packages"] = ",".join(sp.packages)
         if sp.jars:
             conf["spark.jars"] = ",".join(sp.jars)
-    else:
-        if sp.jars:
-            conf["spark.jars"] = ",".join(sp.jars)
+    elif environment == "dataproc" and sp.jars and not submitted:
+        conf["spark.jars"] = ",".join(sp.jars)
     return conf
 
 

@@ -1,0 +1,1 @@
+"""Dataproc Serverless entry points (``mainPythonFileUri``): thin wrappers over the pipeline."""

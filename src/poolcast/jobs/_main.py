@@ -1,0 +1,60 @@
+"""What both Dataproc entry points do: settings from the batch, one stage on the Spark engine.
+
+The batch passes settings as driver environment variables (``DB_HOST``, ``DB_NAME``,
+``DB_USER``, ``DB_PASSWORD_SECRET``, ``TRAIN_DAYS``, ...; see ``poolcast.deploy.dataproc``) and
+optionally as arguments. The password is read from Secret Manager into the driver's environment
+(:func:`poolcast.deploy.secret_env.load_db_password`), never from an argument.
+
+Exit status: 0 on success, 1 when the stage failed (the batch is then FAILED, and the message
+names the stage, the step and the cause), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+
+def parse_args(kind: str, argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"{kind}_job", description=f"poolcast {kind} on Spark")
+    p.add_argument("--store", help="postgresql://... (default: DB_HOST/DB_PORT/DB_NAME/DB_USER)")
+    p.add_argument("--as-of", type=dt.date.fromisoformat, help="last day of the grid (metrics)")
+    p.add_argument("--lookback-days", type=int, help="days of history (metrics)")
+    p.add_argument("--train-days", type=int, help="training window (forecast)")
+    p.add_argument("--model-dir", help="where the forecast model is saved (a gs:// URI works)")
+    return p.parse_args(list(argv))
+
+
+def main(kind: str, argv: Sequence[str] | None = None) -> int:
+    from poolcast.deploy.secret_env import load_db_password
+    from poolcast.pipeline import forecast_stage, metrics_stage
+    from poolcast.settings import load_settings
+    from poolcast.store import StoreError, open_store
+
+    args = parse_args(kind, sys.argv[1:] if argv is None else argv)
+    load_db_password()
+    settings = load_settings(
+        store=args.store,
+        engine="spark",
+        as_of=args.as_of,
+        lookback_days=args.lookback_days,
+        train_days=args.train_days,
+        model_dir=args.model_dir,
+    )
+    # These scripts are Dataproc's entry points: never fall back to a local master there.
+    if settings.spark.environment is None:
+        settings.spark.environment = os.environ.get("SPARK_ENVIRONMENT") or "dataproc"  # type: ignore[assignment]
+    stage = metrics_stage if kind == "metrics" else forecast_stage
+    try:
+        with open_store(settings.store_url()) as store:
+            result = stage(store, settings)
+    except (StoreError, ValueError) as exc:
+        print(f"poolcast {kind} job failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(result), default=str))
+    return 0
