@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[spark]'  # the Spark engine too: `poolcast parity` and `--engine spark` work after make demo
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
