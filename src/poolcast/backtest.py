@@ -86,6 +86,8 @@ def _scored(rows: pa.Table, **columns: Any) -> dict[str, Any]:
 class Backtest:
     """Forecasts of every model at every cutoff, and their scores."""
 
+    seconds_: float = 0.0
+
     def __init__(self, config: BacktestConfig | None = None) -> None:
         self.config = config or BacktestConfig()
 

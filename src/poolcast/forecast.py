@@ -139,7 +139,8 @@ MODELS: dict[str, ModelSpec] = {
         per_horizon={
             # One day ahead, scaling by a spiky pool's std makes the model bet on reversions that
             # come later than tomorrow: the plain change wins there.
-            "1": {"target": "change"},
+            # Its blend and dead zone need 4 weeks of calibration: 2 weeks pick noise.
+            "1": {"target": "change", "calibration_days": 28},
             # 30-day residuals drift most between calibration window and future.
             "30": {"interval": (0.05, 0.95)},
         },
@@ -504,12 +505,13 @@ class Forecaster:
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Point forecasts for the given origin rows."""
         model = self._raw_predict(rows)
-        if self._spec().baseline is not None or self.weights_ == (1.0, 0.0) and not self.dead_zone_:
+        if self._spec().baseline is not None:
             return model
         naive = _column(rows, "actual_apy")
         mean7 = _column(rows, "rolling_apy_7d")
         mean7 = np.where(np.isfinite(mean7), mean7, naive)
-        return _blend(model, naive, mean7, scale(rows), self.weights_, self.dead_zone_)
+        value = _blend(model, naive, mean7, scale(rows), self.weights_, self.dead_zone_)
+        return value
 
     def predict_interval(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point forecast and its 80% interval (NaN bounds for a model without calibration)."""
@@ -565,10 +567,11 @@ class Forecaster:
         self.fit_threads_ = 1
         self.features_ = tuple(meta["features"])
         self.n_train_ = meta["n_train"]
-        self.train_window_ = tuple(dt.date.fromisoformat(d) for d in meta["train_window"])
+        first, last = meta["train_window"]
+        self.train_window_ = (dt.date.fromisoformat(first), dt.date.fromisoformat(last))
         self.fingerprint_ = meta["data_fingerprint"]
         self.rounds_ = meta["rounds"]
-        self.weights_ = tuple(meta["blend_weights"])  # type: ignore[assignment]
+        self.weights_ = (float(meta["blend_weights"][0]), float(meta["blend_weights"][1]))
         self.dead_zone_ = meta["dead_zone"]
         q = meta["interval_quantiles"]
         self.quantiles_ = (q[0], q[1]) if q else None
@@ -651,6 +654,8 @@ def choose_tvl_baseline(
 
 class ForecastModel:
     """The production forecast: one :class:`Forecaster` per horizon, saved and loaded as one."""
+
+    backtest_: dict[str, Any] | None = None  # a loaded artifact's backtest summary
 
     def __init__(
         self,
