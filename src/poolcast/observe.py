@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,7 +128,13 @@ def _isatty(stream: IO[str]) -> bool:
 
 # -- progress on a terminal only ---------------------------------------------------------------
 class Progress:
-    """A one-line progress display on a terminal; silent otherwise (the logs say start and end)."""
+    """A one-line progress display on a terminal; silent otherwise (the logs say start and end).
+
+    With a ``total`` it is a bar advanced by the caller; without one, a ticker of elapsed seconds
+    redrawn by a daemon thread. Nested displays take the line over until they close.
+    """
+
+    _stack: list[Progress] = []
 
     def __init__(self, label: str, total: int | None = None, stream: IO[str] | None = None) -> None:
         self.label, self.total, self.done = label, total, 0
@@ -135,14 +142,26 @@ class Progress:
         self.enabled = _isatty(self.stream) and os.environ.get("POOLCAST_PROGRESS", "1") != "0"
         self._started = time.monotonic()
         self._shown = 0.0
-        self._draw(force=True)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.enabled:
+            Progress._stack.append(self)
+            self._draw(force=True)
+            if total is None:
+                self._thread = threading.Thread(target=self._tick, daemon=True)
+                self._thread.start()
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         self._draw()
 
+    def _tick(self) -> None:
+        while not self._stop.wait(0.25):
+            self._draw(force=True)
+
     def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
+        if not self.enabled or not Progress._stack or Progress._stack[-1] is not self:
             return
         now = time.monotonic()
         if not force and now - self._shown < 0.1 and self.done != self.total:
@@ -155,13 +174,21 @@ class Progress:
             bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
         else:
             bar = "running"
-        self.stream.write(f"\r\x1b[2K{self.label} {bar} {elapsed:5.1f} s")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(f"\r\x1b[2K{self.label} {bar} {elapsed:5.1f} s")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
+        if self in Progress._stack:
+            Progress._stack.remove(self)
 
 
 @contextmanager
@@ -211,6 +238,8 @@ def run_parameters(settings: Settings, safe_store_url: str) -> dict[str, Any]:
         "train_days": settings.train_days,
         "seed": settings.seed,
         "model_dir": settings.model_dir,
+        "model_path": settings.model_path,
+        "incremental": settings.incremental,
     }
 
 

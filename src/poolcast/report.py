@@ -368,8 +368,8 @@ _JS = r"""
 (function () {
   "use strict";
   var NS = "http://www.w3.org/2000/svg";
-  var COLORS = {metrics: "#2563eb", forecast: "#7c3aed", failed: "#dc2626", model: "#7c3aed",
-                naive: "#9ca3af", actual: "#2563eb"};
+  var COLORS = {ingest: "#0891b2", metrics: "#2563eb", forecast: "#7c3aed", failed: "#dc2626",
+                model: "#7c3aed", naive: "#9ca3af", actual: "#2563eb"};
   var errorsBox = document.getElementById("errors");
   window.addEventListener("error", function (e) { errorsBox.textContent += e.message + " "; });
 
@@ -553,20 +553,23 @@ _JS = r"""
     var y = yAxis(f, 0, max * 1.1, "s");
     var w = Math.min(40, (f.x1 - f.x0) / done.length);
     done.forEach(function (r, i) {
-      var color = r.status === "failed" ? COLORS.failed : (COLORS[r.stage] || "#0891b2");
+      var color = r.status === "failed" ? COLORS.failed : (COLORS[r.stage] || "#64748b");
       var b = el("rect", {x: f.x0 + i * w + 1, y: y(r.seconds), width: Math.max(1, w - 2),
                           height: f.y0 - y(r.seconds), fill: color, "class": "bar"}, f.svg);
       title(b, r.started_at + " " + r.stage + " " + r.status + ": " + fmt(r.seconds) + " s");
       mark(f);
     });
-    [["metrics", COLORS.metrics], ["forecast", COLORS.forecast], ["failed", COLORS.failed]]
+    [["ingest", COLORS.ingest], ["metrics", COLORS.metrics], ["forecast", COLORS.forecast],
+     ["failed", COLORS.failed]]
       .forEach(function (l, i) {
         el("rect", {x: f.x0 + i * 100, y: f.y0 + 22, width: 10, height: 10, fill: l[1]}, f.svg);
         label(f.svg, f.x0 + i * 100 + 14, f.y0 + 31, l[0]);
       });
     label(f.svg, f.x0, f.y0 + 14, done[0].started_at.slice(0, 16).replace("T", " "));
-    label(f.svg, f.x1, f.y0 + 14, done[done.length - 1].started_at.slice(0, 16).replace("T", " "),
-          {"text-anchor": "end"});
+    if (done.length > 1) {
+      var last = done[done.length - 1].started_at.slice(0, 16).replace("T", " ");
+      label(f.svg, f.x0 + done.length * w, f.y0 + 14, last, {"text-anchor": "end"});
+    }
   }
 
   function table(box, rows, columns) {
