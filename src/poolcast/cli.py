@@ -127,15 +127,31 @@ def ingest(
     """Load DefiLlama, CoinMarketCap and Etherscan files into the raw tables."""
     from poolcast.ingest import IngestError
     from poolcast.ingest import ingest as run_ingest
+    from poolcast.observe import observed_stage, setup_logging
+    from poolcast.pipeline import StageResult, new_run_id
 
+    setup_logging()
     settings = _settings(store=store)
+    run_id = new_run_id()
+    done = []
+
+    def stage(s: Any, settings: Settings) -> StageResult:
+        done.append(run_ingest(s, paths, skip_bad=skip_bad, apy_ceiling=settings.apy_ceiling))
+        r = done[0]
+        return StageResult(
+            "ingest", "local", run_id, rows_read=sum(r.read.values()),
+            rows_written=sum(r.written.values()),
+            details={"files": r.files, "quarantined": r.quarantined},
+        )
+
     with _open(settings) as s:
         s.init_schema()
         try:
-            report = run_ingest(s, paths, skip_bad=skip_bad, apy_ceiling=settings.apy_ceiling)
+            observed_stage(s, "ingest", settings, stage, run_id=run_id)
         except (IngestError, FileNotFoundError) as exc:
             _fail(str(exc))
             return
+    report = done[0]
     typer.echo(f"ingested {report.files} file(s) into {s.safe_url()}")
     for table, n in report.read.items():
         typer.echo(f"  {table:<28} read {n:>8}  written {report.written.get(table, 0):>8}")
