@@ -15,8 +15,14 @@ import threading
 from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pyarrow as pa
 import pytest
+from google.cloud import monitoring_v3
+from google.cloud.monitoring_v3.services.metric_service.transports import (
+    MetricServiceGrpcTransport,
+)
+from google.protobuf import empty_pb2
 from typer.testing import CliRunner
 
 from poolcast import observe
@@ -34,14 +40,6 @@ from poolcast.observe import (
 from poolcast.pipeline import StageResult, metrics_stage
 from poolcast.settings import Settings
 from poolcast.store import Store
-
-grpc = pytest.importorskip("grpc")
-monitoring_v3 = pytest.importorskip("google.cloud.monitoring_v3")
-
-from google.cloud.monitoring_v3.services.metric_service.transports import (  # noqa: E402
-    MetricServiceGrpcTransport,
-)
-from google.protobuf import empty_pb2  # noqa: E402
 
 PROJECT = "acme-prod"
 
@@ -148,6 +146,35 @@ def test_cli_records_a_failed_stage(store: Store, tmp_path: Path, monkeypatch) -
     assert "run `poolcast metrics` first" in rows[0]["error"]
 
 
+def test_cli_ingest_is_recorded_with_its_quarantine(
+    store: Store, sample_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "pools.json").write_text((sample_dir / "defillama" / "pools.json").read_text())
+    pool = json.loads((bad / "pools.json").read_text())["data"][0]["pool"]
+    (bad / f"{pool}.json").write_text(json.dumps({"status": "success", "data": [
+        {"timestamp": "2025-01-01T23:00:00.000Z", "apy": 5.0, "tvlUsd": 100.0},
+        {"timestamp": "2025-01-02T23:00:00.000Z", "apy": "oops", "tvlUsd": 100.0},
+    ]}))
+    url = store.url
+    store.close()
+    runner = CliRunner()
+    out = runner.invoke(app, ["ingest", "--store", url, str(bad), "--skip-bad"])
+    assert out.exit_code == 0, out.output
+    [row] = json.loads(runner.invoke(app, ["runs", "--store", url, "--json"]).stdout)
+    assert row["stage"] == "ingest" and row["status"] == "succeeded"
+    assert row["details"] == {"files": 2, "quarantined": 1}
+    assert row["rows_written"] == row["rows_read"] > 1
+
+    out = runner.invoke(app, ["ingest", "--store", url, str(bad)])  # without --skip-bad: refused
+    assert out.exit_code == 1
+    rows = json.loads(runner.invoke(app, ["runs", "--store", url, "--json"]).stdout)
+    assert rows[0]["stage"] == "ingest" and rows[0]["status"] == "failed"
+    assert "apy" in rows[0]["error"]
+
+
 def test_password_never_recorded() -> None:
     settings = Settings(db_password="s3cr3t-pw")
     text = "cannot connect to postgresql://app:s3cr3t-pw@db:5432/x (password s3cr3t-pw)"
@@ -196,9 +223,14 @@ def test_progress_only_on_a_terminal(monkeypatch) -> None:
             return True
 
     tty = Tty()
+    outer = Progress("metrics", stream=tty)  # a ticker; an inner bar takes the line over
     bar = Progress("ingest", total=4, stream=tty)
     bar.advance(4)
+    bar.close()
+    outer.close()
     assert "ingest [" in tty.getvalue() and "4/4" in tty.getvalue()
+    assert tty.getvalue().startswith("\r\x1b[2Kmetrics running")
+    assert tty.getvalue().endswith("\r\x1b[2K")  # the line is cleared for what follows
 
 
 # -- Cloud Monitoring against a fake MetricService ------------------------------------------------

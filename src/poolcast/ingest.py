@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from poolcast.observe import progress
 from poolcast.store import Store
 
 # A snapshot more than this far ahead of the clock is not real (clock skew allowance).
@@ -427,9 +428,12 @@ def ingest(
     store.require_schema()
     report = IngestReport()
     batch = _Batch()
-    for path in _files(paths):
-        report.files += 1
-        _parse_file(path, batch, report, apy_ceiling)
+    files = list(_files(paths))
+    with progress("ingest", total=len(files)) as bar:  # on a terminal only
+        for path in files:
+            report.files += 1
+            _parse_file(path, batch, report, apy_ceiling)
+            bar.advance()
 
     known = _known_pools(store) | {p["pool_id"] for p in batch.pools}
     unknown = sorted(batch.charts - known)
