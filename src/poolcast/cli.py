@@ -106,14 +106,46 @@ def format_table(table: pa.Table, max_rows: int = 50) -> str:
 @db_app.command("init")
 def db_init(store: StoreOpt = None) -> None:
     """Create or upgrade the schema (idempotent, versioned migrations)."""
+    from poolcast.store import StoreError
+
     settings = _settings(store=store)
-    with _open(settings) as s:
-        applied = s.init_schema()
-        version = s.schema_version()
+    try:
+        with _open(settings) as s:
+            applied = s.init_schema()
+            version = s.schema_version()
+    except StoreError as exc:
+        _fail(str(exc))
+        return
     if applied:
         typer.echo(f"{s.safe_url()}: applied migrations {applied}; schema version {version}")
     else:
         typer.echo(f"{s.safe_url()}: schema up to date (version {version})")
+
+
+@db_app.command("grant")
+def db_grant(
+    role: Annotated[str, typer.Argument(help="The job's role: lower-case letters, digits, _")],
+    store: StoreOpt = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the role (LOGIN, no password) if missing")
+    ] = False,
+    with_ingest: Annotated[
+        bool, typer.Option("--ingest", help="Also let it write the raw tables (an ingest role)")
+    ] = False,
+) -> None:
+    """Least-privilege PostgreSQL role: read the raw tables, write only the job's own tables."""
+    from poolcast.grants import grant_job_role
+    from poolcast.store import StoreError
+
+    settings = _settings(store=store)
+    try:
+        with _open(settings) as s:
+            statements = grant_job_role(s, role, create=create, ingest=with_ingest)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    for statement in statements:
+        typer.echo(f"{statement};")
 
 
 @app.command()
@@ -213,7 +245,7 @@ def _run_stages(stages: list[str], settings: Settings) -> None:
             for stage in stages:
                 fn = metrics_stage if stage == "metrics" else forecast_stage
                 results.append(observed_stage(s, stage, settings, fn, run_id=run_id))
-    except (StoreError, ValueError) as exc:
+    except (StoreError, ValueError, FileNotFoundError) as exc:
         _print_results(results)
         _fail(str(exc))
     _print_results(results)
@@ -444,7 +476,7 @@ def report(
     try:
         with _open(settings) as s:
             path = write_report(s, settings, output, top=top, days=days, backtest=backtest)
-    except StoreError as exc:
+    except (StoreError, OSError, ValueError) as exc:  # ValueError: --backtest is not JSON
         _fail(str(exc))
         return
     typer.echo(f"wrote {path}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_STORE = "poolcast.duckdb"
 
 Engine = Literal["local", "spark"]
+# libpq's sslmode values; verify-full checks the server certificate and its host name.
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
 class SparkSettings(BaseModel):
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
     db_password: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("db_password", "DB_PASSWORD")
     )
-    db_sslmode: str | None = Field(
+    db_sslmode: SslMode | None = Field(
         default=None, validation_alias=AliasChoices("db_sslmode", "DB_SSLMODE", "PGSSLMODE")
     )
 
@@ -114,6 +116,13 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if value else None
+
+    def __repr_args__(self) -> Any:
+        """A repr lands in logs and tracebacks: the store URL's password is masked there."""
+        from poolcast.store._base import redact_url
+
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "store" and isinstance(value, str) else value
 
     def store_url(self) -> str:
         """The store to open: `--store`/`POOLCAST_STORE`, else `DB_HOST`, else the embedded file."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,17 @@ import duckdb
 import pyarrow as pa
 
 from poolcast.store._base import Store, StoreError
+
+_WRITES = re.compile(r"INSERT|DELETE|UPDATE|CREATE|DROP|ALTER|COPY|ATTACH|DETACH|EXPORT|MERGE")
+
+
+def _plan_operators(node: Any) -> Iterator[str]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _plan_operators(item)
+    elif isinstance(node, dict):
+        yield str(node.get("name", ""))
+        yield from _plan_operators(node.get("children", []))
 
 
 class DuckDBStore(Store):
@@ -32,11 +45,16 @@ class DuckDBStore(Store):
             try:
                 return duckdb.connect(path, read_only=read_only)
             except duckdb.IOException as exc:
-                if not (wait and "lock" in str(exc).lower()):
-                    raise StoreError(
-                        f"cannot open the embedded store {path!r}: {exc}. Another poolcast "
-                        "process may be writing it; wait for it to finish, or set "
+                locked = "lock" in str(exc).lower()
+                if not (wait and locked):
+                    hint = (
+                        "Another poolcast process is writing it; wait for it to finish, or set "
                         "POOLCAST_LOCK_WAIT=true to queue behind it."
+                        if locked
+                        else "Is it a poolcast store (a DuckDB file)?"
+                    )
+                    raise StoreError(
+                        f"cannot open the embedded store {path!r}: {exc}. {hint}"
                     ) from exc
             if not announced:
                 import logging
@@ -81,6 +99,12 @@ class DuckDBStore(Store):
         statements = duckdb.extract_statements(sql)
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise StoreError("`poolcast sql` runs one read-only SELECT statement")
+        # A SELECT may still write (WITH d AS (DELETE ... RETURNING *) SELECT ...): refuse any
+        # plan with a writing operator; the rollback below is the second line of defence.
+        plan = self._con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()
+        writes = sorted(n for n in _plan_operators(json.loads(plan[0][1])) if _WRITES.search(n))
+        if writes:
+            raise StoreError(f"`poolcast sql` runs read-only queries; this one would {writes}")
         self._begin()
         try:
             return self._con.sql(sql).to_arrow_table()

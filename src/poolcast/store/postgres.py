@@ -19,6 +19,8 @@ _PERMANENT = (
     "invalid",
     "sslmode",
     "SSL is not enabled",
+    "does not support SSL",
+    "certificate",
 )
 
 
@@ -102,7 +104,10 @@ class PostgresStore(Store):
         try:
             with self._cursor() as cur:
                 cur.execute("SET TRANSACTION READ ONLY")
-                cur.execute(sql)
+                # As a subquery only a query fits: no COPY, no DDL, no data-modifying WITH
+                # (PostgreSQL allows those at the top level only), and one statement.
+                body = sql.strip().rstrip(";")
+                cur.execute(f"SELECT * FROM (\n{body}\n) AS poolcast_sql")  # noqa: S608
                 return cur.fetch_arrow_table()
         finally:
             self._con.rollback()
