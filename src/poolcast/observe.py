@@ -351,7 +351,8 @@ def recent_runs(
     store: Store, limit: int = 20, *, stage: str | None = None, status: str | None = None
 ) -> list[dict[str, Any]]:
     """The latest run records, newest first, with JSON columns decoded."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     for column, value in (("stage", stage), ("status", status)):
         if value is not None:
             params.append(value)

@@ -106,7 +106,8 @@ def _metrics_window(store: Store, settings: Settings, as_of: dt.date) -> tuple[d
     metrics run record when there is one (its as-of and lookback), else from the settings."""
     from poolcast.observe import recent_runs
 
-    [run] = recent_runs(store, 1, stage="metrics", status="succeeded") or [None]
+    runs = recent_runs(store, 1, stage="metrics", status="succeeded")
+    run = runs[0] if runs else None
     if run and run["details"].get("as_of") and run["parameters"].get("lookback_days"):
         run_as_of = dt.date.fromisoformat(run["details"]["as_of"])
         lookback = int(run["parameters"]["lookback_days"])
@@ -321,7 +322,8 @@ ORDER BY s.pool_id, s.date
     return Check(
         "raw_consistency", "fail",
         f"{len(rows)} pool-days disagree with the raw snapshots, e.g. {r['pool_id']} on "
-        f"{r['date']}: snapshot APY {r['snapshot_apy']}, metrics {r['actual_apy']}; {hint}",
+        f"{r['date']}: snapshot APY {_fmt(r['snapshot_apy'])}, metrics {_fmt(r['actual_apy'])}; "
+        f"{hint}",
         rows[:EVIDENCE_ROWS],
     )
 
@@ -519,12 +521,12 @@ def reference_metrics(
     for c in METRICS:
         columns[c.name] = _rolling(c.kind, columns[c.source], c.window)
     by_source: dict[str, dict[dt.date, tuple[dt.datetime, float]]] = {}
-    for m in market:
-        if m["value"] is None or m["date"] > as_of:
+    for quote in market:
+        if quote["value"] is None or quote["date"] > as_of:
             continue
-        days = by_source.setdefault(m["source"], {})
-        if m["date"] not in days or m["ts"] > days[m["date"]][0]:
-            days[m["date"]] = (m["ts"], m["value"])
+        days = by_source.setdefault(quote["source"], {})
+        if quote["date"] not in days or quote["ts"] > days[quote["date"]][0]:
+            days[quote["date"]] = (quote["ts"], quote["value"])
 
     ordered = {source: sorted(days) for source, days in by_source.items()}
 
