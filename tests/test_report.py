@@ -174,3 +174,12 @@ def test_cli_writes_the_report(daily_store: tuple[Store, Settings], tmp_path: Pa
     data = json.loads(blob)
     assert data["backtest"] == [{"horizon": "1", "naive_mae": 0.8, "mae": 0.7, "n": 100}]
     assert backtest_from_file(bt) == data["backtest"]
+
+
+def test_empty_store_writes_nothing(store: Store, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = store.url
+    store.close()
+    out = CliRunner().invoke(app, ["report", "--store", url])
+    assert out.exit_code == 1 and "run `poolcast ingest`" in out.stderr
+    assert not (tmp_path / "poolcast-report.html").exists()

@@ -212,3 +212,12 @@ def test_cli_exit_codes_and_json(demo: Store, tmp_path: Path, monkeypatch) -> No
     assert failed["name"] == "forecast_coverage" and failed["rows"][0]["pool_id"] == LIVE_POOL
     human = runner.invoke(app, ["validate", "--store", url, "--as-of", "2025-11-13"])
     assert human.exit_code == 1 and "FAIL  forecast_coverage" in human.stdout
+
+
+def test_empty_store_says_what_to_do(store: Store, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = store.url
+    store.close()
+    out = CliRunner().invoke(app, ["validate", "--store", url])
+    assert out.exit_code == 1
+    assert "no pool snapshots" in out.stderr and "run `poolcast ingest`" in out.stderr
