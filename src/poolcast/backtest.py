@@ -338,8 +338,10 @@ def _scores(t: dict[str, np.ndarray]) -> dict[str, Any]:
         "medae": medae,
         "ratio": mae / naive_mae if naive_mae else None,
         "medae_ratio": medae / naive_medae if naive_medae else None,
-        # Pools where model and naive differ; on a flat pool both are exact (a tie, not a win).
-        "beat_share": wins / (wins + losses) if wins + losses else None,
+        # Share of all pools where the model's MAE is lower than naive's; a tie (a flat pool, or a
+        # pool the model leaves at today's APY) is not a win. Among pools where they differ:
+        "beat_share": wins / pools if pools else None,
+        "beat_share_decided": wins / (wins + losses) if wins + losses else None,
         "ties": pools - wins - losses,
         "coverage": _coverage(t),
         "width": float(np.mean(t["upper"][ok] - t["lower"][ok])) if ok.any() else None,
@@ -384,6 +386,7 @@ COLUMNS = (
     "ratio",
     "medae_ratio",
     "beat_share",
+    "beat_share_decided",
     "ties",
     "coverage",
     "width",
