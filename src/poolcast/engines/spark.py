@@ -57,7 +57,9 @@ def _by_pool() -> Any:
 def compile_column(c: Column) -> SparkColumn:
     """One spec column as a Spark column expression (the local engine's ``compile_column`` twin).
 
-    Frames are the local engine's exactly: ``ffill`` looks ``window`` rows back (plus today),
+    Frames are the local engine's exactly (and so are the bits: ``avg`` sums the frame in order
+    like ``list_avg``, ``std`` is ``list_stddev_samp``'s own update): ``ffill`` looks ``window``
+    rows back (plus today),
     ``mean``/``std`` cover ``window`` rows including today, ``delta``/``lag``/``lead`` step along
     the pool's daily grid.
     """
@@ -70,8 +72,23 @@ def compile_column(c: Column) -> SparkColumn:
     if c.kind == "mean":
         return F.avg(src).over(w.rowsBetween(-(c.window - 1), 0))
     if c.kind == "std":
-        # stddev_samp: NULL for one value (spark.sql.legacy.statisticalAggregate is false).
-        return F.stddev_samp(src).over(w.rowsBetween(-(c.window - 1), 0))
+        # Sample standard deviation of the frame's non-null values, NULL below two values, by
+        # Welford's update in the exact operation order of the local engine's list_stddev_samp:
+        # the two engines then agree to the last bit (Spark's own stddev_samp orders the same
+        # update differently and differs by ~1e-16, which makes a merge rewrite every row).
+        values = F.collect_list(src).over(w.rowsBetween(-(c.window - 1), 0))
+        start = F.struct(F.lit(0.0).alias("n"), F.lit(0.0).alias("mean"), F.lit(0.0).alias("d2"))
+
+        def step(acc: SparkColumn, x: SparkColumn) -> SparkColumn:
+            n = acc["n"] + 1
+            mean = acc["mean"] + (x - acc["mean"]) / n
+            d2 = acc["d2"] + (x - mean) * (x - acc["mean"])
+            return F.struct(n.alias("n"), mean.alias("mean"), d2.alias("d2"))
+
+        def finish(acc: SparkColumn) -> SparkColumn:
+            return F.when(acc["n"] > 1, F.sqrt(acc["d2"] / (acc["n"] - 1)))
+
+        return F.aggregate(values, start, step, finish)
     if c.kind == "delta":
         return src - F.lag(src, 1).over(w)
     if c.kind == "lag":
@@ -239,14 +256,6 @@ def _as_of(store: Store, settings: Settings) -> dt.date:
     return resolve_as_of(store, settings)
 
 
-def metrics_dataframe(
-    spark: SparkSession, exchange: Any, store: Store, settings: Settings
-) -> tuple[DataFrame, dt.date]:
-    as_of = _as_of(store, settings)
-    snapshots, market = read_inputs(exchange, as_of, settings.lookback_days)
-    return compute_metrics(spark, snapshots, market, as_of), as_of
-
-
 def metrics_stage(store: Store, settings: Settings) -> StageResult:
     """Step 7 on Spark: read in bulk, compute, merge through a staging table in one transaction."""
     from poolcast.pipeline import METRIC_KEY, METRIC_UPDATE, StageResult, new_run_id
@@ -257,6 +266,7 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
         spark = get_spark_session(settings, "poolcast-metrics")
     session_s = time.perf_counter() - started
     with _exchange(spark, store, settings) as exchange:
+        compute_started = time.perf_counter()
         with _step("metrics", "compute"):
             from pyspark.sql import functions as F
 
@@ -268,6 +278,7 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
             summary = metrics.agg(
                 F.count("*"), F.countDistinct("pool_id"), F.countDistinct("date")
             ).collect()[0]
+        compute_s = time.perf_counter() - compute_started
         result.rows_written = exchange.merge(
             "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
         )
@@ -281,7 +292,8 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
         "days": summary[2],
         "rows": summary[0],
         "session_s": round(session_s, 2),
-        **{k.replace(":", "_") + "_s": round(v, 2) for k, v in timings.items()},
+        "read_compute_s": round(compute_s, 2),
+        **{k.replace(":", "_") + "_s": round(v, 2) for k, v in timings.items() if "read" not in k},
     }
     result.seconds = time.perf_counter() - started
     return result
