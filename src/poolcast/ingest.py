@@ -77,7 +77,7 @@ class _Batch:
     gas: list[dict[str, Any]] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
     charts: set[str] = field(default_factory=set)  # pool ids that came with a /chart file
-    seen: dict[tuple[str, dt.datetime], str] = field(default_factory=dict)
+    seen: dict[tuple[str, dt.datetime], tuple[str, str, int]] = field(default_factory=dict)
     conflicts: set[tuple[str, dt.datetime]] = field(default_factory=set)
 
 
@@ -185,11 +185,11 @@ def _parse_chart(
     batch.charts.add(pool_id)
     for i, rec in enumerate(rows):
         if not isinstance(rec, dict):
-            batch.bad.append(BadRecord(path.name, pool_id, i, "record", "not a JSON object"))
+            batch.bad.append(BadRecord(str(path), pool_id, i, "record", "not a JSON object"))
             continue
         unstorable = _unstorable(rec)
         if unstorable:
-            batch.bad.append(BadRecord(path.name, pool_id, i, *unstorable, _safe_raw(rec)))
+            batch.bad.append(BadRecord(str(path), pool_id, i, *unstorable, _safe_raw(rec)))
             continue
         raw = _dumps(rec)
         problems: list[tuple[str, str]] = []
@@ -208,15 +208,20 @@ def _parse_chart(
             # Across the whole batch: the same pool's chart may come in two files.
             earlier = batch.seen.get((pool_id, ts))
             if earlier is not None:
-                if earlier != raw:
-                    problems.append(("timestamp", f"two different snapshots at {ts.isoformat()}Z"))
-                    batch.conflicts.add((pool_id, ts))
-                else:
+                if earlier[0] == raw:
                     continue  # an exact repeat is the same snapshot
+                why = f"two different snapshots at {ts.isoformat()}Z"
+                problems.append(("timestamp", why))
+                if (pool_id, ts) not in batch.conflicts:  # the first one is not trusted either
+                    first_raw, first_file, first_index = earlier
+                    batch.bad.append(
+                        BadRecord(first_file, pool_id, first_index, "timestamp", why, first_raw)
+                    )
+                    batch.conflicts.add((pool_id, ts))
             else:
-                batch.seen[(pool_id, ts)] = raw
+                batch.seen[(pool_id, ts)] = (raw, str(path), i)
         if problems:
-            batch.bad.extend(BadRecord(path.name, pool_id, i, f, r, raw) for f, r in problems)
+            batch.bad.extend(BadRecord(str(path), pool_id, i, f, r, raw) for f, r in problems)
             continue
         batch.history.append({"pool_id": pool_id, "timestamp": ts, "raw_json_data": raw})
     return len(rows)
@@ -226,14 +231,14 @@ def _parse_pools(path: Path, rows: list[Any], batch: _Batch) -> int:
     for i, rec in enumerate(rows):
         pool = rec.get("pool") if isinstance(rec, dict) else None
         if not isinstance(pool, str) or not pool.strip():
-            batch.bad.append(BadRecord(path.name, None, i, "pool", "missing pool id"))
+            batch.bad.append(BadRecord(str(path), None, i, "pool", "missing pool id"))
             continue
         assert isinstance(rec, dict)
         problem = _unstorable(rec) or _pool_field_problem(rec)
         if problem:
             ok_id = _unstorable(pool) is None
             batch.bad.append(
-                BadRecord(path.name, pool if ok_id else None, i, *problem, _safe_raw(rec))
+                BadRecord(str(path), pool if ok_id else None, i, *problem, _safe_raw(rec))
             )
             continue
         stable = rec.get("stablecoin")
@@ -282,7 +287,7 @@ def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch, now: dt.dateti
         or _unstorable(symbol)
         or not isinstance(quotes, list)
     ):
-        batch.bad.append(BadRecord(path.name, None, None, "data", "expected data.symbol, quotes"))
+        batch.bad.append(BadRecord(str(path), None, None, "data", "expected data.symbol, quotes"))
         return 0
     for i, q in enumerate(quotes):
         ts, err = _timestamp(q.get("time_open") if isinstance(q, dict) else None)
@@ -296,7 +301,7 @@ def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch, now: dt.dateti
             fld, why = (
                 ("time_open", err) if err else ("quote.USD.close", cerr) if cerr else unstorable
             )
-            batch.bad.append(BadRecord(path.name, symbol, i, fld, str(why), _safe_raw(q)))
+            batch.bad.append(BadRecord(str(path), symbol, i, fld, str(why), _safe_raw(q)))
             continue
         batch.ohlcv.append(
             {"symbol": symbol, "data_timestamp": ts, "raw_json_data": _dumps(q["quote"])}
@@ -308,7 +313,7 @@ def _parse_gas(path: Path, batch: _Batch) -> int:
     try:
         return _parse_gas_rows(path, batch)
     except (UnicodeDecodeError, csv.Error, OSError) as exc:
-        batch.bad.append(BadRecord(path.name, None, None, "file", f"not a readable CSV: {exc}"))
+        batch.bad.append(BadRecord(str(path), None, None, "file", f"not a readable CSV: {exc}"))
         return 0
 
 
@@ -323,7 +328,7 @@ def _parse_gas_rows(path: Path, batch: _Batch) -> int:
                 day_value = dt.date(year, month, day)
             except (ValueError, TypeError, AttributeError):
                 batch.bad.append(
-                    BadRecord(path.name, None, i, "Date(UTC)", f"bad date {day_text!r}")
+                    BadRecord(str(path), None, i, "Date(UTC)", f"bad date {day_text!r}")
                 )
                 continue
             try:
@@ -332,7 +337,7 @@ def _parse_gas_rows(path: Path, batch: _Batch) -> int:
                 wei = math.nan
             gwei, err = _number(wei / 1e9, minimum=0.0)
             if err:
-                batch.bad.append(BadRecord(path.name, None, i, "Value (Wei)", err))
+                batch.bad.append(BadRecord(str(path), None, i, "Value (Wei)", err))
                 continue
             batch.gas.append({"date": day_value, "actual_avg_gas_gwei": gwei})
     return n
@@ -346,10 +351,10 @@ def _parse_file(path: Path, batch: _Batch, report: IngestReport, apy_ceiling: fl
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        batch.bad.append(BadRecord(path.name, None, None, "file", f"not valid JSON: {exc}"))
+        batch.bad.append(BadRecord(str(path), None, None, "file", f"not valid JSON: {exc}"))
         return
     except OSError as exc:
-        batch.bad.append(BadRecord(path.name, None, None, "file", f"cannot read: {exc}"))
+        batch.bad.append(BadRecord(str(path), None, None, "file", f"cannot read: {exc}"))
         return
     data = doc.get("data") if isinstance(doc, dict) else None
     if isinstance(data, dict) and "quotes" in data:
@@ -364,7 +369,7 @@ def _parse_file(path: Path, batch: _Batch, report: IngestReport, apy_ceiling: fl
         )
     else:
         batch.bad.append(
-            BadRecord(path.name, None, None, "file", "not a DefiLlama, CoinMarketCap or gas file")
+            BadRecord(str(path), None, None, "file", "not a DefiLlama, CoinMarketCap or gas file")
         )
 
 
