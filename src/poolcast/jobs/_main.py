@@ -32,11 +32,13 @@ def parse_args(kind: str, argv: Sequence[str]) -> argparse.Namespace:
 
 def main(kind: str, argv: Sequence[str] | None = None) -> int:
     from poolcast.deploy.secret_env import load_db_password
-    from poolcast.pipeline import forecast_stage, metrics_stage
+    from poolcast.observe import observed_stage, setup_logging
+    from poolcast.pipeline import forecast_stage, metrics_stage, new_run_id
     from poolcast.settings import load_settings
     from poolcast.store import StoreError, open_store
 
     args = parse_args(kind, sys.argv[1:] if argv is None else argv)
+    setup_logging()  # JSON lines on the driver's stderr: Cloud Logging parses them
     load_db_password()
     settings = load_settings(
         store=args.store,
@@ -52,7 +54,8 @@ def main(kind: str, argv: Sequence[str] | None = None) -> int:
     stage = metrics_stage if kind == "metrics" else forecast_stage
     try:
         with open_store(settings.store_url()) as store:
-            result = stage(store, settings)
+            # A pipeline_runs row, and Cloud Monitoring metrics where PROJECT_ID is set.
+            result = observed_stage(store, kind, settings, stage, run_id=new_run_id())
     except (StoreError, ValueError) as exc:
         print(f"poolcast {kind} job failed: {exc}", file=sys.stderr)
         return 1
