@@ -72,6 +72,16 @@ def test_successful_stage_is_recorded(sample_store: Store, settings: Settings, l
     assert _events(logs)[1]["rows_written"] == result.rows_written
 
 
+def test_details_never_clash_with_the_record(store: Store, settings: Settings, logs) -> None:
+    def stage(_store: Store, _settings: Settings) -> StageResult:
+        return StageResult("metrics", "local", "x", details={"engine": "odd", "seconds": -1})
+
+    observed_stage(store, "metrics", settings, stage, run_id="r0")
+    [line] = [e for e in _events(logs) if e["event"] == "stage.succeeded"]
+    assert line["engine"] == "local" and line["seconds"] >= 0
+    assert recent_runs(store)[0]["details"]["engine"] == "odd"  # kept in the record's details
+
+
 def test_failed_stage_is_recorded_after_its_rollback(
     sample_store: Store, settings: Settings, logs
 ) -> None:

@@ -330,11 +330,13 @@ def observed_stage(
     if result.run_id != run_id:
         record.details["stage_run_id"] = result.run_id
     _write_safely(store, record)
-    event(
-        "stage.succeeded", run_id=run_id, stage=stage, engine=result.engine,
-        seconds=round(record.seconds, 3), rows_read=result.rows_read,
-        rows_written=result.rows_written, **result.details,
-    )
+    fields = {
+        **result.details,  # the record's own fields win over a detail of the same name
+        "run_id": run_id, "stage": stage, "engine": result.engine,
+        "seconds": round(record.seconds, 3), "rows_read": result.rows_read,
+        "rows_written": result.rows_written,
+    }
+    event("stage.succeeded", **fields)
     send_metrics(record, settings.gcp.project_id, metric_client)
     return result
 
