@@ -139,7 +139,7 @@ def test_pool_text_is_shown_as_text_never_run(
     demo_store: tuple[Store, Settings], tmp_path: Path
 ) -> None:
     store, settings = demo_store
-    evil = '</script><script>document.body.dataset.rendered="pwned"</script><b>x'
+    evil = '<!--<script></script><script>document.body.dataset.rendered="pwned"</script><b>x'
     store.execute(
         "UPDATE pools SET symbol = $1 WHERE pool_id = $2",
         [evil, "f981a304-bb6c-45b8-b0c5-fd2f515ad23a"],  # the largest pool by TVL
@@ -148,7 +148,7 @@ def test_pool_text_is_shown_as_text_never_run(
     dom = _dom(tmp_path, page)
     assert '<body data-rendered="ok"' in dom  # the planted script did not run
     assert _script_elements(dom) == 2  # the page's own two: data and chart code
-    assert "&lt;/script&gt;&lt;script&gt;" in dom  # the symbol, as text in the pool's heading
+    assert "&lt;!--&lt;script&gt;&lt;/script&gt;&lt;script&gt;" in dom  # as text in the heading
 
 
 def test_cli_writes_the_report(daily_store: tuple[Store, Settings], tmp_path: Path, monkeypatch):

@@ -274,7 +274,12 @@ def backtest_from_file(path: Path) -> list[dict[str, Any]]:
 
 def render(data: dict[str, Any]) -> str:
     """The HTML page: data as JSON in a script element, drawn by the inline script."""
-    blob = json.dumps(data, default=str, allow_nan=False).replace("</", "<\\/")
+    # "<", ">" and "&" only occur inside JSON strings: as \u escapes no text can close the
+    # script element or open an HTML comment in it.
+    blob = (
+        json.dumps(data, default=str, allow_nan=False)
+        .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
     return (
         _PAGE.replace("{{TITLE}}", html.escape(data["title"]))
         .replace("{{CSS}}", _CSS)
