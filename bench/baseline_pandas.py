@@ -42,13 +42,13 @@ def compute_metrics(snapshots: pa.Table, market: pa.Table, as_of: dt.date) -> pd
         last = min(end, daily.index.max() + FILL_LIMIT_DAYS * _DAY)
         days = pd.date_range(daily.index.min(), last, freq="D")
         grid = daily.reindex(days)
-        apy = grid["apy"].ffill(limit=FILL_LIMIT_DAYS - 1)
+        apy = grid["apy"].ffill(limit=FILL_LIMIT_DAYS)
         frame = pd.DataFrame(
             {
                 "pool_id": pool_id,
                 "date": days.date,
                 "actual_apy": apy,
-                "actual_tvl": grid["tvl_usd"].ffill(limit=FILL_LIMIT_DAYS - 1),
+                "actual_tvl": grid["tvl_usd"].ffill(limit=FILL_LIMIT_DAYS),
                 "rolling_apy_7d": apy.rolling(7, min_periods=1).mean(),
                 "rolling_apy_30d": apy.rolling(30, min_periods=1).mean(),
                 "stddev_apy_7d": apy.rolling(7, min_periods=1).std(),
