@@ -42,6 +42,17 @@ ARGUMENTS = {("sql",): ["SELECT count(*) AS n FROM pools"], ("db", "grant"): ["p
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_log_handler() -> Iterator[None]:
+    """The CLI binds its log handler to the stderr CliRunner captured; drop it after the test."""
+    yield
+    import logging
+
+    logger = logging.getLogger("poolcast")
+    for handler in [h for h in logger.handlers if h.get_name() == "poolcast"]:
+        logger.removeHandler(handler)
+
+
 def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     for name, command in group.commands.items():
         if hasattr(command, "commands"):
