@@ -297,10 +297,11 @@ def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch, now: dt.dateti
         usd = quote.get("USD") if isinstance(quote, dict) else None
         close, cerr = _number(usd.get("close") if isinstance(usd, dict) else None, minimum=0.0)
         unstorable = _unstorable(q)
-        if err or cerr or unstorable:
-            fld, why = (
-                ("time_open", err) if err else ("quote.USD.close", cerr) if cerr else unstorable
-            )
+        problem = (
+            ("time_open", err) if err else ("quote.USD.close", cerr) if cerr else unstorable
+        )
+        if problem:
+            fld, why = problem
             batch.bad.append(BadRecord(str(path), symbol, i, fld, str(why), _safe_raw(q)))
             continue
         batch.ohlcv.append(
