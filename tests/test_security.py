@@ -388,6 +388,17 @@ def test_db_grant_gives_the_job_least_privilege(
         report = ingest(job, [small_history(tmp_path / "more", days=45)])
         assert report.written["raw_defillama_pool_history"] == 10
 
+    # The Spark engine's role may create (and drop) its own staging tables, nothing more.
+    assert (
+        runner.invoke(app, ["db", "grant", job_role, "--spark", "--store", owner_url]).exit_code
+        == 0
+    )
+    with open_store(job_url) as job:
+        job.execute("CREATE UNLOGGED TABLE _spark_stage_x AS SELECT * FROM pools WITH NO DATA")
+        job.execute("DROP TABLE _spark_stage_x")
+        with pytest.raises(Exception, match="must be owner"):
+            job.execute("DROP TABLE pool_daily_metrics")
+
 
 def test_db_grant_on_the_embedded_store_says_why_not(tmp_path: Path) -> None:
     result = runner.invoke(

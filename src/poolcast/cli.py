@@ -132,6 +132,10 @@ def db_grant(
     with_ingest: Annotated[
         bool, typer.Option("--ingest", help="Also let it write the raw tables (an ingest role)")
     ] = False,
+    spark: Annotated[
+        bool,
+        typer.Option("--spark", help="Also CREATE on the schema (Spark engine's staging tables)"),
+    ] = False,
 ) -> None:
     """Least-privilege PostgreSQL role: read the raw tables, write only the job's own tables."""
     from poolcast.grants import grant_job_role
@@ -140,7 +144,7 @@ def db_grant(
     settings = _settings(store=store)
     try:
         with _open(settings) as s:
-            statements = grant_job_role(s, role, create=create, ingest=with_ingest)
+            statements = grant_job_role(s, role, create=create, ingest=with_ingest, spark=spark)
     except StoreError as exc:
         _fail(str(exc))
         return

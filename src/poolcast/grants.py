@@ -38,8 +38,15 @@ def _tables(store: Store) -> list[str]:
     return [str(t) for t in rows.column("table_name").to_pylist()]
 
 
-def grant_statements(store: Store, role: str, *, ingest: bool = False) -> list[str]:
-    """The GRANT statements for ``role`` on the store's current schema."""
+def grant_statements(
+    store: Store, role: str, *, ingest: bool = False, spark: bool = False
+) -> list[str]:
+    """The GRANT statements for ``role`` on the store's current schema.
+
+    ``spark``: the Spark engine stages JDBC writes in tables it creates and drops in the schema
+    (executors write on their own connections, so temporary tables cannot serve); the role then
+    needs CREATE on the schema. It owns, and can drop, only the tables it creates.
+    """
     if store.dialect != "postgres":
         raise StoreError(
             "roles exist only on PostgreSQL; the embedded file is protected by its file "
@@ -68,16 +75,18 @@ def grant_statements(store: Store, role: str, *, ingest: bool = False) -> list[s
     ]
     if writes:
         statements.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {names(writes)} TO {role}")
+    if spark:
+        statements.append(f"GRANT CREATE ON SCHEMA {schema} TO {role}")
     return statements
 
 
 def grant_job_role(
-    store: Store, role: str, *, create: bool = False, ingest: bool = False
+    store: Store, role: str, *, create: bool = False, ingest: bool = False, spark: bool = False
 ) -> list[str]:
     """Grant ``role`` the job's rights (creating it as a LOGIN role without a password when asked:
     the DBA sets one with ``\\password``, so it never passes through poolcast)."""
     role = ident(role)
-    statements = grant_statements(store, role, ingest=ingest)
+    statements = grant_statements(store, role, ingest=ingest, spark=spark)
     exists = store.fetch_arrow(
         "SELECT count(*) AS n FROM pg_roles WHERE rolname = $1", [role]
     ).column("n")[0].as_py()
