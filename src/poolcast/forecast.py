@@ -506,8 +506,9 @@ class Forecaster:
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Point forecasts for the given origin rows."""
         model = self._raw_predict(rows)
-        if self._spec().baseline is not None:
-            return model
+        spec = self._spec()
+        if spec.baseline is not None or not spec.calibrate:
+            return model  # a baseline, or a model as trained (the plan's)
         naive = _column(rows, "actual_apy")
         mean7 = _column(rows, "rolling_apy_7d")
         mean7 = np.where(np.isfinite(mean7), mean7, naive)
