@@ -371,7 +371,7 @@ def synapseml_params(
     return params
 
 
-def _forecaster_class() -> type:
+def _forecaster_class() -> Any:
     """:class:`SparkForecaster`, built on first use (``poolcast.forecast`` loads lightgbm)."""
     global _SPARK_FORECASTER
     if _SPARK_FORECASTER is not None:
@@ -380,7 +380,7 @@ def _forecaster_class() -> type:
 
     from poolcast.forecast import Forecaster, _column, _matrix, target_column
 
-    class SparkForecaster(Forecaster):  # type: ignore[misc, valid-type]
+    class SparkForecaster(Forecaster):
         """The local :class:`~poolcast.forecast.Forecaster` with its boosters trained by SynapseML.
 
         Row selection, targets, calibration (early stopping, blend, dead zone, conformal
@@ -485,11 +485,11 @@ def _forecaster_class() -> type:
     return SparkForecaster
 
 
-_SPARK_FORECASTER: type | None = None
+_SPARK_FORECASTER: Any = None
 
 
 @contextlib.contextmanager
-def _boosters_from_spark() -> Iterator[None]:
+def _boosters_from_spark(forecaster: Any) -> Iterator[None]:
     """Within the block, ``forecast.ForecastModel.fit`` builds ``SparkForecaster`` objects.
 
     ``ForecastModel.fit`` creates its per-horizon ``Forecaster`` by the module's global name; we
@@ -499,7 +499,7 @@ def _boosters_from_spark() -> Iterator[None]:
     import poolcast.forecast as forecast_module
 
     original = forecast_module.Forecaster
-    forecast_module.Forecaster = _forecaster_class()  # type: ignore[misc]
+    forecast_module.Forecaster = forecaster  # type: ignore[misc]
     try:
         yield
     finally:
@@ -517,11 +517,14 @@ def spark_forecast_model(
     partitions = 1 if detect_environment(settings) == "local" else settings.spark.executor_instances
     cls = _forecaster_class()
 
-    class SparkForecastModel(ForecastModel):  # type: ignore[misc, valid-type]
+    # This model's boosters train with this exchange: a subclass per model, no shared state.
+    bound = type(
+        "SparkForecaster", (cls,), {"exchange_": exchange, "partitions_": partitions}
+    )
+
+    class SparkForecastModel(ForecastModel):
         def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> Any:
-            cls.exchange_ = exchange
-            cls.partitions_ = partitions
-            with _boosters_from_spark():
+            with _boosters_from_spark(bound):
                 return super().fit(panel, end=end)
 
         def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
