@@ -182,32 +182,37 @@ def task_metrics_write(args: dict[str, Any]) -> None:
 
 
 def task_forecast(args: dict[str, Any]) -> None:
+    """The forecast stage as pipeline.forecast_stage runs it, section by section."""
     from poolcast.engines.local import compute_features
-    from poolcast.forecast import Forecaster, forecast_table
+    from poolcast.forecast import FORECASTS_KEY, Forecaster, ForecastModel, forecast_table
     from poolcast.pipeline import new_run_id, read_panel, write_forecasts
     from poolcast.settings import Settings
 
     settings = Settings(model_dir=args.get("model_dir", "/tmp/poolcast-bench-models"))
     with _store(args) as store:
         with timed("panel_read"):
-            metrics = read_panel(store, settings)
+            metrics = read_panel(store, settings, horizon=30)
         with timed("panel_features"):
             panel = compute_features(metrics)
-        with timed("train"):
-            model = Forecaster("production", train_days=settings.train_days).fit(panel)
+        with timed("train_all_horizons"):
+            model = ForecastModel(train_days=settings.train_days, seed=settings.seed).fit(panel)
         with timed("predict"):
             forecasts = forecast_table(model, panel)
-        with timed("store_write_forecasts"):
+            horizons = model.forecasts(panel)
+        with timed("store_write_forecasts"), store.transaction():
             write_forecasts(store, forecasts, new_run_id())
+            store.merge("forecasts", horizons, FORECASTS_KEY)
         if args.get("plan_model"):
-            with timed("train_plan_params"):
-                Forecaster("plan", train_days=settings.train_days).fit(panel)
-    INFO.update(
-        panel_rows=metrics.num_rows,
-        train_rows=model.n_train_,
-        threads=model.fit_threads_,
-        params={k: model.lgb_params().get(k) for k in ("num_iterations", "num_leaves", "max_bin")},
-    )
+            # The LightGBM target: one next-day model, production settings vs the plan's.
+            for name, section in (("production", "train_h1_production"), ("plan", "train_h1_plan")):
+                with timed(section):
+                    one = Forecaster(name, train_days=settings.train_days).fit(panel)
+                INFO[f"{section}_params"] = {
+                    k: one.lgb_params().get(k)
+                    for k in ("objective", "num_iterations", "num_leaves", "max_bin")
+                }
+    h1 = model.horizons_[1]
+    INFO.update(panel_rows=metrics.num_rows, train_rows=h1.n_train_, horizons=len(model.horizons_))
 
 
 def task_reset(args: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ def test_smoke_scenario_writes_every_stage_on_both_stores(tmp_path: Path, pg_url
             "generate",
             "store_read_raw",
             "store_write_metrics",
-            "train",
+            "train_all_horizons",
             "run_full",
             "run_incremental",
         ):
