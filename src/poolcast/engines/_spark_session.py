@@ -22,7 +22,10 @@ environment itself (``DATAPROC_*`` variables that the runtime sets), else ``loca
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -140,6 +143,25 @@ def batch_properties(settings: Settings, *, training: bool) -> dict[str, str]:
     return props
 
 
+@contextlib.contextmanager
+def _jvm_stdout_to_stderr() -> Iterator[None]:
+    """Start the JVM with stderr as its stdout: Ivy and Spark print there, and a command's own
+    stdout (``poolcast parity --json``, ``poolcast sql --format csv``) must stay clean."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real file descriptor 1 (an embedding host): leave it
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def get_spark_session(
     settings: Settings | None = None,
     app_name: str = "poolcast",
@@ -170,7 +192,8 @@ def get_spark_session(
         for key, value in session_conf(settings, environment=environment).items():
             builder = builder.config(key, value)
         try:
-            active = builder.getOrCreate()
+            with _jvm_stdout_to_stderr():
+                active = builder.getOrCreate()
         except Exception as exc:
             raise SparkSetupError(
                 f"could not start Spark ({environment}): {exc}. Local runs need Java 17 "
