@@ -76,11 +76,13 @@ def _pg_schema_url(base: str, schema: str) -> str:
     return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
-def _run(cmd: list[str]) -> tuple[float, float, float, str]:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float, str]:
     """Run ``cmd``; wall s, CPU s (user + system of the process), peak RSS MB, stdout."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})}
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -117,14 +119,17 @@ def measure(
 
 
 def measure_cli(
-    argv: list[str], repeat: int, before: tuple[str, dict[str, Any]] | None = None
+    argv: list[str],
+    repeat: int,
+    before: tuple[str, dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """The ``poolcast`` CLI end to end (process start and imports included)."""
     walls, cpus, rsss = [], [], []
     for _ in range(repeat):
         if before:
             child(*before)
-        wall, cpu, rss, _ = _run([POOLCAST, *argv])
+        wall, cpu, rss, _ = _run([POOLCAST, *argv], env)
         walls.append(wall)
         cpus.append(cpu)
         rsss.append(rss)
@@ -197,14 +202,28 @@ class Scenario:
             fc, info = measure("forecast", {"store": url, "plan_model": i == 0}, heavy)
             for section, m in fc.items():
                 self.add(section, "local", kind, m, train_rows=info["train_rows"])
-            full = measure_cli(["run", "--store", url], heavy, before=("reset", {"store": url}))
+            models = self.workdir / f"models-{kind}"
+            env = {"POOLCAST_MODEL_DIR": str(models)}
+            full = measure_cli(
+                ["run", "--store", url], heavy, before=("reset", {"store": url}), env=env
+            )
             self.add("run_full", "local", kind, full)
             inc = measure_cli(
                 ["run", "--incremental", "--store", url],
                 heavy,
                 before=("add_day", {"store": url}),
+                env=env,
             )
             self.add("run_incremental", "local", kind, inc)
+            # The daily run with the latest trained model (retrained on another schedule).
+            latest = max(models.iterdir(), key=lambda p: p.stat().st_mtime)
+            reuse = measure_cli(
+                ["run", "--incremental", "--store", url],
+                heavy,
+                before=("add_day", {"store": url}),
+                env={**env, "POOLCAST_MODEL": str(latest)},
+            )
+            self.add("run_incremental_saved_model", "local", kind, reuse)
             if kind == "duckdb":
                 Path(url).unlink(missing_ok=True)
         self._speedups()
