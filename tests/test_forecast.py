@@ -160,6 +160,19 @@ def test_a_flat_pool_keeps_its_apy(sample_panel: pa.Table, fitted: ForecastModel
         np.testing.assert_allclose(value, flat.column("actual_apy").to_numpy(), atol=1e-9)
 
 
+def test_a_short_history_still_gets_its_next_day_forecast() -> None:
+    from test_backtest import _mean_reverting, _metrics
+
+    metrics = _metrics(_mean_reverting(5, 6)[:, :31])  # 30 days ahead: 5 targets
+    panel = compute_features(metrics)
+    fitted = ForecastModel("production", num_threads=1).fit(panel)
+    assert set(fitted.horizons_) == {1, 7, "mean7"} and set(fitted.skipped_) == {"30"}
+    rows = fitted.forecasts(panel)
+    assert set(rows.column("horizon").to_pylist()) == {"1", "7", "mean7"}
+    with pytest.raises(ValueError, match="training rows"):
+        ForecastModel("production").fit(compute_features(_metrics(_mean_reverting(2, 6)[:, :5])))
+
+
 def test_the_plan_model_is_a_named_option_without_intervals(sample_panel: pa.Table) -> None:
     plan = Forecaster("plan", params={"num_iterations": 20}, num_threads=1).fit(sample_panel)
     value, lower, upper = plan.predict_interval(sample_panel.slice(0, 5))

@@ -684,15 +684,24 @@ class ForecastModel:
         panel = add_targets(panel, self.horizons)
         self.horizons_: dict[Horizon, Forecaster] = {}
         self.tvl_: dict[str, dict[str, Any]] = {}
+        self.skipped_: dict[str, str] = {}
         for h in self.horizons:
-            self.horizons_[h] = Forecaster(
+            forecaster = Forecaster(
                 self.model,
                 horizon=h,
                 train_days=self.train_days,
                 seed=self.seed,
                 num_threads=self.num_threads,
                 params=self.params,
-            ).fit(panel, end=end)
+            )
+            try:
+                self.horizons_[h] = forecaster.fit(panel, end=end)
+            except ValueError as exc:
+                if h == 1:
+                    raise
+                # A short history still gets its next-day forecast; longer horizons wait.
+                self.skipped_[horizon_key(h)] = str(exc)
+                continue
             if h != "mean7":
                 self.tvl_[horizon_key(h)] = choose_tvl_baseline(
                     panel, int(h), self.train_days, end=end
@@ -774,7 +783,7 @@ class ForecastModel:
         )
 
     def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
-        first = self.horizons_[self.horizons[0]]
+        first = self.horizons_[1]
         return {
             "format": "poolcast-forecast-model/1",
             "version": self.version_,
@@ -786,6 +795,7 @@ class ForecastModel:
             "lightgbm": lgb.__version__,
             "horizons": {horizon_key(h): f.metadata() for h, f in self.horizons_.items()},
             "tvl": self.tvl_,
+            "skipped_horizons": getattr(self, "skipped_", {}),
             # Each fit's own time-based holdout (its last calibration days), a one-cutoff backtest.
             "backtest": backtest
             if backtest is not None
