@@ -12,6 +12,7 @@ import pyarrow as pa
 import typer
 
 from poolcast.deploy.cli import deploy_app, submit_app
+from poolcast.parity import parity_command
 from poolcast.settings import Engine, Settings, load_settings
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ db_app = typer.Typer(help="Create and manage the store's schema.", no_args_is_he
 app.add_typer(db_app, name="db")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(submit_app, name="submit")
+app.command("parity")(parity_command)  # issue 3: local vs Spark engine
 
 StoreOpt = Annotated[
     str | None,
