@@ -437,3 +437,32 @@ def test_dataproc_entry_point(spark, demo_store, monkeypatch, capsys) -> None:  
     jobs = Path(__import__("poolcast.jobs").jobs.__file__).parent
     for name in ("metrics_job.py", "forecast_job.py"):
         runpy.run_path(str(jobs / name), run_name="not_main")
+
+
+def test_metrics_jdbc_failure(spark, demo_store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from poolcast.engines.spark import SparkStageError
+    from poolcast.pipeline import metrics_stage
+    from poolcast.store.spark_io import SparkExchange
+
+    store, settings = demo_store
+    if store.dialect != "postgres":
+        pytest.skip("the JDBC path is PostgreSQL's")
+    before = _metric_checksum(store)
+    original = SparkExchange.append_jdbc
+
+    def half_then_fail(self, table, df, *, label=None):  # type: ignore[no-untyped-def]
+        original(self, table, df.limit(500), label=label)  # some batches land in the stage
+        raise RuntimeError("java.sql.BatchUpdateException: connection reset (simulated)")
+
+    monkeypatch.setattr(SparkExchange, "append_jdbc", half_then_fail)
+    with pytest.raises(
+        SparkStageError,
+        match=r"spark metrics failed at writing pool_daily_metrics: .*connection reset",
+    ):
+        metrics_stage(store, settings.model_copy(update={"engine": "spark"}))
+    assert _metric_checksum(store) == before
+    leftovers = store.fetch_arrow(
+        "SELECT count(*) AS n FROM information_schema.tables "
+        "WHERE table_name LIKE '\\_spark\\_stage%'"
+    )
+    assert leftovers.column("n")[0].as_py() == 0

@@ -279,9 +279,10 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
                 F.count("*"), F.countDistinct("pool_id"), F.countDistinct("date")
             ).collect()[0]
         compute_s = time.perf_counter() - compute_started
-        result.rows_written = exchange.merge(
-            "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
-        )
+        with _step("metrics", "writing pool_daily_metrics"):
+            result.rows_written = exchange.merge(
+                "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
+            )
         for df in (metrics, snapshots, market):
             df.unpersist()
         timings = dict(exchange.timings)
