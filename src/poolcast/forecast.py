@@ -215,15 +215,20 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
+    """A panel column (or a derived feature) as float64, rounded to 1e-9.
+
+    Rolling means and deviations differ in the last bits with summation order (engine, thread
+    count); on a flat pool that turns 0 into +-1e-14, a different split and a different model.
+    Nine decimals of APY or dollars are far below anything measured.
+    """
     if name in DERIVED:
         a, b, op = DERIVED[name]
         x, y = _column(table, a), _column(table, b)
         if op == "sub":
-            return x - y
-        return x / (np.nan_to_num(y, nan=0.0) + 1e-3)
-    return (
-        pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
-    )
+            return np.round(x - y, 9)
+        return np.round(x / (np.nan_to_num(y, nan=0.0) + 1e-3), 9)
+    values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)
+    return np.round(values.astype(np.float64), 9)
 
 
 def _matrix(panel: pa.Table, features: Sequence[str], dtype: type = np.float64) -> np.ndarray:
@@ -381,7 +386,8 @@ class Forecaster:
         if target == "level":
             return y
         change = y - _column(rows, "actual_apy")
-        return change / scale(rows) if target == "scaled_change" else change
+        change = change / scale(rows) if target == "scaled_change" else change
+        return np.round(change, 9)  # L1 follows each residual's sign: no last-bit noise
 
     def _from_target(self, rows: pa.Table, raw: np.ndarray) -> np.ndarray:
         target = self._spec().target
