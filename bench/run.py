@@ -13,6 +13,8 @@ Environment:
   BENCH_PG_URL     PostgreSQL server (default: POOLCAST_TEST_PG_URL from scripts/with-postgres.sh)
   BENCH_DIR        scratch folder for stores and caches          [/tmp/poolcast-bench]
   BENCH_OUT        results folder                                [bench/results]
+  BENCH_ONLY       compute: only generate, read and the metrics engines (first store); the
+                   rows measured replace their own rows in latest.json
 Outputs: latest.json (rows), latest.md (tables and targets), latest.png (chart). Rows of scenarios
 not run this time are kept from the previous latest.json.
 """
@@ -178,7 +180,9 @@ class Scenario:
         assert self.pg_base, "PostgreSQL needs BENCH_PG_URL or scripts/with-postgres.sh"
         return _pg_schema_url(self.pg_base, f"bench_{self.name}_{uuid.uuid4().hex[:6]}")
 
-    def run(self, stores: list[str], repeat: int, heavy: int, spark: bool) -> None:
+    def run(
+        self, stores: list[str], repeat: int, heavy: int, spark: bool, only_compute: bool = False
+    ) -> None:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True)
@@ -196,6 +200,8 @@ class Scenario:
             self.add("store_read_raw", "-", kind, read["store_read_raw"], rows=info["rows"])
             if i == 0:
                 self._compute(cache, repeat, heavy, spark)
+            if only_compute:
+                break
             write, info = measure("metrics_write", {"store": url, "cache": cache}, repeat)
             for section in ("store_write_metrics", "store_rewrite_unchanged"):
                 self.add(section, "-", kind, write[section], rows=info["rows"])
@@ -251,6 +257,27 @@ class Scenario:
         for r in self.rows:
             if r["stage"] in ("metrics", "metrics_warm") and r["engine"] != "pandas-loop":
                 r["speedup_vs_baseline"] = round(base["wall_s"] / r["wall_s"], 1)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    return row["scenario"], row["stage"], row["engine"], row["store"]
+
+
+def _speedups_across(rows: list[dict[str, Any]]) -> None:
+    """Speed-ups after a partial rerun: against the baseline row of the same scenario."""
+    for r in rows:
+        base = next(
+            (
+                b
+                for b in rows
+                if b["scenario"] == r["scenario"]
+                and b["stage"] == "metrics"
+                and b["engine"] == "pandas-loop"
+            ),
+            None,
+        )
+        if base and r["stage"] in ("metrics", "metrics_warm") and r["engine"] != "pandas-loop":
+            r["speedup_vs_baseline"] = round(base["wall_s"] / r["wall_s"], 1)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -345,6 +372,7 @@ def main() -> None:
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
     heavy = int(os.environ.get("BENCH_HEAVY_REPEAT", str(repeat)))
     spark = os.environ.get("BENCH_SPARK", "1" if _spark_available() else "0") == "1"
+    only_compute = os.environ.get("BENCH_ONLY") == "compute"
     pg_base = os.environ.get("BENCH_PG_URL") or os.environ.get("POOLCAST_TEST_PG_URL")
     if "postgres" in stores and not pg_base:
         sys.exit("bench: PostgreSQL needs BENCH_PG_URL (or run under scripts/with-postgres.sh)")
@@ -357,13 +385,22 @@ def main() -> None:
         if name not in SCENARIOS:
             sys.exit(f"bench: unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         scenario = Scenario(name, workdir, pg_base)
-        scenario.run(stores, repeat, heavy, spark)
+        scenario.run(stores, repeat, heavy, spark, only_compute)
         new_rows += scenario.rows
 
     latest = out / "latest.json"
     kept = []
     if latest.exists():
-        kept = [r for r in json.loads(latest.read_text()) if r["scenario"] not in scenarios]
+        # Rows measured now replace the same (scenario, stage, engine, store) rows; a full run of a
+        # scenario replaces all of its rows.
+        fresh = {_key(r) for r in new_rows}
+        kept = [
+            r
+            for r in json.loads(latest.read_text())
+            if _key(r) not in fresh and (only_compute or r["scenario"] not in scenarios)
+        ]
+        if only_compute:
+            _speedups_across(kept + new_rows)
     rows = sorted(kept + new_rows, key=lambda r: list(SCENARIOS).index(r["scenario"]))
     latest.write_text(json.dumps(rows, indent=1) + "\n")
     (out / "latest.md").write_text(markdown(rows))

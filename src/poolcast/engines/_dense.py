@@ -25,7 +25,7 @@ from poolcast.spec import FILL_LIMIT_DAYS, MARKET, METRICS, Column
 
 _US_PER_DAY = 86_400_000_000
 _EPOCH = dt.date(1970, 1, 1)
-CHUNK_POOLS = 2_000
+CHUNK_POOLS = 500  # ~30 matrices of 500 x days in flight per thread: flat memory
 
 
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -212,9 +212,8 @@ def compute_metrics(
 ) -> pa.Table:
     """Step 7 for every pool: the same rows, columns and order as the SQL definition in local.py."""
     as_of_day = (as_of - _EPOCH).days
-    columns = [c.name for c in METRICS] + [m.name for m in MARKET]
     if not snapshots.num_rows:
-        return _empty(columns)
+        return _empty([c.name for c in METRICS] + [m.name for m in MARKET])
     encoded = pc.dictionary_encode(snapshots.column("pool_id")).combine_chunks()
     names = encoded.dictionary
     rank = np.empty(len(names), np.int64)
@@ -224,11 +223,14 @@ def compute_metrics(
     stamp = stamp.to_numpy(zero_copy_only=False)
     day = stamp // _US_PER_DAY
     order = _by_pool_and_time(code, stamp)
+    del stamp
     code, day = code[order], day[order]
     last = np.ones(len(order), bool)
     last[:-1] = (code[1:] != code[:-1]) | (day[1:] != day[:-1])
-    order, code, day = order[last], code[last], day[last]
+    order, code, day = order[last], code[last].astype(np.int32), day[last].astype(np.int32)
+    del last
     apy, tvl = _floats(snapshots.column("apy"))[order], _floats(snapshots.column("tvl_usd"))[order]
+    del order, encoded
 
     pools = np.unique(code)  # codes of pools with a snapshot, ascending = pool_id order
     starts = np.searchsorted(code, pools)
@@ -244,27 +246,29 @@ def compute_metrics(
     bounds = [(lo, min(lo + CHUNK_POOLS, len(names))) for lo in range(0, len(names), CHUNK_POOLS)]
     cuts = np.searchsorted(code, [lo for lo, _ in bounds] + [len(names)])
 
-    def run(i: int) -> dict[str, np.ndarray]:
+    columns = [c.name for c in METRICS] + [m.name for m in MARKET]
+    inverse = _inverse(rank)
+
+    def run(i: int) -> pa.Table | None:
+        """One chunk straight to Arrow, so that only one copy of the output is ever held."""
         lo, hi = bounds[i]
         a, b = cuts[i], cuts[i + 1]
         if a == b:
-            return {}
-        return _chunk(lo, hi, code[a:b], day[a:b], apy[a:b], tvl[a:b], first, end, market_series)
+            return None
+        out = _chunk(lo, hi, code[a:b], day[a:b], apy[a:b], tvl[a:b], first, end, market_series)
+        data: dict[str, pa.Array] = {
+            "pool_id": names.take(pa.array(inverse[out.pop("code")])),
+            "date": pc.cast(pa.array(out.pop("day").astype(np.int32)), pa.date32()),
+        }
+        for name in columns:
+            data[name] = pa.array(out.pop(name), pa.float64(), from_pandas=True)
+        data["is_observed"] = pa.array(out.pop("is_observed"), pa.bool_())
+        return pa.table(data)
 
     workers = threads or min(len(bounds), os.cpu_count() or 1) or 1
     with ThreadPoolExecutor(workers) as pool:
-        parts = [p for p in pool.map(run, range(len(bounds))) if p]
-    if not parts:
-        return _empty(columns)
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    data: dict[str, pa.Array] = {
-        "pool_id": names.take(pa.array(_inverse(rank)[merged["code"]])),
-        "date": pc.cast(pa.array(merged["day"].astype(np.int32)), pa.date32()),
-    }
-    for name in columns:
-        data[name] = pa.array(merged[name], pa.float64(), from_pandas=True)
-    data["is_observed"] = pa.array(merged["is_observed"], pa.bool_())
-    return pa.table(data)
+        parts = [t for t in pool.map(run, range(len(bounds))) if t is not None]
+    return pa.concat_tables(parts) if parts else _empty(columns)
 
 
 def _by_pool_and_time(code: np.ndarray, stamp: np.ndarray) -> np.ndarray:
