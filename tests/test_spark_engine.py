@@ -466,3 +466,25 @@ def test_metrics_jdbc_failure(spark, demo_store, monkeypatch) -> None:  # type: 
         "WHERE table_name LIKE '\\_spark\\_stage%'"
     )
     assert leftovers.column("n")[0].as_py() == 0
+
+
+def test_missing_java_is_a_plain_error(tmp_path: Path) -> None:
+    """No Java: the command says what is missing (exit 1), no traceback, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    from poolcast.store import open_store
+
+    url = str(tmp_path / "empty.duckdb")
+    with open_store(url) as s:
+        s.init_schema()
+    poolcast = Path(sys.executable).parent / "poolcast"
+    env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-java"), "PATH": "/usr/bin:/bin"}
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    done = subprocess.run(
+        [str(poolcast), "metrics", "--engine", "spark", "--store", url],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Java 17" in done.stderr and "Traceback" not in done.stderr

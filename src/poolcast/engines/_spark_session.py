@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from poolcast.store._base import StoreError
+
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
@@ -43,8 +45,11 @@ UTC_JAVA_OPTIONS = "-Duser.timezone=UTC"
 _DATAPROC_MARKERS = ("DATAPROC_IMAGE_VERSION", "DATAPROC_WORKLOAD_TYPE", "DATAPROC_BATCH_ID")
 
 
-class SparkSetupError(RuntimeError):
-    """The Spark session could not be set up; the message says why and what to do."""
+class SparkSetupError(StoreError):
+    """The Spark session could not be set up; the message says why and what to do.
+
+    A :class:`~poolcast.store.StoreError` so that every command reports it as a plain error
+    (nothing was read or written yet)."""
 
 
 def detect_environment(settings: Settings | None = None) -> Environment:
