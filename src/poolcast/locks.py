@@ -39,7 +39,7 @@ class LockBusy(StoreError):
 def _busy(store: Store, stage: str) -> LockBusy:
     return LockBusy(
         f"another `{stage}` run is writing to {store.safe_url()}; this run did not start. "
-        "Wait for it to finish, or set POOLCAST_LOCK_WAIT=true (--wait) to queue behind it."
+        "Wait for it to finish, or set POOLCAST_LOCK_WAIT=true to queue behind it."
     )
 
 
