@@ -13,10 +13,10 @@ Environment:
   BENCH_PG_URL     PostgreSQL server (default: POOLCAST_TEST_PG_URL from scripts/with-postgres.sh)
   BENCH_DIR        scratch folder for stores and caches          [/tmp/poolcast-bench]
   BENCH_OUT        results folder                                [bench/results]
-  BENCH_ONLY       compute: only generate, read and the metrics engines (first store); the
-                   rows measured replace their own rows in latest.json
-Outputs: latest.json (rows), latest.md (tables and targets), latest.png (chart). Rows of scenarios
-not run this time are kept from the previous latest.json.
+  BENCH_ONLY       compute: only generate, read and the metrics engines (first store)
+  BENCH_SKIP       comma list of compute, forecast: leave those measurements out
+Rows measured replace the same (scenario, stage, engine, store) rows in latest.json, the others
+stay. Outputs, written after each store: latest.json (rows), latest.md (tables, targets), latest.png.
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ class Scenario:
         self.workdir = workdir / name
         self.pg_base = pg_base
         self.rows: list[dict[str, Any]] = []
+        self.out: Path | None = None
 
     def add(self, stage: str, engine: str, store: str, m: dict[str, float], **extra: Any) -> None:
         row = {
@@ -181,7 +182,13 @@ class Scenario:
         return _pg_schema_url(self.pg_base, f"bench_{self.name}_{uuid.uuid4().hex[:6]}")
 
     def run(
-        self, stores: list[str], repeat: int, heavy: int, spark: bool, only_compute: bool = False
+        self,
+        stores: list[str],
+        repeat: int,
+        heavy: int,
+        spark: bool,
+        only_compute: bool = False,
+        skip: tuple[str, ...] = (),
     ) -> None:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
@@ -198,16 +205,17 @@ class Scenario:
                 "read_raw", {"store": url, "cache": cache if i == 0 else None}, repeat
             )
             self.add("store_read_raw", "-", kind, read["store_read_raw"], rows=info["rows"])
-            if i == 0:
+            if i == 0 and "compute" not in skip:
                 self._compute(cache, repeat, heavy, spark)
             if only_compute:
                 break
             write, info = measure("metrics_write", {"store": url, "cache": cache}, repeat)
             for section in ("store_write_metrics", "store_rewrite_unchanged"):
                 self.add(section, "-", kind, write[section], rows=info["rows"])
-            fc, info = measure("forecast", {"store": url, "plan_model": i == 0}, heavy)
-            for section, m in fc.items():
-                self.add(section, "local", kind, m, train_rows=info["train_rows"])
+            if "forecast" not in skip:
+                fc, info = measure("forecast", {"store": url, "plan_model": i == 0}, heavy)
+                for section, m in fc.items():
+                    self.add(section, "local", kind, m, train_rows=info["train_rows"])
             models = self.workdir / f"models-{kind}"
             env = {"POOLCAST_MODEL_DIR": str(models)}
             full = measure_cli(
@@ -232,6 +240,8 @@ class Scenario:
             self.add("run_incremental_saved_model", "local", kind, reuse)
             if kind == "duckdb":
                 Path(url).unlink(missing_ok=True)
+            if self.out is not None:
+                save(self.out, self.rows)  # after each store: a long run keeps what it measured
         self._speedups()
 
     def _compute(self, cache: str, repeat: int, heavy: int, spark: bool) -> None:
@@ -373,6 +383,7 @@ def main() -> None:
     heavy = int(os.environ.get("BENCH_HEAVY_REPEAT", str(repeat)))
     spark = os.environ.get("BENCH_SPARK", "1" if _spark_available() else "0") == "1"
     only_compute = os.environ.get("BENCH_ONLY") == "compute"
+    skip = tuple(_env_list("BENCH_SKIP", ""))
     pg_base = os.environ.get("BENCH_PG_URL") or os.environ.get("POOLCAST_TEST_PG_URL")
     if "postgres" in stores and not pg_base:
         sys.exit("bench: PostgreSQL needs BENCH_PG_URL (or run under scripts/with-postgres.sh)")
@@ -385,27 +396,26 @@ def main() -> None:
         if name not in SCENARIOS:
             sys.exit(f"bench: unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         scenario = Scenario(name, workdir, pg_base)
-        scenario.run(stores, repeat, heavy, spark, only_compute)
+        scenario.out = out
+        scenario.run(stores, repeat, heavy, spark, only_compute, skip)
         new_rows += scenario.rows
+    print(f"bench: wrote {out / 'latest.json'}, latest.md, latest.png")
+
+
+def save(out: Path, new_rows: list[dict[str, Any]]) -> None:
+    """Merge into latest.json: rows measured now replace the same (scenario, stage, engine, store)
+    rows, every other row is kept."""
 
     latest = out / "latest.json"
+    fresh = {_key(r) for r in new_rows}
     kept = []
     if latest.exists():
-        # Rows measured now replace the same (scenario, stage, engine, store) rows; a full run of a
-        # scenario replaces all of its rows.
-        fresh = {_key(r) for r in new_rows}
-        kept = [
-            r
-            for r in json.loads(latest.read_text())
-            if _key(r) not in fresh and (only_compute or r["scenario"] not in scenarios)
-        ]
-        if only_compute:
-            _speedups_across(kept + new_rows)
+        kept = [r for r in json.loads(latest.read_text()) if _key(r) not in fresh]
     rows = sorted(kept + new_rows, key=lambda r: list(SCENARIOS).index(r["scenario"]))
+    _speedups_across(rows)
     latest.write_text(json.dumps(rows, indent=1) + "\n")
     (out / "latest.md").write_text(markdown(rows))
     chart(rows, out / "latest.png")
-    print(f"bench: wrote {latest}, latest.md, latest.png")
 
 
 if __name__ == "__main__":
