@@ -16,7 +16,7 @@ Environment:
   BENCH_ONLY       compute: only generate, read and the metrics engines (first store)
   BENCH_SKIP       comma list of compute, forecast: leave those measurements out
 Rows measured replace the same (scenario, stage, engine, store) rows in latest.json, the others
-stay. Outputs, written after each store: latest.json (rows), latest.md (tables, targets), latest.png.
+stay. Written after each store: latest.json (rows), latest.md (tables, targets), latest.png.
 """
 
 from __future__ import annotations
