@@ -89,9 +89,9 @@ def test_parity_metrics_agree(parity_result) -> None:  # type: ignore[no-untyped
     assert all(c.max_rel_diff < 1e-9 and c.null_mismatches == 0 for c in metrics.columns)
 
 
+# The forecast comparison and holdout run on the embedded store only (time budget).
+@pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
 def test_parity_forecasts_and_holdout(parity_result) -> None:  # type: ignore[no-untyped-def]
-    if len(parity_result.tables) == 1:
-        pytest.skip("forecast parity runs on the embedded store")
     names = [t.table for t in parity_result.tables]
     assert names == [
         "pool_daily_metrics", "forecast_panel", "forecasts (next day)",

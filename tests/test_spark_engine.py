@@ -308,14 +308,14 @@ def test_metrics_stage_on_spark_writes_the_local_rows(spark, demo_store) -> None
         assert leftovers.column("n")[0].as_py() == 0
 
 
+@pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)  # JDBC path
 def test_failed_jdbc_write_leaves_target_unchanged(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
     from pyspark.sql import functions as F
 
     from poolcast.pipeline import METRIC_KEY
 
     store, _ = demo_store
-    if store.dialect != "postgres":
-        pytest.skip("the JDBC path is PostgreSQL's")
+    assert store.dialect == "postgres"
     before = _metric_checksum(store)
     with _spark_exchange(spark, store) as ex:
         good = ex.read_query(
@@ -439,14 +439,14 @@ def test_dataproc_entry_point(spark, demo_store, monkeypatch, capsys) -> None:  
         runpy.run_path(str(jobs / name), run_name="not_main")
 
 
+@pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)  # JDBC path
 def test_metrics_jdbc_failure(spark, demo_store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from poolcast.engines.spark import SparkStageError
     from poolcast.pipeline import metrics_stage
     from poolcast.store.spark_io import SparkExchange
 
     store, settings = demo_store
-    if store.dialect != "postgres":
-        pytest.skip("the JDBC path is PostgreSQL's")
+    assert store.dialect == "postgres"
     before = _metric_checksum(store)
     original = SparkExchange.append_jdbc
 
