@@ -257,18 +257,35 @@ def compute_metrics(
             return None
         out = _chunk(lo, hi, code[a:b], day[a:b], apy[a:b], tvl[a:b], first, end, market_series)
         data: dict[str, pa.Array] = {
-            "pool_id": names.take(pa.array(inverse[out.pop("code")])),
-            "date": pc.cast(pa.array(out.pop("day").astype(np.int32)), pa.date32()),
+            "pool_id": names.take(_arrow(inverse[out.pop("code")].astype(np.int64))),
+            "date": _arrow(out.pop("day").astype(np.int32), pa.date32()),
         }
         for name in columns:
-            data[name] = pa.array(out.pop(name), pa.float64(), from_pandas=True)
-        data["is_observed"] = pa.array(out.pop("is_observed"), pa.bool_())
+            data[name] = _arrow(out.pop(name))
+        data["is_observed"] = _arrow(out.pop("is_observed"))
         return pa.table(data)
 
     workers = threads or min(len(bounds), os.cpu_count() or 1) or 1
     with ThreadPoolExecutor(workers) as pool:
         parts = [t for t in pool.map(run, range(len(bounds))) if t is not None]
     return pa.concat_tables(parts) if parts else _empty(columns)
+
+
+def _arrow(values: np.ndarray, type_: pa.DataType | None = None) -> pa.Array:
+    """A numpy column as Arrow from its buffers (NaN -> NULL for floats). ``pa.array(ndarray)``
+    would import pandas, a second of start-up in every process that never needs it."""
+    n = len(values)
+    if values.dtype == np.bool_:
+        bits = pa.py_buffer(np.packbits(values, bitorder="little"))
+        return pa.Array.from_buffers(pa.bool_(), n, [None, bits])
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.float64:
+        valid = ~np.isnan(values)
+        nulls = n - int(valid.sum())
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+        return pa.Array.from_buffers(pa.float64(), n, [bitmap, pa.py_buffer(values)], nulls)
+    arrow_type = type_ or pa.from_numpy_dtype(values.dtype)
+    return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(values)])
 
 
 def _by_pool_and_time(code: np.ndarray, stamp: np.ndarray) -> np.ndarray:
