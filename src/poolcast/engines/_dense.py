@@ -28,9 +28,35 @@ _EPOCH = dt.date(1970, 1, 1)
 CHUNK_POOLS = 500  # ~30 matrices of 500 x days in flight per thread: flat memory
 
 
+_NUMPY = {
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint64(): np.uint64,
+    pa.float64(): np.float64,
+}
+
+
+def _numpy(column: pa.ChunkedArray | pa.Array, type_: pa.DataType) -> np.ndarray:
+    """A primitive Arrow column as numpy from its buffers (NULL -> NaN for floats).
+
+    ``to_numpy()`` would import pandas: a second of start-up in every process that never needs it.
+    """
+    array = pc.cast(column, type_)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], type_)
+    validity, data = array.buffers()[:2]
+    n, offset = len(array), array.offset
+    values = np.frombuffer(data, _NUMPY[type_], count=n + offset)[offset:] if n else np.empty(0)
+    values = values.astype(_NUMPY[type_], copy=True)
+    if array.null_count:
+        bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
+        values[~bits[offset : offset + n].astype(bool)] = np.nan
+    return values
+
+
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A double column as float64 with NaN for NULL."""
-    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    return _numpy(column, pa.float64())
 
 
 def _ffill(x: np.ndarray, window: int) -> np.ndarray:
@@ -148,7 +174,7 @@ def compile_column(c: Column) -> Callable[[dict[str, np.ndarray], int, dict], np
 
 def _market_by_day(market: pa.Table, as_of_day: int) -> tuple[int, dict[str, np.ndarray]]:
     """Each source forward-filled (unbounded) on a daily calendar ending on ``as_of``."""
-    days = pc.cast(market.column("date"), pa.int32()).to_numpy(zero_copy_only=False)
+    days = _numpy(market.column("date"), pa.int32())
     start = min(int(days.min()), as_of_day) if len(days) else as_of_day
     length = as_of_day - start + 1
     values = _floats(market.column("value"))
@@ -217,10 +243,9 @@ def compute_metrics(
     encoded = pc.dictionary_encode(snapshots.column("pool_id")).combine_chunks()
     names = encoded.dictionary
     rank = np.empty(len(names), np.int64)
-    rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
-    code = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    stamp = pc.cast(pc.cast(snapshots.column("timestamp"), pa.timestamp("us")), pa.int64())
-    stamp = stamp.to_numpy(zero_copy_only=False)
+    rank[_numpy(pc.sort_indices(names), pa.uint64()).astype(np.int64)] = np.arange(len(names))
+    code = rank[_numpy(encoded.indices, pa.int64())]
+    stamp = _numpy(pc.cast(snapshots.column("timestamp"), pa.timestamp("us")), pa.int64())
     day = stamp // _US_PER_DAY
     order = _by_pool_and_time(code, stamp)
     del stamp
