@@ -671,6 +671,8 @@ class ForecastModel:
     """The production forecast: one :class:`Forecaster` per horizon, saved and loaded as one."""
 
     backtest_: dict[str, Any] | None = None  # a loaded artifact's backtest summary
+    # What trains each horizon's booster: the Spark engine sets its SynapseML-backed subclass.
+    forecaster_cls: type[Forecaster] = Forecaster
 
     def __init__(
         self,
@@ -697,7 +699,7 @@ class ForecastModel:
         self.tvl_: dict[str, dict[str, Any]] = {}
         self.skipped_: dict[str, str] = {}
         for h in self.horizons:
-            forecaster = Forecaster(
+            forecaster = self.forecaster_cls(
                 self.model,
                 horizon=h,
                 train_days=self.train_days,

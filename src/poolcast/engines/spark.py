@@ -489,24 +489,6 @@ def _forecaster_class() -> Any:
 _SPARK_FORECASTER: Any = None
 
 
-@contextlib.contextmanager
-def _boosters_from_spark(forecaster: Any) -> Iterator[None]:
-    """Within the block, ``forecast.ForecastModel.fit`` builds ``SparkForecaster`` objects.
-
-    ``ForecastModel.fit`` creates its per-horizon ``Forecaster`` by the module's global name; we
-    swap that name for the block instead of copying ``fit``. (A ``forecaster_cls`` hook on
-    ``ForecastModel`` would make this unnecessary; see docs/spark.md.)
-    """
-    import poolcast.forecast as forecast_module
-
-    original = forecast_module.Forecaster
-    forecast_module.Forecaster = forecaster  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        forecast_module.Forecaster = original  # type: ignore[misc]
-
-
 def spark_forecast_model(
     exchange: Any, settings: Settings, model: str = "production", **kwargs: Any
 ) -> Any:
@@ -524,9 +506,7 @@ def spark_forecast_model(
     )
 
     class SparkForecastModel(ForecastModel):
-        def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> Any:
-            with _boosters_from_spark(bound):
-                return super().fit(panel, end=end)
+        forecaster_cls = bound
 
         def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
             meta = super().metadata(backtest)
