@@ -216,10 +216,11 @@ def _chunk(
         matrices[c.name] = compile_column(c)(matrices, origin, memo)
     t = np.arange(width) + origin
     in_grid = (t >= first[lo:hi, None]) & (t <= end[lo:hi, None])
-    pool_idx, day_idx = np.nonzero(in_grid)
+    flat = np.flatnonzero(in_grid)  # one scan of the mask, then plain takes per column
+    pool_idx, day_idx = np.divmod(flat, width)
     out = {"code": pool_idx + lo, "day": day_idx + origin}
     for c in METRICS:
-        out[c.name] = matrices[c.name][in_grid]
+        out[c.name] = matrices[c.name].ravel().take(flat)
     m_start, series = market
     for m in MARKET:
         source = series.get(m.source)
@@ -229,7 +230,7 @@ def _chunk(
         else:
             ok = (at >= 0) & (at < len(source))
             out[m.name] = np.where(ok, source[np.clip(at, 0, len(source) - 1)], np.nan)
-    out["is_observed"] = observed[in_grid]
+    out["is_observed"] = observed.ravel().take(flat)
     return out
 
 
