@@ -1,0 +1,77 @@
+"""Synthetic data: the raw tables and JSON shapes ingest writes, the sample's statistics, seeded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from poolcast.generate import _chunks, _pool_ids, generate
+from poolcast.store import Store
+from poolcast.store.queries import latest_data_day, read_snapshots
+
+END = dt.date(2025, 6, 5)
+
+
+def _history(pools: int, days: int, seed: int, chunk_rows: int) -> pa.Table:
+    ids = _pool_ids(np.random.default_rng(seed), pools)
+    return pa.concat_tables(list(_chunks(ids, days, END, seed, chunk_rows)))
+
+
+def test_same_seed_same_rows_whatever_the_chunk_size() -> None:
+    a = _history(1_200, 60, seed=7, chunk_rows=5_000)
+    b = _history(1_200, 60, seed=7, chunk_rows=10**9)
+    assert a.equals(b)
+    assert not a.equals(_history(1_200, 60, seed=8, chunk_rows=10**9))
+
+
+def test_records_have_the_chart_api_shape_and_the_sample_statistics() -> None:
+    table = _history(1_000, 365, seed=1, chunk_rows=10**9)
+    records = [json.loads(r) for r in table.column("raw_json_data").to_pylist()]
+    assert set(records[0]) == {
+        "apy",
+        "apyBase",
+        "apyBase7d",
+        "apyReward",
+        "il7d",
+        "timestamp",
+        "tvlUsd",
+    }
+    assert all(r["timestamp"].endswith("Z") for r in records[:1000])
+    apy = np.array([r["apy"] for r in records])
+    tvl = np.array([r["tvlUsd"] for r in records])
+    assert 3.0 < np.median(apy) < 7.0  # the sample: 4.9
+    assert 0.03 < np.mean(apy == 0) < 0.12  # the sample: 6.4 % zero
+    assert apy.max() > 100  # spikes
+    assert 1e5 < np.median(tvl) < 1e7 and tvl.min() >= 1_000
+    pools = table.column("pool_id").to_numpy(zero_copy_only=False)
+    days = table.column("timestamp").cast(pa.date32()).to_numpy(zero_copy_only=False)
+    pairs = {(p, d) for p, d in zip(pools, days, strict=True)}
+    assert len(pairs) < table.num_rows  # several snapshots on some days
+    firsts = {}
+    for p, d in pairs:
+        firsts[p] = min(firsts.get(p, d), d)
+    late = np.mean([d > np.datetime64(END - dt.timedelta(days=364)) for d in firsts.values()])
+    assert 0.2 < late < 0.6  # pools start on different days
+    per_pool = {p: 0 for p in firsts}
+    for p, _ in pairs:
+        per_pool[p] += 1
+    assert len(pairs) < 0.99 * sum(  # gaps inside series
+        (np.datetime64(END) - firsts[p]).astype(int) + 1 for p in firsts
+    )
+
+
+@pytest.mark.parametrize("pools", [40])
+def test_writes_through_the_store_and_a_rerun_changes_nothing(store: Store, pools: int) -> None:
+    report = generate(store, pools, 90, seed=3)
+    assert report.written["raw_defillama_pool_history"] == report.snapshots > 0
+    assert report.written["pools"] == pools
+    assert latest_data_day(store) == END
+    snapshots = read_snapshots(store, END, 90)
+    assert snapshots.num_rows == report.snapshots
+    assert snapshots.column("apy").null_count == 0
+    again = generate(store, pools, 90, seed=3)
+    assert sum(again.written.values()) == 0
