@@ -208,6 +208,8 @@ class Scenario:
             if i == 0 and "compute" not in skip:
                 self._compute(cache, repeat, heavy, spark)
             if only_compute:
+                if self.out is not None:
+                    save(self.out, self.rows)
                 break
             write, info = measure("metrics_write", {"store": url, "cache": cache}, repeat)
             for section in ("store_write_metrics", "store_rewrite_unchanged"):
