@@ -7,8 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from conftest import fresh_pg_schema_url
 from poolcast.cli import app
+
+from conftest import fresh_pg_schema_url
 
 runner = CliRunner()
 
@@ -25,7 +26,11 @@ def _demo(store: str, sample_dir: Path, models: Path) -> list[dict]:
     out = _ok("run", "--store", store)
     assert "forecasts=99" in out
     rows = _ok(
-        "sql", "--store", store, "--format", "json",
+        "sql",
+        "--store",
+        store,
+        "--format",
+        "json",
         "SELECT pool_id, date, forecasted_apy FROM pool_daily_metrics "
         "WHERE forecasted_apy IS NOT NULL ORDER BY pool_id",
     )

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pyarrow as pa
 import typer
@@ -14,6 +14,9 @@ import typer
 from poolcast.deploy.cli import deploy_app, submit_app
 from poolcast.parity import parity_command
 from poolcast.settings import Engine, Settings, load_settings
+
+if TYPE_CHECKING:
+    from poolcast.store import Store
 
 app = typer.Typer(
     help="Daily DeFi stablecoin pool metrics and APY forecasts.",
@@ -42,7 +45,9 @@ EngineOpt = Annotated[
 ]
 AsOfOpt = Annotated[
     dt.datetime | None,
-    typer.Option("--as-of", formats=["%Y-%m-%d"], help="Last day of the grid [default: latest data day]"),
+    typer.Option(
+        "--as-of", formats=["%Y-%m-%d"], help="Last day of the grid [default: latest data day]"
+    ),
 ]
 LookbackOpt = Annotated[
     int | None, typer.Option("--lookback-days", help="Days of history per run [default: 365]")
@@ -75,7 +80,7 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _open(settings: Settings):  # type: ignore[no-untyped-def]
+def _open(settings: Settings) -> Store:
     from poolcast.retry import open_with_retry
 
     return open_with_retry(settings)
