@@ -8,7 +8,8 @@ Environment:
   BENCH_SCENARIOS  comma list of smoke, 2k, 20k, 100k            [2k,20k]
   BENCH_STORES     comma list of duckdb, postgres                [duckdb,postgres]
   BENCH_REPEAT     runs per cheap measurement                    [3]
-  BENCH_HEAVY_REPEAT  runs of the baseline, forecast and whole runs  [BENCH_REPEAT]
+  BENCH_HEAVY_REPEAT  runs of baseline, Spark, forecast, whole runs [BENCH_REPEAT up to 2k pools,
+                      1 above: a 20k run of each takes minutes on 2 cores]
   BENCH_SPARK      1/0: measure the Spark engine (local[1], local[2])  [1 if pyspark imports]
   BENCH_PG_URL     PostgreSQL server (default: POOLCAST_TEST_PG_URL from scripts/with-postgres.sh)
   BENCH_DIR        scratch folder for stores and caches          [/tmp/poolcast-bench]
@@ -382,7 +383,7 @@ def main() -> None:
     scenarios = _env_list("BENCH_SCENARIOS", "2k,20k")
     stores = _env_list("BENCH_STORES", "duckdb,postgres")
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
-    heavy = int(os.environ.get("BENCH_HEAVY_REPEAT", str(repeat)))
+    heavy_env = os.environ.get("BENCH_HEAVY_REPEAT")
     spark = os.environ.get("BENCH_SPARK", "1" if _spark_available() else "0") == "1"
     only_compute = os.environ.get("BENCH_ONLY") == "compute"
     skip = tuple(_env_list("BENCH_SKIP", ""))
@@ -399,6 +400,7 @@ def main() -> None:
             sys.exit(f"bench: unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         scenario = Scenario(name, workdir, pg_base)
         scenario.out = out
+        heavy = int(heavy_env) if heavy_env else (repeat if scenario.pools <= 2_000 else 1)
         scenario.run(stores, repeat, heavy, spark, only_compute, skip)
         new_rows += scenario.rows
     print(f"bench: wrote {out / 'latest.json'}, latest.md, latest.png")
