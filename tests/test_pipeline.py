@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
+from pathlib import Path
 
 from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
@@ -73,3 +76,28 @@ def test_as_of_limits_the_grid(sample_store: Store, settings: Settings) -> None:
     span = _one(sample_store, "SELECT min(date) AS lo, max(date) AS hi FROM pool_daily_metrics")
     assert span == {"lo": dt.date(2025, 1, 2), "hi": dt.date(2025, 1, 31)}
     assert result.details["days"] == 30
+
+
+def test_daily_mode_reuses_a_recent_model_and_retrains_when_old(
+    sample_store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    metrics_stage(sample_store, settings)
+    first = forecast_stage(sample_store, settings)
+    assert first.details["trained"] is True
+    settings.incremental = True
+    reused = forecast_stage(sample_store, settings)
+    assert reused.details["trained"] is False
+    assert reused.details["model"] == first.details["model"]
+    assert reused.rows_written == 0  # the same model on the same data: nothing changes
+    settings.retrain_days = 0
+    assert forecast_stage(sample_store, settings).details["trained"] is True
+    # a model whose training data ends too long before the latest day is not reused
+    old_dir = tmp_path / "old-models"
+    shutil.copytree(first.details["model"], old_dir / Path(first.details["model"]).name)
+    meta_file = next(old_dir.glob("*/metadata.json"))
+    meta = json.loads(meta_file.read_text())
+    meta["horizons"]["1"]["train_window"][1] = "2025-01-01"
+    meta_file.write_text(json.dumps(meta))
+    settings.retrain_days = 7
+    settings.model_dir = str(old_dir)
+    assert forecast_stage(sample_store, settings).details["trained"] is True

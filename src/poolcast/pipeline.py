@@ -9,6 +9,7 @@ import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -141,6 +142,32 @@ def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
     return written
 
 
+def _recent_model(settings: Settings, model: str, panel: pa.Table) -> Path | None:
+    """In the daily (incremental) mode, the newest saved ``model`` artifact in ``model_dir`` whose
+    training data ends at most ``retrain_days`` before the panel's latest observed day."""
+    if not settings.incremental or settings.retrain_days <= 0:
+        return None
+    import json
+
+    import pyarrow.compute as pc
+
+    observed = panel.filter(pc.field("is_observed"))
+    if observed.num_rows == 0:
+        return None
+    latest = pc.max(observed.column("date")).as_py()
+    best: tuple[str, Path] | None = None
+    for meta_file in Path(settings.model_dir).glob(f"{model}-*/metadata.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+            end = dt.date.fromisoformat(meta["horizons"]["1"]["train_window"][1])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an artifact we can judge: train instead
+        if meta.get("model") == model and (latest - end).days <= settings.retrain_days:
+            if best is None or end.isoformat() > best[0]:
+                best = (end.isoformat(), meta_file.parent)
+    return best[1] if best else None
+
+
 @retried
 @locked("forecast")
 def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
@@ -161,9 +188,10 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     if metrics.num_rows == 0:
         raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
     panel = compute_features(metrics)
-    if settings.model_path:
-        fitted = ForecastModel.load(settings.model_path)
-        model_path = settings.model_path
+    reusable = None if settings.model_path else _recent_model(settings, model, panel)
+    if settings.model_path or reusable:
+        model_path = str(settings.model_path or reusable)
+        fitted = ForecastModel.load(model_path)
     else:
         fitted = ForecastModel(model, train_days=settings.train_days, seed=settings.seed).fit(panel)
         model_path = fitted.save(settings.model_dir)
@@ -179,6 +207,7 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
         "train_rows": fitted.horizons_[1].n_train_,
         "model": str(model_path),
         "model_version": fitted.version_,
+        "trained": not (settings.model_path or reusable),
     }
     result.seconds = time.perf_counter() - started
     return result

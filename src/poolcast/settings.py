@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     model_path: str | None = Field(
         default=None, validation_alias=AliasChoices("model_path", "POOLCAST_MODEL")
     )
+    # The daily (--incremental) mode reuses the newest saved model whose training data ends at
+    # most this many days before the latest data: training is most of a run's time (0 = retrain).
+    retrain_days: int = Field(
+        default=7,
+        ge=0,
+        le=365,
+        validation_alias=AliasChoices("retrain_days", "POOLCAST_RETRAIN_DAYS"),
+    )
     incremental: bool = Field(
         default=False, validation_alias=AliasChoices("incremental", "POOLCAST_INCREMENTAL")
     )
@@ -101,11 +109,15 @@ class Settings(BaseSettings):
     # A stage that loses its database connection is rerun this many times in all, with an
     # exponential pause (backoff, 2x backoff, ...) to let a restarting server come back.
     db_retry_attempts: int = Field(
-        default=3, ge=1, le=20,
+        default=3,
+        ge=1,
+        le=20,
         validation_alias=AliasChoices("db_retry_attempts", "POOLCAST_DB_RETRY_ATTEMPTS"),
     )
     db_retry_backoff_s: float = Field(
-        default=2.0, ge=0, le=300,
+        default=2.0,
+        ge=0,
+        le=300,
         validation_alias=AliasChoices("db_retry_backoff_s", "POOLCAST_DB_RETRY_BACKOFF_S"),
     )
 
