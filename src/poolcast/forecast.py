@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.spec import FEATURE_COLUMNS, PLAN_FEATURE_COLUMNS
+from poolcast.spec import FEATURE_COLUMNS, MARKET, PLAN_FEATURE_COLUMNS
 
 Horizon = int | str  # 1, 7, 30 days ahead, or "mean7": the mean of the next 7 days
 HORIZONS: tuple[Horizon, ...] = (1, 7, 30, "mean7")
@@ -75,18 +75,11 @@ DERIVED: dict[str, tuple[str, str, Literal["sub", "zscore"]]] = {
     "apy_z_30d": ("apy_minus_30d", "stddev_apy_30d", "zscore"),
 }
 
-# ETH/BTC/gas and calendar features added nothing on the backtest: left out of production.
+# ETH/BTC/gas, calendar and lagged-TVL features added nothing on the backtest: left out of
+# production, which adds the derived distances instead.
+_LEFT_OUT = {m.name for m in MARKET} | {"tvl_lag_1", "day_of_week", "month", "is_weekend"}
 PRODUCTION_FEATURES: tuple[str, ...] = (
-    "actual_apy",
-    "actual_tvl",
-    "rolling_apy_7d",
-    "rolling_apy_30d",
-    "stddev_apy_7d",
-    "stddev_apy_30d",
-    "apy_delta_today_yesterday",
-    "apy_lag_1",
-    "apy_lag_3",
-    "apy_lag_7",
+    *(c for c in FEATURE_COLUMNS if c not in _LEFT_OUT),
     *DERIVED,
 )
 
