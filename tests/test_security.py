@@ -410,13 +410,9 @@ def test_db_grant_on_the_embedded_store_says_why_not(tmp_path: Path) -> None:
 # -- TLS -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tls_server(pg_url: str, tmp_path: Path) -> Iterator[Path]:
-    """Turn TLS on for the test server with a throwaway CA-less self-signed certificate."""
-    data = Path(os.environ.get("POOLCAST_TEST_PG_DATA", ""))
-    if not data.is_dir():
-        pytest.fail("POOLCAST_TEST_PG_DATA unset: run under scripts/with-postgres.sh")
-    cert, key = data / "poolcast-test.crt", data / "poolcast-test.key"
+def _self_signed(cert: Path, key: Path, common_name: str, *extensions: str) -> None:
+    """A throwaway one-day self-signed certificate and its unencrypted key."""
+    extra = [arg for ext in extensions for arg in ("-addext", ext)]
     subprocess.run(
         [
             "openssl",
@@ -428,9 +424,8 @@ def tls_server(pg_url: str, tmp_path: Path) -> Iterator[Path]:
             "-days",
             "1",
             "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
+            f"/CN={common_name}",
+            *extra,
             "-keyout",
             str(key),
             "-out",
@@ -439,6 +434,16 @@ def tls_server(pg_url: str, tmp_path: Path) -> Iterator[Path]:
         check=True,
         capture_output=True,
     )
+
+
+@pytest.fixture
+def tls_server(pg_url: str, tmp_path: Path) -> Iterator[Path]:
+    """Turn TLS on for the test server with a throwaway CA-less self-signed certificate."""
+    data = Path(os.environ.get("POOLCAST_TEST_PG_DATA", ""))
+    if not data.is_dir():
+        pytest.fail("POOLCAST_TEST_PG_DATA unset: run under scripts/with-postgres.sh")
+    cert, key = data / "poolcast-test.crt", data / "poolcast-test.key"
+    _self_signed(cert, key, "127.0.0.1", "subjectAltName=IP:127.0.0.1")
     key.chmod(0o600)
     if os.geteuid() == 0:
         import shutil
@@ -499,26 +504,7 @@ def test_sslmode_is_honoured(pg_url: str, tls_server: Path, tmp_path: Path) -> N
     # A certificate we do not trust is refused at once (no retry: it will not get better).
     other = tmp_path / "other"
     other.mkdir()
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=someone-else",
-            "-keyout",
-            str(other / "k"),
-            "-out",
-            str(other / "c"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _self_signed(other / "c", other / "k", "someone-else")
     with pytest.raises(StoreError, match="certificate") as err:
         open_store(f"{pg_url}?sslmode=verify-full&sslrootcert={other / 'c'}")
     assert type(err.value) is StoreError
