@@ -178,3 +178,20 @@ def daily_store(
 ) -> Iterator[tuple[Store, Settings]]:
     """A private copy of the store after two daily runs (yesterday's forecasts scored)."""
     yield from _template_copy(request, demo_template, "daily", tmp_path)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """``gcp-storage-emulator`` in this process on a free port: the GCS JSON API that the real
+    google-cloud-storage client talks to (``STORAGE_EMULATOR_HOST``). Yields its URL."""
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("google.cloud.storage")
-emulator = pytest.importorskip("gcp_storage_emulator.server")
 
 from typer.testing import CliRunner  # noqa: E402
 
@@ -29,24 +27,9 @@ PROJECT = "acme-test"
 BUCKET = gcs.code_bucket(PROJECT)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_server():
-    port = _free_port()
-    server = emulator.create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def client(gcs_server, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+def client(gcs_emulator, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
     c = gcs.make_client(PROJECT)
     bucket = c.bucket(BUCKET)
     if bucket.exists():

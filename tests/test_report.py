@@ -176,6 +176,31 @@ def test_cli_writes_the_report(daily_store: tuple[Store, Settings], tmp_path: Pa
     assert backtest_from_file(bt) == data["backtest"]
 
 
+def test_reads_the_model_where_the_run_saved_it_on_gcs(
+    daily_store: tuple[Store, Settings], gcs_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Dataproc the forecast run records a ``gs://`` model: the report reads it from there."""
+    from poolcast.deploy.gcs import make_client
+    from poolcast.forecast import ForecastModel
+    from poolcast.report import _model
+
+    store, settings = daily_store
+    data = collect(store, settings)
+    local = data["model"]  # collect() moves the model's backtest to the top level
+    assert local["importance"] and data["backtest"]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    client = make_client("acme")
+    if client.lookup_bucket("acme-report-models") is None:  # one emulator for the session
+        client.create_bucket("acme-report-models")
+    where = ForecastModel.load(local["path"]).save("gs://acme-report-models/models")
+    remote = _model({"details": {"model": where, "model_version": local["version"]}})
+    assert remote["path"] == where and "note" not in remote
+    assert remote["importance"] == local["importance"] and remote["backtest"] == data["backtest"]
+    missing = _model({"details": {"model": "gs://acme-report-models/nothing-here"}})
+    assert "importance" not in missing
+    assert missing["note"].startswith("model files not readable at gs://acme-report-models/")
+
+
 def test_empty_store_writes_nothing(store: Store, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     url = store.url

@@ -211,23 +211,25 @@ def _errors(store: Store, day: dt.date) -> dict[str, Any]:
 
 def _model(run: dict[str, Any] | None) -> dict[str, Any]:
     """The current model (the latest successful forecast run's): feature importance of its
-    next-day booster, and the backtest its metadata carries."""
+    next-day booster, and the backtest its metadata carries. The artifact is read where the run
+    saved it: a local folder or ``gs://`` (``ForecastModel.load``)."""
+    from poolcast.forecast import ForecastModel
+
     if run is None:
         return {"note": "no successful forecast run recorded"}
     location = str(run["details"].get("model") or "")
     out: dict[str, Any] = {"path": location, "version": run["details"].get("model_version")}
-    folder = Path(location)
-    if not location or location.startswith("gs://") or not folder.exists():
-        out["note"] = f"model files not found here ({location or 'no path recorded'})"
+    if not location:
+        out["note"] = "model files not found (no path recorded)"
         return out
-    booster_file = next(
-        (folder / n for n in ("h1.txt", "model.txt") if (folder / n).is_file()),
-        folder if folder.is_file() else None,
-    )
-    if booster_file is not None:
-        import lightgbm as lgb
-
-        booster = lgb.Booster(model_file=str(booster_file))
+    try:
+        model = ForecastModel.load(location)
+    except Exception as exc:  # noqa: BLE001 - a report is written without the model's part
+        out["note"] = f"model files not readable at {location}: {_first_line(exc)}"
+        return out
+    horizon = min(model.horizons_, key=lambda h: _horizon_order(str(h)), default=None)
+    booster = model.horizons_[horizon].booster_ if horizon is not None else None
+    if booster is not None:
         gains = booster.feature_importance(importance_type="gain")
         total = float(sum(gains)) or 1.0
         names = booster.feature_name()
@@ -235,19 +237,20 @@ def _model(run: dict[str, Any] | None) -> dict[str, Any]:
             ([name, float(g) / total] for name, g in zip(names, gains, strict=True)),
             key=lambda item: -item[1],
         )
-        out["importance_of"] = booster_file.name
-    meta_file = folder / "metadata.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        backtest = meta.get("backtest")
-        if isinstance(backtest, dict):
-            out["backtest"] = [
-                {"horizon": str(h), "mae": _num(b.get("mae")),
-                 "naive_mae": _num(b.get("naive_mae")), "n": b.get("n")}
-                for h, b in sorted(backtest.items(), key=lambda kv: _horizon_order(kv[0]))
-                if isinstance(b, dict) and b.get("mae") is not None
-            ]
+        out["importance_of"] = f"h{horizon}.txt"
+    backtest = model.backtest_
+    if isinstance(backtest, dict):
+        out["backtest"] = [
+            {"horizon": str(h), "mae": _num(b.get("mae")),
+             "naive_mae": _num(b.get("naive_mae")), "n": b.get("n")}
+            for h, b in sorted(backtest.items(), key=lambda kv: _horizon_order(kv[0]))
+            if isinstance(b, dict) and b.get("mae") is not None
+        ]
     return out
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _horizon_order(h: str) -> float:
