@@ -21,33 +21,33 @@ import pyarrow.compute as pc
 
 from poolcast.spec import FILL_LIMIT_DAYS, HISTORY_DAYS
 from poolcast.store import Store
-from poolcast.store.queries import read_snapshots, window_bounds
+from poolcast.store.queries import window_bounds
 
 # The last day a metrics run wrote (forecast-only rows have no is_observed).
 LAST_METRICS_DAY_SQL = """
 SELECT max(date) AS day FROM pool_daily_metrics WHERE is_observed IS NOT NULL
 """
 
-# Active pools with a snapshot inside the lookback window but before the context: their grid
-# starts earlier than the context, which the local grid must know (see `_anchors`).
-EARLIER_POOLS_SQL = """
-SELECT p.pool_id
-FROM pools AS p
-WHERE p.is_active AND EXISTS (
-    SELECT 1 FROM raw_defillama_pool_history AS h
-    WHERE h.pool_id = p.pool_id AND h.timestamp >= $1 AND h.timestamp < $2
-)
-"""
-
-
-# Pools a window cannot bring up to date: no metrics rows yet (a new pool arrives with its whole
-# history), or rows that stop before the window while new snapshots extend their grid (a pool that
-# paused for more than the fill limit and reports again). They are recomputed over the whole
-# lookback; they are few on a normal day.
-# $1/$2: lookback [start, end) timestamps, $3: the day before `since`, $4: as_of, $5: fill limit.
-CATCH_UP_SQL = """
+# The snapshots an incremental run reads, one statement that both engines run (the local engine
+# through the store, the Spark engine as a JDBC subquery split by pool), so the pools it treats as
+# catch-up are decided once, in the same snapshot of the data as the rows themselves:
+#
+# * catch-up pools, every snapshot in the lookback window: no metrics rows yet (a new pool arrives
+#   with its whole history), or rows that stop before the window while new snapshots extend their
+#   grid (a pool that paused for more than the fill limit and reports again). Few on a normal day.
+# * every other pool, its snapshots from the context day on, plus one empty "anchor" snapshot the
+#   day before the context for a pool with earlier snapshots in the lookback window: a full run's
+#   grid for it starts before the context, and without the anchor the windowed grid would start at
+#   its first snapshot inside the context and miss rows (all-NULL days) a full run has. An anchor
+#   has no APY, so it is neither observed nor forward-filled.
+#
+# ``catch_up`` says which is which (the rows a run keeps, see ``keep_rows``). Parameters are
+# timestamps, dates and one integer only (a JDBC subquery inlines them; see ``window_params``):
+# $1/$2 lookback [start, end), $3 the day before `since`, $4 as_of, $5 fill limit, $6 context
+# start, $7 the anchor's timestamp (the day before the context).
+WINDOW_SNAPSHOTS_SQL = """
 WITH snaps AS (
-    SELECT h.pool_id, max(h.timestamp) AS last_ts
+    SELECT h.pool_id, min(h.timestamp) AS first_ts, max(h.timestamp) AS last_ts
     FROM raw_defillama_pool_history AS h
     JOIN pools AS p ON p.pool_id = h.pool_id
     WHERE p.is_active AND h.timestamp >= $1 AND h.timestamp < $2
@@ -59,20 +59,40 @@ computed AS (
     WHERE is_observed IS NOT NULL
     GROUP BY pool_id
 ),
-catch_up AS (
-    SELECT s.pool_id
+active AS (
+    SELECT s.pool_id,
+           s.first_ts,
+           (c.last_row IS NULL
+            OR (c.last_row < $3
+                AND least(CAST($4 AS DATE), CAST(s.last_ts AS DATE) + CAST($5 AS INTEGER))
+                    > c.last_row)) AS catch_up
     FROM snaps AS s LEFT JOIN computed AS c ON c.pool_id = s.pool_id
-    WHERE c.last_row IS NULL
-       OR (c.last_row < $3
-           AND least(CAST($4 AS DATE), CAST(s.last_ts AS DATE) + CAST($5 AS INTEGER)) > c.last_row)
 )
 SELECT h.pool_id,
        h.timestamp,
        CAST(h.raw_json_data->>'apy' AS DOUBLE PRECISION) AS apy,
-       CAST(h.raw_json_data->>'tvlUsd' AS DOUBLE PRECISION) AS tvl_usd
+       CAST(h.raw_json_data->>'tvlUsd' AS DOUBLE PRECISION) AS tvl_usd,
+       a.catch_up
 FROM raw_defillama_pool_history AS h
-JOIN catch_up AS u ON u.pool_id = h.pool_id
-WHERE h.timestamp >= $1 AND h.timestamp < $2
+JOIN active AS a ON a.pool_id = h.pool_id
+WHERE NOT a.catch_up AND h.timestamp >= $6 AND h.timestamp < $2
+UNION ALL
+SELECT h.pool_id,
+       h.timestamp,
+       CAST(h.raw_json_data->>'apy' AS DOUBLE PRECISION) AS apy,
+       CAST(h.raw_json_data->>'tvlUsd' AS DOUBLE PRECISION) AS tvl_usd,
+       a.catch_up
+FROM raw_defillama_pool_history AS h
+JOIN active AS a ON a.pool_id = h.pool_id
+WHERE a.catch_up AND h.timestamp >= $1 AND h.timestamp < $2
+UNION ALL
+SELECT a.pool_id,
+       CAST($7 AS TIMESTAMP) AS timestamp,
+       CAST(NULL AS DOUBLE PRECISION) AS apy,
+       CAST(NULL AS DOUBLE PRECISION) AS tvl_usd,
+       a.catch_up
+FROM active AS a
+WHERE NOT a.catch_up AND a.first_ts < $6
 """
 
 
@@ -103,47 +123,30 @@ def recompute_window(store: Store, as_of: dt.date, lookback_days: int) -> Recomp
     return RecomputeWindow(since, context)
 
 
-def _anchors(store: Store, window: RecomputeWindow, as_of: dt.date, lookback_days: int) -> pa.Table:
-    """One empty snapshot the day before the context for each pool with earlier snapshots.
-
-    A full run's grid for such a pool starts before the context; without the anchor the local grid
-    would start at its first snapshot inside the context and miss rows (all-NULL days) a full run
-    has. An anchor has no APY, so it is neither observed nor forward-filled.
-    """
-    start, _ = window_bounds(as_of, lookback_days)
+def window_params(window: RecomputeWindow, as_of: dt.date, lookback_days: int) -> list[object]:
+    """``WINDOW_SNAPSHOTS_SQL``'s parameters: dates, timestamps and one integer (no text)."""
+    start, end = window_bounds(as_of, lookback_days)
     context = dt.datetime.combine(window.context, dt.time())
-    pools = store.fetch_arrow(EARLIER_POOLS_SQL, [start, context]).column("pool_id")
-    day_before = context - dt.timedelta(days=1)
-    return pa.table(
-        {
-            "pool_id": pa.array(pools, pa.string()),
-            "timestamp": pa.array([day_before] * len(pools), pa.timestamp("us")),
-            "apy": pa.nulls(len(pools), pa.float64()),
-            "tvl_usd": pa.nulls(len(pools), pa.float64()),
-        }
-    )
+    return [
+        start,
+        end,
+        window.since - dt.timedelta(days=1),
+        as_of,
+        FILL_LIMIT_DAYS,
+        context,
+        context - dt.timedelta(days=1),
+    ]
 
 
 def read_window_snapshots(
     store: Store, window: RecomputeWindow, as_of: dt.date, lookback_days: int
 ) -> tuple[pa.Table, pa.Array]:
-    """The snapshots the window needs, and the pools whose rows must all be kept.
-
-    Most pools: snapshots from the context day to ``as_of`` plus a grid anchor. Catch-up pools
-    (see ``CATCH_UP_SQL``): every snapshot in the lookback window.
-    """
-    start, end = window_bounds(as_of, lookback_days)
-    since_eve = window.since - dt.timedelta(days=1)
-    catch_up = store.fetch_arrow(CATCH_UP_SQL, [start, end, since_eve, as_of, FILL_LIMIT_DAYS])
-    days = (as_of - window.context).days + 1
-    snapshots = read_snapshots(store, as_of, days)
-    anchors = _anchors(store, window, as_of, lookback_days)
-    parts = [snapshots, anchors.cast(snapshots.schema)]
-    pools = pc.unique(catch_up.column("pool_id").combine_chunks())
-    if len(pools):
-        parts = [t.filter(pc.invert(pc.is_in(t.column("pool_id"), pools))) for t in parts]
-        parts.append(catch_up.cast(snapshots.schema))
-    return pa.concat_tables(parts), pools
+    """The snapshots the window needs (``WINDOW_SNAPSHOTS_SQL``), and the catch-up pools, whose
+    rows must all be kept."""
+    table = store.fetch_arrow(WINDOW_SNAPSHOTS_SQL, window_params(window, as_of, lookback_days))
+    flags = table.column("catch_up")
+    pools = pc.unique(table.column("pool_id").filter(pc.fill_null(flags, False)).combine_chunks())
+    return table.drop_columns(["catch_up"]), pools
 
 
 def keep_rows(metrics: pa.Table, window: RecomputeWindow, catch_up: pa.Array) -> pa.Table:
