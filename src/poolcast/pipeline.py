@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,6 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
     """Step 7: the daily grid and its rolling metrics for every active pool, merged in one go."""
     store.require_schema()
     if settings.engine == "spark":
-        if settings.incremental:
-            raise ValueError("--incremental runs on the local engine; drop --engine spark")
         from poolcast.engines import spark
 
         return spark.metrics_stage(store, settings)
@@ -142,9 +141,35 @@ def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
     return written
 
 
-def _recent_model(settings: Settings, model: str, panel: pa.Table) -> Path | None:
-    """In the daily (incremental) mode, the newest saved ``model`` artifact in ``model_dir`` whose
-    training data ends at most ``retrain_days`` before the panel's latest observed day."""
+def _saved_metadata(model_dir: str, model: str) -> Iterator[tuple[str, str]]:
+    """(artifact location, metadata.json text) of each saved ``model`` artifact directly under
+    ``model_dir``: a local folder or a ``gs://bucket/prefix`` (where the Dataproc jobs save)."""
+    base = str(model_dir).rstrip("/")
+    if not base.startswith("gs://"):
+        for meta_file in Path(base).glob(f"{model}-*/metadata.json"):
+            try:
+                yield str(meta_file.parent), meta_file.read_text()
+            except OSError:
+                continue
+        return
+    from poolcast.forecast import _gcs_client, _split_gs
+
+    bucket, prefix = _split_gs(base)
+    lead = f"{prefix}/" if prefix else ""
+    client = _gcs_client()
+    for blob in client.list_blobs(bucket, prefix=f"{lead}{model}-"):
+        name = blob.name[len(lead) :]
+        folder, _, file = name.partition("/")
+        if file == "metadata.json":
+            yield f"gs://{bucket}/{lead}{folder}", blob.download_as_bytes().decode()
+
+
+def _recent_model(
+    settings: Settings, model: str, panel: pa.Table, model_dir: str | None = None
+) -> str | None:
+    """In the daily (incremental) mode, the newest saved ``model`` artifact in ``model_dir``
+    (default ``settings.model_dir``) whose training data ends at most ``retrain_days`` before the
+    panel's latest observed day. Both engines use this rule, each in its own model folder."""
     if not settings.incremental or settings.retrain_days <= 0:
         return None
     import json
@@ -155,16 +180,16 @@ def _recent_model(settings: Settings, model: str, panel: pa.Table) -> Path | Non
     if observed.num_rows == 0:
         return None
     latest = pc.max(observed.column("date")).as_py()
-    best: tuple[str, Path] | None = None
-    for meta_file in Path(settings.model_dir).glob(f"{model}-*/metadata.json"):
+    best: tuple[str, str] | None = None
+    for location, text in _saved_metadata(model_dir or settings.model_dir, model):
         try:
-            meta = json.loads(meta_file.read_text())
+            meta = json.loads(text)
             end = dt.date.fromisoformat(meta["horizons"]["1"]["train_window"][1])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue  # not an artifact we can judge: train instead
         if meta.get("model") == model and (latest - end).days <= settings.retrain_days:
             if best is None or end.isoformat() > best[0]:
-                best = (end.isoformat(), meta_file.parent)
+                best = (end.isoformat(), location)
     return best[1] if best else None
 
 

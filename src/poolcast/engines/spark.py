@@ -19,7 +19,6 @@ import random
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -34,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column as SparkColumn
     from pyspark.sql import DataFrame, SparkSession
 
+    from poolcast.incremental import RecomputeWindow
     from poolcast.pipeline import StageResult
 
 SYNAPSEML_VERSION = "1.1.3"
@@ -222,17 +222,51 @@ def _exchange(spark: SparkSession, store: Store, settings: Settings) -> Any:
     )
 
 
-def read_inputs(exchange: Any, as_of: dt.date, lookback_days: int) -> tuple[DataFrame, DataFrame]:
-    """The same statements the local engine reads, partitioned by pool over JDBC."""
-    start, end = window_bounds(as_of, lookback_days)
-    snapshots = exchange.read_query(
-        SNAPSHOTS_SQL, [start, end], name="snapshots", partition_by_pool=True
-    )
+def read_inputs(
+    exchange: Any, as_of: dt.date, lookback_days: int, window: RecomputeWindow | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """The same statements the local engine reads, partitioned by pool over JDBC.
+
+    With a ``window`` (the daily mode), the snapshots are ``incremental.WINDOW_SNAPSHOTS_SQL``'s:
+    the context, the grid anchors and the catch-up pools' whole history, with its ``catch_up``
+    column.
+    """
+    if window is None:
+        start, end = window_bounds(as_of, lookback_days)
+        snapshots = exchange.read_query(
+            SNAPSHOTS_SQL, [start, end], name="snapshots", partition_by_pool=True
+        )
+    else:
+        from poolcast.incremental import WINDOW_SNAPSHOTS_SQL, window_params
+
+        snapshots = exchange.read_query(
+            WINDOW_SNAPSHOTS_SQL,
+            window_params(window, as_of, lookback_days),
+            name="snapshots",
+            partition_by_pool=True,
+        )
     market_end = as_of + dt.timedelta(days=1)
     market = exchange.read_query(
         MARKET_SQL, [dt.datetime.combine(market_end, dt.time()), market_end], name="market"
     )
     return snapshots, market
+
+
+def keep_rows(metrics: DataFrame, snapshots: DataFrame, window: RecomputeWindow) -> DataFrame:
+    """``incremental.keep_rows`` on Spark: the rows from ``since`` on, and every row of the
+    catch-up pools (flagged in the window's ``snapshots``)."""
+    from pyspark.sql import functions as F
+
+    catch_up = (
+        snapshots.where(F.col("catch_up"))
+        .select("pool_id")
+        .distinct()
+        .withColumn("_catch_up", F.lit(True))
+    )
+    kept = metrics.join(F.broadcast(catch_up), "pool_id", "left").where(
+        (F.col("date") >= F.lit(window.since)) | F.col("_catch_up").isNotNull()
+    )
+    return kept.select(*metrics.columns)
 
 
 @contextlib.contextmanager
@@ -271,10 +305,20 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
             from pyspark.sql import functions as F
 
             as_of = _as_of(store, settings)
-            snapshots, market = read_inputs(exchange, as_of, settings.lookback_days)
+            window = None
+            if settings.incremental:
+                from poolcast.incremental import recompute_window
+
+                window = recompute_window(store, as_of, settings.lookback_days)
+            snapshots, market = read_inputs(exchange, as_of, settings.lookback_days, window)
             snapshots, market = snapshots.cache(), market.cache()
             rows_read = snapshots.count() + market.count()
-            metrics = compute_metrics(spark, snapshots, market, as_of).cache()
+            if window is None:
+                metrics = compute_metrics(spark, snapshots, market, as_of)
+            else:
+                metrics = compute_metrics(spark, snapshots.drop("catch_up"), market, as_of)
+                metrics = keep_rows(metrics, snapshots, window)
+            metrics = metrics.cache()
             summary = metrics.agg(
                 F.count("*"), F.countDistinct("pool_id"), F.countDistinct("date")
             ).collect()[0]
@@ -292,6 +336,7 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
         "pools": summary[1],
         "days": summary[2],
         "rows": summary[0],
+        **({"since": window.since.isoformat()} if window is not None else {}),
         "session_s": round(session_s, 2),
         "read_compute_s": round(compute_s, 2),
         **{k.replace(":", "_") + "_s": round(v, 2) for k, v in timings.items() if "read" not in k},
@@ -545,6 +590,12 @@ def forecast_panel(exchange: Any, settings: Settings, horizon: int = 30) -> tupl
     return panel, panel.num_rows
 
 
+def spark_model_dir(settings: Settings) -> str:
+    """Where the Spark engine saves its models: ``<model_dir>/spark``, a local folder or a
+    ``gs://`` prefix (joined as text: ``Path`` would fold ``gs://`` into ``gs:/``)."""
+    return f"{str(settings.model_dir).rstrip('/')}/spark"
+
+
 def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
     """Step 11 on Spark: features from the spec, SynapseML LightGBM, staging + one merge.
 
@@ -553,7 +604,7 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     ``forecasts``, in one transaction.
     """
     from poolcast.forecast import FORECASTS_KEY, ForecastModel, forecast_table
-    from poolcast.pipeline import StageResult, new_run_id, write_forecasts
+    from poolcast.pipeline import StageResult, _recent_model, new_run_id, write_forecasts
 
     started = time.perf_counter()
     result = StageResult("forecast", "spark", new_run_id())
@@ -563,14 +614,19 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     with _exchange(spark, store, settings) as exchange:
         with _step("forecast", "reading the panel"):
             panel, n_read = forecast_panel(exchange, settings)
-        model_path = getattr(settings, "model_path", None)
+        # The daily mode reuses a recent Spark-trained model (pipeline._recent_model's rule,
+        # in this engine's own folder); otherwise train and save.
+        model_dir = spark_model_dir(settings)
+        model_path = settings.model_path or _recent_model(settings, model, panel, model_dir)
+        trained = not model_path
         if model_path:
-            fitted = ForecastModel.load(model_path)
+            with _step("forecast", "loading the model"):
+                fitted = ForecastModel.load(model_path)
         else:
             with _step("forecast", "training"):
                 fitted = spark_forecast_model(exchange, settings, model).fit(panel)
             with _step("forecast", "saving the model"):
-                model_path = fitted.save(str(Path(settings.model_dir) / "spark"))
+                model_path = fitted.save(model_dir)
         with _step("forecast", "predicting"):
             forecasts = forecast_table(fitted, panel)
             horizons = fitted.forecasts(panel)
@@ -587,6 +643,7 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
         "train_rows": one.n_train_,
         "model": str(model_path),
         "model_version": fitted.version_,
+        "trained": trained,
         "session_s": round(session_s, 2),
         "synapseml_fits": sum(
             len(getattr(f, "synapse_fits_", [])) for f in fitted.horizons_.values()
