@@ -2,7 +2,8 @@
 
 The batch passes settings as driver environment variables (``DB_HOST``, ``DB_NAME``,
 ``DB_USER``, ``DB_PASSWORD_SECRET``, ``TRAIN_DAYS``, ...; see ``poolcast.deploy.dataproc``) and
-optionally as arguments. The password is read from Secret Manager into the driver's environment
+optionally as arguments, named as the CLI's (``--incremental`` is the daily mode, as in ``poolcast
+run --incremental``). The password is read from Secret Manager into the driver's environment
 (:func:`poolcast.deploy.secret_env.load_db_password`), never from an argument.
 
 Exit status: 0 on success, 1 when the stage failed (the batch is then FAILED, and the message
@@ -27,6 +28,14 @@ def parse_args(kind: str, argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--lookback-days", type=int, help="days of history (metrics)")
     p.add_argument("--train-days", type=int, help="training window (forecast)")
     p.add_argument("--model-dir", help="where the forecast model is saved (a gs:// URI works)")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        default=None,
+        help="daily mode, as `poolcast run --incremental`: metrics recompute only the days that "
+        "can change; forecast reuses a model trained at most POOLCAST_RETRAIN_DAYS before "
+        "[env: POOLCAST_INCREMENTAL]",
+    )
     return p.parse_args(list(argv))
 
 
@@ -47,6 +56,7 @@ def main(kind: str, argv: Sequence[str] | None = None) -> int:
         lookback_days=args.lookback_days,
         train_days=args.train_days,
         model_dir=args.model_dir,
+        incremental=args.incremental,
     )
     # These scripts are Dataproc's entry points: never fall back to a local master there.
     if settings.spark.environment is None:
