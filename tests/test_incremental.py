@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spark_support import spark_fixture  # noqa: F401 - the `spark` session fixture
 
 from poolcast.incremental import recompute_window
 from poolcast.pipeline import metrics_stage
@@ -200,3 +201,60 @@ def test_window_reads_only_the_history_the_windows_need(store: Store) -> None:
     assert window.context == as_of - dt.timedelta(days=HISTORY_DAYS)
     # A lookback shorter than the context: the whole window is the context, a full run.
     assert recompute_window(store, as_of, HISTORY_DAYS) is None
+
+
+# -- the daily mode on the Spark engine ----------------------------------------------------------
+def _spark_history() -> list[tuple[str, dt.datetime, float, float]]:
+    """Pools that exercise every path of a window: history before the context (grid anchors),
+    gaps, a late snapshot of the last computed day, a pool that pauses past the fill limit and
+    reports again in the new batch, and a pool that arrives with its whole history."""
+    rows = []
+
+    def at(day: int, hour: int = 23) -> dt.datetime:
+        return dt.datetime.combine(START + dt.timedelta(days=day), dt.time(hour))
+
+    for i in range(131):  # values with long binary expansions: the bits are what is compared
+        rows.append(("steady", at(i), 4.0 + (i * 0.37) % 3.1 + i / 7, 1e6 + i * 13.3))
+        if i % 3 == 0:
+            rows.append(("gappy", at(i), 9.0 - (i * 0.61) % 2.3, 5e5 - i * 7.1))
+        if i <= 30 or i >= 129:
+            rows.append(("paused", at(i), 2.0 + i / 9, 3e5))
+        if i >= 90:
+            rows.append(("new", at(i), 6.0 + (i * 0.29) % 1.7, 2e5 + i))
+    rows.append(("steady", at(128, 11), 1.23, 999.0))  # the 23:00 one arrives with the next batch
+    return rows
+
+
+@pytest.mark.spark
+def test_spark_incremental_equals_a_spark_full_rebuild(
+    spark: object, store_kind: tuple[str, str | None], tmp_path: Path
+) -> None:
+    """Spark's daily mode: after a new batch of snapshots, the table equals a full Spark rebuild
+    bit for bit (rows, NULLs, every float's bits), and a rerun writes nothing."""
+    kind, base = store_kind
+    rows = _spark_history()
+    cut = dt.datetime.combine(START + dt.timedelta(days=128), dt.time(12))
+    full_settings = Settings(lookback_days=LOOKBACK, engine="spark")
+    daily = full_settings.model_copy(update={"incremental": True})
+    incremental, full = _open_new(kind, tmp_path, base), _open_new(kind, tmp_path, base)
+    try:
+        _write_snapshots(incremental, [r for r in rows if r[1] < cut and r[0] != "new"])
+        metrics_stage(incremental, full_settings)
+        _write_snapshots(incremental, rows)
+        result = metrics_stage(incremental, daily)
+        assert result.engine == "spark"
+        assert result.details["since"] == "2024-05-08"  # the last computed day (day 128)
+        # The window's rows plus the catch-up pools' whole grids, not every row.
+        assert result.details["rows"] < _count(incremental) - 100
+        _write_snapshots(full, rows)
+        metrics_stage(full, full_settings)
+        assert _metrics(incremental) == _metrics(full)
+        assert metrics_stage(incremental, daily).rows_written == 0
+    finally:
+        incremental.close()
+        full.close()
+
+
+def _count(store: Store) -> int:
+    n = store.fetch_arrow("SELECT count(*) AS n FROM pool_daily_metrics").column("n")[0]
+    return int(n.as_py())
