@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -351,7 +352,7 @@ def _fuzz_once(
 
 
 @hsettings(
-    max_examples=40,
+    max_examples=int(os.environ.get("POOLCAST_TEST_FUZZ_EXAMPLES", "40")),  # more for a campaign
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
