@@ -193,29 +193,58 @@ def _chunk(
     lo: int,
     hi: int,
     code: np.ndarray,
-    day: np.ndarray,
+    stamp: np.ndarray,
     apy: np.ndarray,
     tvl: np.ndarray,
-    first: np.ndarray,
-    end: np.ndarray,
+    as_of_day: int,
     market: tuple[int, dict[str, np.ndarray]],
-) -> dict[str, np.ndarray]:
-    """Metrics of pools ``lo..hi-1`` (daily rows ``code``/``day``, sorted by pool)."""
-    origin = int(first[lo:hi].min())
-    width = max(int(end[lo:hi].max()) - origin + 1, 1)
-    rows, cols = code - lo, day - origin
+) -> dict[str, np.ndarray] | None:
+    """Metrics of pools ``lo..hi-1`` from their snapshots in input order (``code``: pool codes).
+
+    No sort: each snapshot goes to its (pool, day) cell; the few cells with several snapshots keep
+    the latest one (of equal timestamps the later input row, as a stable sort by time would).
+    """
+    pools = hi - lo
+    rows = code.astype(np.int64) - lo
+    day = stamp // _US_PER_DAY
+    late = day > as_of_day  # outside every grid, but the pool's grid then reaches as_of
+    late_pool = np.zeros(pools, bool)
+    if late.any():
+        late_pool[rows[late]] = True
+        keep = ~late
+        rows, stamp, day, apy, tvl = rows[keep], stamp[keep], day[keep], apy[keep], tvl[keep]
+    if not len(rows):
+        return None
+    origin = int(day.min())
+    cols = day - origin
+    data_width = int(cols.max()) + 1
+    cell = rows * data_width + cols
+    counts = np.bincount(cell, minlength=pools * data_width)
+    seen = counts.reshape(pools, data_width) > 0
+    present = seen.any(axis=1)
+    first = seen.argmax(axis=1)
+    last = data_width - 1 - seen[:, ::-1].argmax(axis=1)
+    horizon = as_of_day - origin
+    end = np.where(late_pool, horizon, np.minimum(horizon, last + FILL_LIMIT_DAYS))
+    width = int(end[present].max()) + 1
+    del seen
+    pick = _latest_per_cell(counts[cell] > 1, cell, stamp)
+    del counts, cell
+    if pick is not None:
+        rows, cols, apy, tvl = rows[pick], cols[pick], apy[pick], tvl[pick]
+    at = rows * width + cols
     matrices = {
-        "apy": np.full((hi - lo, width), np.nan),
-        "tvl_usd": np.full((hi - lo, width), np.nan),
+        "apy": np.full((pools, width), np.nan),
+        "tvl_usd": np.full((pools, width), np.nan),
     }
-    matrices["apy"][rows, cols] = apy
-    matrices["tvl_usd"][rows, cols] = tvl
+    matrices["apy"].ravel()[at] = apy
+    matrices["tvl_usd"].ravel()[at] = tvl
     observed = ~np.isnan(matrices["apy"])
     memo: dict = {}
     for c in METRICS:
         matrices[c.name] = compile_column(c)(matrices, origin, memo)
-    t = np.arange(width) + origin
-    in_grid = (t >= first[lo:hi, None]) & (t <= end[lo:hi, None])
+    t = np.arange(width)
+    in_grid = (t >= first[:, None]) & (t <= end[:, None]) & present[:, None]
     flat = np.flatnonzero(in_grid)  # one scan of the mask, then plain takes per column
     pool_idx, day_idx = np.divmod(flat, width)
     out = {"code": pool_idx + lo, "day": day_idx + origin}
@@ -234,56 +263,59 @@ def _chunk(
     return out
 
 
+def _latest_per_cell(shared: np.ndarray, cell: np.ndarray, stamp: np.ndarray) -> np.ndarray | None:
+    """Rows to keep when some cells hold several snapshots (``shared``): every other row, and of
+    each shared cell its latest snapshot, the later row on equal timestamps. None: keep all."""
+    dup = np.flatnonzero(shared)
+    if not len(dup):
+        return None
+    dup = dup[np.lexsort((stamp[dup], cell[dup]))]  # stable: equal stamps stay in input order
+    cells = cell[dup]
+    last = np.ones(len(dup), bool)
+    last[:-1] = cells[1:] != cells[:-1]
+    return np.concatenate([np.flatnonzero(~shared), dup[last]])
+
+
 def compute_metrics(
     snapshots: pa.Table, market: pa.Table, as_of: dt.date, *, threads: int | None = None
 ) -> pa.Table:
-    """Step 7 for every pool: the same rows, columns and order as the SQL definition in local.py."""
+    """Step 7 for every pool: the same rows, columns and order as the SQL definition in local.py.
+
+    Serial work is one dictionary encoding of pool_id and one linear-time partition of the rows
+    by chunk of pool codes; everything else (gathering a chunk's rows, the daily de-duplication,
+    the windows, Arrow output) runs per chunk on the threads.
+    """
     as_of_day = (as_of - _EPOCH).days
+    columns = [c.name for c in METRICS] + [m.name for m in MARKET]
     if not snapshots.num_rows:
-        return _empty([c.name for c in METRICS] + [m.name for m in MARKET])
+        return _empty(columns)
     encoded = pc.dictionary_encode(snapshots.column("pool_id")).combine_chunks()
     names = encoded.dictionary
-    rank = np.empty(len(names), np.int64)
-    rank[_numpy(pc.sort_indices(names), pa.uint64()).astype(np.int64)] = np.arange(len(names))
-    code = rank[_numpy(encoded.indices, pa.int64())]
+    rank = np.empty(len(names), np.int32)
+    rank[_numpy(pc.sort_indices(names), pa.uint64()).astype(np.int64)] = np.arange(
+        len(names), dtype=np.int32
+    )
+    code = rank[_numpy(encoded.indices, pa.int32())]  # pool code = rank of pool_id
+    del encoded
     stamp = _numpy(pc.cast(snapshots.column("timestamp"), pa.timestamp("us")), pa.int64())
-    day = stamp // _US_PER_DAY
-    order = _by_pool_and_time(code, stamp)
-    del stamp
-    code, day = code[order], day[order]
-    last = np.ones(len(order), bool)
-    last[:-1] = (code[1:] != code[:-1]) | (day[1:] != day[:-1])
-    order, code, day = order[last], code[last].astype(np.int32), day[last].astype(np.int32)
-    del last
-    apy, tvl = _floats(snapshots.column("apy"))[order], _floats(snapshots.column("tvl_usd"))[order]
-    del order, encoded
-
-    pools = np.unique(code)  # codes of pools with a snapshot, ascending = pool_id order
-    starts = np.searchsorted(code, pools)
-    ends = np.r_[starts[1:], len(code)] - 1
-    first = np.full(len(names), 0, np.int64)
-    end = np.full(len(names), -1, np.int64)
-    first[pools] = day[starts]
-    end[pools] = np.minimum(as_of_day, day[ends] + FILL_LIMIT_DAYS)
-    keep = day <= end[code]  # snapshots after as_of are outside every grid
-    code, day, apy, tvl = code[keep], day[keep], apy[keep], tvl[keep]
+    apy, tvl = _floats(snapshots.column("apy")), _floats(snapshots.column("tvl_usd"))
     market_series = _market_by_day(market, as_of_day)
 
     bounds = [(lo, min(lo + CHUNK_POOLS, len(names))) for lo in range(0, len(names), CHUNK_POOLS)]
-    cuts = np.searchsorted(code, [lo for lo, _ in bounds] + [len(names)])
-
-    columns = [c.name for c in METRICS] + [m.name for m in MARKET]
-    inverse = _inverse(rank)
+    perm, cuts = _partition(code, len(bounds))
+    inverse = _inverse(rank.astype(np.int64))
 
     def run(i: int) -> pa.Table | None:
         """One chunk straight to Arrow, so that only one copy of the output is ever held."""
         lo, hi = bounds[i]
-        a, b = cuts[i], cuts[i + 1]
-        if a == b:
+        rows = slice(cuts[i], cuts[i + 1]) if perm is None else perm[cuts[i] : cuts[i + 1]]
+        out = _chunk(
+            lo, hi, code[rows], stamp[rows], apy[rows], tvl[rows], as_of_day, market_series
+        )
+        if out is None:
             return None
-        out = _chunk(lo, hi, code[a:b], day[a:b], apy[a:b], tvl[a:b], first, end, market_series)
         data: dict[str, pa.Array] = {
-            "pool_id": names.take(_arrow(inverse[out.pop("code")].astype(np.int64))),
+            "pool_id": names.take(_arrow(inverse[out.pop("code")])),
             "date": _arrow(out.pop("day").astype(np.int32), pa.date32()),
         }
         for name in columns:
@@ -295,6 +327,19 @@ def compute_metrics(
     with ThreadPoolExecutor(workers) as pool:
         parts = [t for t in pool.map(run, range(len(bounds))) if t is not None]
     return pa.concat_tables(parts) if parts else _empty(columns)
+
+
+def _partition(code: np.ndarray, chunks: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Rows grouped by chunk of ``CHUNK_POOLS`` pool codes, each group in input order: a stable
+    radix sort of the chunk numbers (linear time), or None when the rows are grouped already.
+    Returns the permutation and the group boundaries."""
+    chunk = code // CHUNK_POOLS
+    cuts = np.zeros(chunks + 1, np.int64)
+    np.cumsum(np.bincount(chunk, minlength=chunks), out=cuts[1:])
+    if np.all(chunk[1:] >= chunk[:-1]):
+        return None, cuts
+    small = chunk.astype(np.int16) if chunks <= np.iinfo(np.int16).max else chunk
+    return np.argsort(small, kind="stable"), cuts
 
 
 def _arrow(values: np.ndarray, type_: pa.DataType | None = None) -> pa.Array:
@@ -312,20 +357,6 @@ def _arrow(values: np.ndarray, type_: pa.DataType | None = None) -> pa.Array:
         return pa.Array.from_buffers(pa.float64(), n, [bitmap, pa.py_buffer(values)], nulls)
     arrow_type = type_ or pa.from_numpy_dtype(values.dtype)
     return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(values)])
-
-
-def _by_pool_and_time(code: np.ndarray, stamp: np.ndarray) -> np.ndarray:
-    """Row order by (pool, timestamp): one integer key when it fits in 63 bits (stores usually
-    return rows in key order already, which this detects), else a lexicographic sort."""
-    if not len(stamp):
-        return np.arange(0)
-    low, span = int(stamp.min()), int(stamp.max()) - int(stamp.min()) + 1
-    if span * (int(code.max()) + 1) >= 2**62:
-        return np.lexsort((stamp, code))
-    key = code * span + (stamp - low)
-    if np.all(key[1:] >= key[:-1]):
-        return np.arange(len(key))
-    return np.argsort(key, kind="stable")
 
 
 def _inverse(rank: np.ndarray) -> np.ndarray:
