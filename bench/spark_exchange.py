@@ -137,7 +137,8 @@ def main() -> None:
             results["to_spark_jdbc_s"] = best(to_spark_jdbc, args.repeat)
             results["from_spark_jdbc_s"] = best(from_spark_jdbc, 1)
         except Exception as exc:  # noqa: BLE001 - report, do not hide
-            results["to_spark_jdbc_error"] = " | ".join(l for l in str(exc).splitlines() if "Exception" in l)[:300]  # type: ignore[assignment]
+            lines = [line for line in str(exc).splitlines() if "Exception" in line]
+            results["to_spark_jdbc_error"] = " | ".join(lines)[:300]  # type: ignore[assignment]
     results["rows"] = args.rows
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in results.items()}))
     spark.stop()
