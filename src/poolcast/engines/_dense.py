@@ -221,7 +221,7 @@ def _chunk(
     cell = rows * data_width + cols
     counts = np.bincount(cell, minlength=pools * data_width)
     seen = counts.reshape(pools, data_width) > 0
-    present = seen.any(axis=1)
+    present = np.asarray(seen.any(axis=1))
     first = seen.argmax(axis=1)
     last = data_width - 1 - seen[:, ::-1].argmax(axis=1)
     horizon = as_of_day - origin
