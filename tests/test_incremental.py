@@ -258,3 +258,45 @@ def test_spark_incremental_equals_a_spark_full_rebuild(
 def _count(store: Store) -> int:
     n = store.fetch_arrow("SELECT count(*) AS n FROM pool_daily_metrics").column("n")[0]
     return int(n.as_py())
+
+
+def test_recent_model_is_found_under_a_gs_model_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dataproc jobs save models under gs://: the daily mode's reuse rule lists them there."""
+    import poolcast.forecast
+    from poolcast.pipeline import _recent_model
+
+    def meta(end: str, model: str = "production") -> bytes:
+        return json.dumps(
+            {"model": model, "horizons": {"1": {"train_window": ["2025-01-01", end]}}}
+        ).encode()
+
+    class Blob:
+        def __init__(self, name: str, data: bytes) -> None:
+            self.name, self.data = name, data
+
+        def download_as_bytes(self) -> bytes:
+            return self.data
+
+    blobs = [
+        Blob("m/spark/production-a/metadata.json", meta("2025-05-30")),
+        Blob("m/spark/production-a/h1.txt", b"tree"),
+        Blob("m/spark/production-b/metadata.json", meta("2025-06-03")),
+        Blob("m/spark/production-c/metadata.json", meta("2025-04-01")),  # too old
+        Blob("m/spark/production-d/metadata.json", b"not json"),
+        Blob("m/spark/production-e/nested/metadata.json", meta("2025-06-04")),
+    ]
+
+    class Client:
+        def list_blobs(self, bucket: str, prefix: str) -> list[Blob]:
+            assert bucket == "bkt"
+            return [b for b in blobs if b.name.startswith(prefix)]
+
+    monkeypatch.setattr(poolcast.forecast, "_gcs_client", Client)
+    panel = pa.table(
+        {"date": pa.array([dt.date(2025, 6, 5)], pa.date32()), "is_observed": [True]}
+    )
+    daily = Settings(incremental=True, retrain_days=7)
+    found = _recent_model(daily, "production", panel, "gs://bkt/m/spark/")
+    assert found == "gs://bkt/m/spark/production-b"
+    assert _recent_model(daily, "plan", panel, "gs://bkt/m/spark") is None
+    assert _recent_model(Settings(retrain_days=7), "production", panel, "gs://bkt/m/spark") is None

@@ -430,6 +430,10 @@ def test_dataproc_entry_point(spark, demo_store, monkeypatch, capsys) -> None:  
     assert main("metrics", ["--store", url, "--lookback-days", "365"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["stage"] == "metrics" and out["engine"] == "spark" and out["details"]["pools"] == 99
+    # The daily mode, flagged as on the CLI: only the last day is recomputed, and nothing changed.
+    assert main("metrics", ["--store", url, "--lookback-days", "365", "--incremental"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["details"]["since"] == out["details"]["as_of"] and out["rows_written"] == 0
     # A failure is exit status 1 with the cause on stderr (the batch is then FAILED).
     assert main("metrics", ["--store", url + ".missing/none.duckdb"]) == 1
     assert "poolcast metrics job failed" in capsys.readouterr().err
@@ -488,3 +492,24 @@ def test_missing_java_is_a_plain_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 1, done.stderr
     assert "Java 17" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
+def test_daily_forecast_on_spark_reuses_a_recent_model(spark, demo_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`run --engine spark --incremental`: the forecast stage loads the newest Spark model trained
+    at most retrain_days before the data (pipeline._recent_model's rule) instead of training."""
+    from poolcast.engines.spark import spark_model_dir
+    from poolcast.pipeline import forecast_stage
+
+    store, settings = demo_store
+    run = settings.model_copy(update={"model_dir": str(tmp_path / "models")})
+    # An artifact where the Spark engine keeps its models, trained by the local engine (a
+    # SynapseML training costs ~30 s here; the rule reads only the artifact's metadata).
+    saved = forecast_stage(store, run.model_copy(update={"model_dir": spark_model_dir(run)}))
+    assert saved.details["trained"] is True
+    daily = run.model_copy(update={"engine": "spark", "incremental": True})
+    reused = forecast_stage(store, daily)
+    assert reused.engine == "spark" and reused.details["trained"] is False
+    assert reused.details["model"] == saved.details["model"]
+    assert reused.details["synapseml_fits"] == 0
+    assert reused.rows_written == 0  # the same model on the same data: nothing changes
