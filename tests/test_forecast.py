@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from poolcast.engines.local import compute_features
 from poolcast.forecast import (
     FORECASTS_KEY,
+    MEAN_REVERSION,
     MODELS,
     Forecaster,
     ForecastModel,
@@ -122,6 +123,63 @@ def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_pat
     assert set(meta["backtest"]) == {"1", "7", "30", "mean7"}
     assert meta["backtest"]["1"]["n"] > 0 and meta["backtest"]["1"]["naive_mae"] > 0
     assert set(meta["tvl"]) == {"1", "7", "30"}
+    # the next day and the 7-day mean blend the 30-day mean too; 7 and 30 days the 7-day mean only
+    assert one["blend_anchors"] == list(MEAN_REVERSION) and len(one["blend_weights"]) == 3
+    assert meta["horizons"]["mean7"]["blend_anchors"] == list(MEAN_REVERSION)
+    assert meta["horizons"]["7"]["blend_anchors"] == ["rolling_apy_7d"]
+    assert one["dead_zone"] <= 0.05  # a wider zone at 1 day only makes ties with naive
+    assert set(meta["derived_features"]) <= set(one["features"])
+
+
+def test_an_artifact_from_before_blend_anchors_loads_with_the_7_day_mean(
+    sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
+) -> None:
+    import json
+
+    path = Path(fitted.save(tmp_path))
+    meta = json.loads((path / "metadata.json").read_text())
+    for h in ("7", "30"):
+        del meta["horizons"][h]["blend_anchors"]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    loaded = ForecastModel.load(path)
+    for h in (7, 30):
+        assert loaded.horizons_[h].anchors_ == ("rolling_apy_7d",)
+        origins = latest_rows(sample_panel)
+        np.testing.assert_array_equal(
+            loaded.horizons_[h].predict(origins), fitted.horizons_[h].predict(origins)
+        )
+
+
+def test_the_blend_leans_on_the_anchor_that_forecasts() -> None:
+    from poolcast.forecast import _blend, _fit_blend
+
+    rng = np.random.default_rng(0)
+    naive = rng.uniform(1, 10, 400)
+    mean7, mean30 = naive + rng.normal(0, 1, 400), naive + rng.normal(0, 1, 400)
+    model = naive + rng.normal(0, 1, 400)
+    anchors = np.column_stack([mean7, mean30])
+    scl = np.ones(400)
+    weights, zone = _fit_blend(mean30, model, naive, anchors, scl, (0.0, 0.1))
+    assert weights == (0.0, 0.0, 1.0) and zone == 0.0  # a dead zone would cost MAE here
+    np.testing.assert_allclose(_blend(model, naive, anchors, scl, weights, 0.0), mean30)
+    # with no anchor at all, the model alone
+    weights, _ = _fit_blend(model, model, naive, np.empty((400, 0)), scl)
+    assert weights == (1.0,)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_a_scaled_change_target_inverts_exactly(sample_panel: pa.Table, power: float) -> None:
+    from dataclasses import replace
+
+    MODELS["_scaled"] = replace(MODELS["production"], name="_scaled", scale_power=power)
+    try:
+        f = Forecaster("_scaled", horizon=7)
+        rows = latest_rows(sample_panel)
+        y = rows.column("actual_apy").to_numpy() * 1.1 + 0.3
+        back = f._from_target(rows, f._to_target(rows, y))
+        np.testing.assert_allclose(back, y, atol=1e-6)
+    finally:
+        del MODELS["_scaled"]
 
 
 def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(

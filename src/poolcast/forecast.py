@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -73,14 +74,27 @@ DERIVED: dict[str, tuple[str, str, Literal["sub", "zscore"]]] = {
     "apy_minus_30d": ("actual_apy", "rolling_apy_30d", "sub"),
     "apy_change_7d": ("actual_apy", "apy_lag_7", "sub"),
     "apy_z_30d": ("apy_minus_30d", "stddev_apy_30d", "zscore"),
+    # The last days' moves in the pool's own units: a one-day spike tends to revert tomorrow.
+    "apy_change_3d": ("actual_apy", "apy_lag_3", "sub"),
+    "apy_delta_z_7d": ("apy_delta_today_yesterday", "stddev_apy_7d", "zscore"),
+    "apy_delta_z_30d": ("apy_delta_today_yesterday", "stddev_apy_30d", "zscore"),
+    "apy_z_7d": ("apy_minus_7d", "stddev_apy_7d", "zscore"),
+    "lag1_minus_7d": ("apy_lag_1", "rolling_apy_7d", "sub"),
 }
 
 # ETH/BTC/gas, calendar and lagged-TVL features added nothing on the backtest: left out of
 # production, which adds the derived distances instead.
 _LEFT_OUT = {m.name for m in MARKET} | {"tvl_lag_1", "day_of_week", "month", "is_weekend"}
+RECENT_MOVES: tuple[str, ...] = (
+    "apy_change_3d",
+    "apy_delta_z_7d",
+    "apy_delta_z_30d",
+    "apy_z_7d",
+    "lag1_minus_7d",
+)
 PRODUCTION_FEATURES: tuple[str, ...] = (
     *(c for c in FEATURE_COLUMNS if c not in _LEFT_OUT),
-    *DERIVED,
+    *(d for d in DERIVED if d not in RECENT_MOVES),
 )
 
 Target = Literal["level", "change", "scaled_change"]
@@ -109,6 +123,15 @@ class ModelSpec:
     # Quantile levels of the calibration residuals that bound the 80% interval: conformal's own
     # (0.1, 0.9) under-covers out of sample (APY regimes drift), so production widens them.
     interval: tuple[float, float] = (0.1, 0.9)
+    # The yardstick of a scaled change, of the dead zone and of the intervals (see scale()).
+    scale: Scale = "std30"
+    dead_zones: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)
+    # Baselines the calibration blends with the model (over naive), e.g. the 30-day mean: a
+    # mean-reversion anchor.
+    anchors: tuple[str, ...] = ("rolling_apy_7d",)
+    # A scaled change is divided by scale ** scale_power (1: every pool counts alike in the loss,
+    # 0: the plain change, where the pools with the largest moves dominate).
+    scale_power: float = 1.0
     per_horizon: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_horizon(self, horizon: Horizon) -> ModelSpec:
@@ -116,6 +139,9 @@ class ModelSpec:
         params = {**self.params, **over.get("params", {})}
         return replace(self, **{k: v for k, v in over.items() if k != "params"}, params=params)
 
+
+# Blend anchors: the 7-day mean (every calibrated model), and the 30-day mean besides it.
+MEAN_REVERSION: tuple[str, ...] = ("rolling_apy_7d", "rolling_apy_30d")
 
 MODELS: dict[str, ModelSpec] = {
     "naive": ModelSpec("naive", (), "level", baseline="actual_apy", calibrate=True),
@@ -136,8 +162,13 @@ MODELS: dict[str, ModelSpec] = {
         interval=(0.07, 0.93),
         per_horizon={
             # One day ahead, scaling by a spiky pool's std makes the model bet on reversions that
-            # come later than tomorrow: the plain change wins there.
-            "1": {"target": "change"},
+            # come later than tomorrow: the plain change wins there. Tomorrow's move is small
+            # against the 30-day scale, so dead zones of 0.1-0.3 scale cost the calibration days
+            # no MAE and get picked, yet leave a quarter of the pools tied with naive (no wins).
+            "1": {"target": "change", "dead_zones": (0.0, 0.05), "anchors": MEAN_REVERSION},
+            # The 30-day mean as a second anchor: where the 7-day mean still carries a recent
+            # spike, the 30-day level is where a low-APY pool's next week tends to go.
+            "mean7": {"anchors": MEAN_REVERSION},
             # 30-day residuals drift most between calibration window and future.
             "30": {"interval": (0.05, 0.95)},
         },
@@ -235,9 +266,13 @@ def _matrix(panel: pa.Table, features: Sequence[str], dtype: type = np.float64) 
     return np.column_stack([_column(panel, f) for f in features]).astype(dtype)
 
 
-def scale(rows: pa.Table) -> np.ndarray:
-    """A pool's own yardstick for APY moves: 30-day std plus 5% of its APY, never zero."""
-    std = np.nan_to_num(_column(rows, "stddev_apy_30d"), nan=0.0)
+Scale = Literal["std30", "std7"]
+
+
+def scale(rows: pa.Table, by: Scale = "std30") -> np.ndarray:
+    """A pool's own yardstick for APY moves: its 30-day (or 7-day) std plus 5% of its APY, never
+    zero."""
+    std = np.nan_to_num(_column(rows, f"stddev_apy_{by[3:]}d"), nan=0.0)
     return std + 0.05 * np.abs(np.nan_to_num(_column(rows, "actual_apy"), nan=0.0)) + 0.01
 
 
@@ -300,7 +335,6 @@ def _conformal(residuals: np.ndarray, levels: tuple[float, float]) -> tuple[floa
 
 
 BLEND_GRID = np.round(np.arange(0.0, 1.0001, 0.1), 2)
-DEAD_ZONES = (0.0, 0.05, 0.1, 0.2, 0.3)
 # Widen the dead zone only while it costs no calibration MAE: a wider zone that costs 0.5% turned
 # 60 of 88 pools into ties with naive at 1 day (a win for no pool).
 DEAD_ZONE_TOLERANCE = 1.0
@@ -309,33 +343,43 @@ DEAD_ZONE_TOLERANCE = 1.0
 def _blend(
     model: np.ndarray,
     naive: np.ndarray,
-    mean7: np.ndarray,
+    anchors: np.ndarray,
     scl: np.ndarray,
-    weights: tuple[float, float],
+    weights: Sequence[float],
     dead_zone: float,
 ) -> np.ndarray:
-    value = naive + weights[0] * (model - naive) + weights[1] * (mean7 - naive)
+    """``naive + w0 (model - naive) + sum_k w_k (anchor_k - naive)``, today's APY inside the dead
+    zone. ``anchors``: one column per baseline (7-day mean, 30-day mean)."""
+    value = naive + weights[0] * (model - naive)
+    for k in range(anchors.shape[1]):
+        value = value + weights[k + 1] * (anchors[:, k] - naive)
     return np.where(np.abs(value - naive) < dead_zone * scl, naive, value)
 
 
 def _fit_blend(
-    y: np.ndarray, model: np.ndarray, naive: np.ndarray, mean7: np.ndarray, scl: np.ndarray
-) -> tuple[tuple[float, float], float]:
-    """Weights of model and 7-day mean over naive, then the widest dead zone that costs almost
-    nothing: where the model has no edge the forecast falls back to today's APY."""
-    best: tuple[float, tuple[float, float]] | None = None
-    for a in BLEND_GRID:
-        for b in BLEND_GRID:
-            if a + b > 1.0 + 1e-9:
-                continue
-            mae = float(np.mean(np.abs(_blend(model, naive, mean7, scl, (a, b), 0.0) - y)))
-            if best is None or mae < best[0] - 1e-12:
-                best = (mae, (float(a), float(b)))
+    y: np.ndarray,
+    model: np.ndarray,
+    naive: np.ndarray,
+    anchors: np.ndarray,
+    scl: np.ndarray,
+    dead_zones: Sequence[float] = (0.0,),
+) -> tuple[tuple[float, ...], float]:
+    """Weights of the model and the anchors over naive (a 0.1 grid, summing to at most 1), then
+    the widest dead zone that costs nothing: where the model has no edge the forecast falls back
+    to today's APY."""
+    best: tuple[float, tuple[float, ...]] | None = None
+    for combo in itertools.product(BLEND_GRID, repeat=1 + anchors.shape[1]):
+        if sum(combo) > 1.0 + 1e-9:
+            continue
+        weights = tuple(float(w) for w in combo)
+        mae = float(np.mean(np.abs(_blend(model, naive, anchors, scl, weights, 0.0) - y)))
+        if best is None or mae < best[0] - 1e-12:
+            best = (mae, weights)
     assert best is not None
     mae0, weights = best
     zone = 0.0
-    for dz in DEAD_ZONES:
-        mae = float(np.mean(np.abs(_blend(model, naive, mean7, scl, weights, dz) - y)))
+    for dz in dead_zones:
+        mae = float(np.mean(np.abs(_blend(model, naive, anchors, scl, weights, dz) - y)))
         if mae <= mae0 * DEAD_ZONE_TOLERANCE:
             zone = dz
     return weights, zone
@@ -378,20 +422,28 @@ class Forecaster:
             "verbosity": -1,
         }
 
+    def _scale(self, rows: pa.Table) -> np.ndarray:
+        return scale(rows, self._spec().scale)
+
+    def _target_scale(self, rows: pa.Table) -> np.ndarray:
+        power = self._spec().scale_power
+        scl = self._scale(rows)
+        return scl if power == 1.0 else np.round(scl**power, 9)
+
     # -- the target in the model's own units ----------------------------------------------------
     def _to_target(self, rows: pa.Table, y: np.ndarray) -> np.ndarray:
         target = self._spec().target
         if target == "level":
             return y
         change = y - _column(rows, "actual_apy")
-        change = change / scale(rows) if target == "scaled_change" else change
+        change = change / self._target_scale(rows) if target == "scaled_change" else change
         return np.round(change, 9)  # L1 follows each residual's sign: no last-bit noise
 
     def _from_target(self, rows: pa.Table, raw: np.ndarray) -> np.ndarray:
         target = self._spec().target
         if target == "level":
             return raw
-        change = raw * scale(rows) if target == "scaled_change" else raw
+        change = raw * self._target_scale(rows) if target == "scaled_change" else raw
         return change + _column(rows, "actual_apy")
 
     def _train(self, rows: pa.Table, rounds: int, valid: pa.Table | None = None) -> lgb.Booster:
@@ -441,7 +493,8 @@ class Forecaster:
         self.train_window_ = (pc.min(dates).as_py(), pc.max(dates).as_py())
         self.fingerprint_ = _fingerprint(rows, spec.features, target_column(self.horizon))
         self.booster_: lgb.Booster | None = None
-        self.weights_ = (1.0, 0.0)
+        self.anchors_ = spec.anchors
+        self.weights_: tuple[float, ...] = (1.0,) + (0.0,) * len(spec.anchors)
         self.dead_zone_ = 0.0
         self.quantiles_: tuple[float, float] | None = None
         self.calibration_: dict[str, Any] = {}
@@ -467,16 +520,19 @@ class Forecaster:
             self.best_iteration_ = booster.best_iteration or rounds
             self.booster_ = booster
             model = self._raw_predict(calib, booster.best_iteration or None)
-            naive = _column(calib, "actual_apy")
-            mean7 = _column(calib, "rolling_apy_7d")
-            scl = scale(calib)
             y = _column(calib, target_column(self.horizon))
-            mean7 = np.where(np.isfinite(mean7), mean7, naive)
-            self.weights_, self.dead_zone_ = _fit_blend(y, model, naive, mean7, scl)
+            self.weights_, self.dead_zone_ = _fit_blend(
+                y,
+                model,
+                _column(calib, "actual_apy"),
+                self._anchors(calib),
+                self._scale(calib),
+                spec.dead_zones,
+            )
         point = self.predict(calib)
         y = _column(calib, target_column(self.horizon))
         naive = _column(calib, "actual_apy")
-        residual = (y - point) / scale(calib)
+        residual = (y - point) / self._scale(calib)
         self.quantiles_ = _conformal(residual, spec.interval)
         self.calibration_ = {
             "n": int(calib.num_rows),
@@ -492,6 +548,14 @@ class Forecaster:
             if self.calibration_["naive_mae"]
             else None
         )
+
+    def _anchors(self, rows: pa.Table) -> np.ndarray:
+        """The blend's baselines (today's APY where one is missing), one column each."""
+        naive = _column(rows, "actual_apy")
+        cols = [_column(rows, a) for a in self.anchors_]
+        if not cols:
+            return np.empty((rows.num_rows, 0))
+        return np.column_stack([np.where(np.isfinite(c), c, naive) for c in cols])
 
     def _raw_predict(self, rows: pa.Table, iteration: int | None = None) -> np.ndarray:
         spec = self._spec()
@@ -514,9 +578,9 @@ class Forecaster:
         if spec.baseline is not None or not spec.calibrate:
             return model  # a baseline, or a model as trained (the plan's)
         naive = _column(rows, "actual_apy")
-        mean7 = _column(rows, "rolling_apy_7d")
-        mean7 = np.where(np.isfinite(mean7), mean7, naive)
-        value = _blend(model, naive, mean7, scale(rows), self.weights_, self.dead_zone_)
+        value = _blend(
+            model, naive, self._anchors(rows), self._scale(rows), self.weights_, self.dead_zone_
+        )
         # A pool whose APY has not moved for 30 days gives no evidence of a move: keep it.
         flat = _column(rows, "stddev_apy_30d") == 0.0
         return np.where(flat, naive, value)
@@ -527,7 +591,7 @@ class Forecaster:
         if self.quantiles_ is None:
             nan = np.full(point.shape, np.nan)
             return point, nan, nan
-        scl = scale(rows)
+        scl = self._scale(rows)
         return point, point + self.quantiles_[0] * scl, point + self.quantiles_[1] * scl
 
     def model_text(self) -> str:
@@ -545,6 +609,7 @@ class Forecaster:
             "rounds": self.rounds_,
             "data_fingerprint": self.fingerprint_,
             "blend_weights": list(self.weights_),
+            "blend_anchors": list(self.anchors_),
             "dead_zone": self.dead_zone_,
             "interval_quantiles": list(self.quantiles_) if self.quantiles_ else None,
             "calibration": self.calibration_,
@@ -579,7 +644,9 @@ class Forecaster:
         self.train_window_ = (dt.date.fromisoformat(first), dt.date.fromisoformat(last))
         self.fingerprint_ = meta["data_fingerprint"]
         self.rounds_ = meta["rounds"]
-        self.weights_ = (float(meta["blend_weights"][0]), float(meta["blend_weights"][1]))
+        self.weights_ = tuple(float(w) for w in meta["blend_weights"])
+        # Artifacts from before the anchors were a setting blended the 7-day mean only.
+        self.anchors_ = tuple(meta.get("blend_anchors", ["rolling_apy_7d"]))
         self.dead_zone_ = meta["dead_zone"]
         q = meta["interval_quantiles"]
         self.quantiles_ = (q[0], q[1]) if q else None
@@ -797,7 +864,12 @@ class ForecastModel:
             "seed": self.seed,
             "train_days": self.train_days,
             "features": list(first.features_),
-            "derived_features": {k: list(v) for k, v in DERIVED.items()},
+            # The model-side features any horizon uses, with their formulas.
+            "derived_features": {
+                k: list(v)
+                for k, v in DERIVED.items()
+                if any(k in f.features_ for f in self.horizons_.values())
+            },
             "lightgbm": lgb.__version__,
             "horizons": {horizon_key(h): f.metadata() for h, f in self.horizons_.items()},
             "tvl": self.tvl_,
