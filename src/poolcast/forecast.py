@@ -10,8 +10,9 @@ made on the rolling-origin backtest (``poolcast backtest``, docs/forecasting.md)
 * From 7 days on, the change divided by the pool's own scale (30-day std + 5% of its APY): pools
   with 0.01% and 400% APY then teach the model the same mean reversion.
 * Each fit holds out its last ``calibration_days`` (a time-based split): early stopping, a blend of
-  model, naive and 7-day mean fitted there (shrinkage toward naive where the model has no edge),
-  a dead zone that keeps today's APY when the predicted move is small, and conformal 80% intervals
+  model, naive and 7-day mean (at 1 day and for the 7-day mean also the 30-day mean) fitted there
+  (shrinkage toward naive where the model has no edge), a dead zone that keeps today's APY when
+  the predicted move is small (at most 0.05 scale at 1 day), and conformal 80% intervals
   from the scaled residuals there. The booster is then refitted on the whole window.
 """
 
