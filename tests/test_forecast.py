@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -273,30 +272,25 @@ def test_forecast_stage_writes_every_horizon_and_reruns_change_nothing(
 # --- gs:// artifacts against the GCS emulator (the deploy tests' pattern) ------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_artifact_round_trips_through_gcs(
-    sample_panel: pa.Table, fitted: ForecastModel, monkeypatch: pytest.MonkeyPatch
+    sample_panel: pa.Table,
+    fitted: ForecastModel,
+    gcs_emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("google.cloud.storage")
-    emulator = pytest.importorskip("gcp_storage_emulator.server")
     from poolcast.deploy.gcs import make_client
 
-    port = _free_port()
-    server = emulator.create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        make_client("acme").create_bucket("acme-models")
-        where = fitted.save("gs://acme-models/forecast")
-        assert where == f"gs://acme-models/forecast/production-{fitted.version_}"
-        names = {b.name for b in make_client("acme").list_blobs("acme-models")}
-        assert f"forecast/production-{fitted.version_}/metadata.json" in names
-        loaded = ForecastModel.load(where)
-        assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
-    finally:
-        server.stop()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    make_client("acme").create_bucket("acme-models")
+    where = fitted.save("gs://acme-models/forecast")
+    assert where == f"gs://acme-models/forecast/production-{fitted.version_}"
+    names = {b.name for b in make_client("acme").list_blobs("acme-models")}
+    assert f"forecast/production-{fitted.version_}/metadata.json" in names
+    loaded = ForecastModel.load(where)
+    assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
+
+
+def test_fit_reports_each_horizon_done(sample_panel: pa.Table) -> None:
+    done: list[int] = []
+    ForecastModel(horizons=(1, 7)).fit(sample_panel, on_horizon=lambda: done.append(len(done)))
+    assert done == [0, 1]  # a progress bar's advance, once per horizon

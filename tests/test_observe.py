@@ -238,7 +238,8 @@ def test_progress_only_on_a_terminal(monkeypatch) -> None:
     bar.advance(4)
     bar.close()
     outer.close()
-    assert "ingest [" in tty.getvalue() and "4/4" in tty.getvalue()
+    assert "ingest [" in tty.getvalue()
+    assert "   0% 0/4" in tty.getvalue() and "] 100% 4/4" in tty.getvalue()
     assert tty.getvalue().startswith("\r\x1b[2Kmetrics running")
     assert tty.getvalue().endswith("\r\x1b[2K")  # the line is cleared for what follows
 

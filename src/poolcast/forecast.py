@@ -752,7 +752,15 @@ class ForecastModel:
         self.num_threads = num_threads
         self.params = params
 
-    def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> ForecastModel:
+    def fit(
+        self,
+        panel: pa.Table,
+        *,
+        end: dt.date | None = None,
+        on_horizon: Callable[[], object] | None = None,
+    ) -> ForecastModel:
+        """Fit every horizon on the panel's targets observed up to ``end``; ``on_horizon`` is
+        called after each horizon (a progress bar's ``advance``)."""
         if 1 not in self.horizons:
             raise ValueError("the horizons must include 1: forecasted_apy is the next-day forecast")
         panel = add_targets(panel, self.horizons)
@@ -775,11 +783,15 @@ class ForecastModel:
                     raise
                 # A short history still gets its next-day forecast; longer horizons wait.
                 self.skipped_[horizon_key(h)] = str(exc)
+                if on_horizon is not None:
+                    on_horizon()
                 continue
             if h != "mean7":
                 self.tvl_[horizon_key(h)] = choose_tvl_baseline(
                     panel, int(h), self.train_days, end=end
                 )
+            if on_horizon is not None:
+                on_horizon()
         self.version_ = self._version()
         return self
 

@@ -171,7 +171,8 @@ class Progress:
         if self.total:
             width = 30
             filled = int(width * min(self.done, self.total) / self.total)
-            bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+            share = min(self.done, self.total) / self.total
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%} {self.done}/{self.total}"
         else:
             bar = "running"
         with self._lock:
