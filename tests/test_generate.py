@@ -75,3 +75,32 @@ def test_writes_through_the_store_and_a_rerun_changes_nothing(store: Store, pool
     assert snapshots.column("apy").null_count == 0
     again = generate(store, pools, 90, seed=3)
     assert sum(again.written.values()) == 0
+
+
+def test_appending_into_an_empty_history_writes_what_merging_writes(store: Store) -> None:
+    """An empty history table takes plain appends; one with rows takes merges: same rows."""
+    from poolcast.store import open_store
+
+    other = open_store(":memory:")
+    other.init_schema()
+    try:
+        other.execute(
+            "INSERT INTO raw_defillama_pool_history VALUES ('zz-placeholder', "
+            "TIMESTAMP '2000-01-01 00:00:00', '{}')"
+        )
+        merged = generate(other, 30, 40, seed=5)
+        other.execute("DELETE FROM raw_defillama_pool_history WHERE pool_id = 'zz-placeholder'")
+        appended = generate(store, 30, 40, seed=5)
+        assert appended.written == merged.written
+        sql = (
+            "SELECT pool_id, timestamp, CAST(raw_json_data AS TEXT) AS raw "
+            "FROM raw_defillama_pool_history ORDER BY pool_id, timestamp"
+        )
+        a, b = store.fetch_arrow(sql), other.fetch_arrow(sql)
+        assert a.num_rows == appended.snapshots > 0
+        assert [json.loads(r) for r in a.column("raw").to_pylist()] == [
+            json.loads(r) for r in b.column("raw").to_pylist()
+        ]
+        assert a.select(["pool_id", "timestamp"]).equals(b.select(["pool_id", "timestamp"]))
+    finally:
+        other.close()
