@@ -105,3 +105,40 @@ def test_baseline_computes_what_the_local_engine_computes(tmp_path: Path) -> Non
             if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
                 other = other.date() if isinstance(other, dt.datetime) else other
             assert _close(other, value), (want["pool_id"], want["date"], column, other, value)
+
+
+def test_a_baseline_measured_on_a_sample_of_pools_says_so() -> None:
+    """Above BENCH_BASELINE_POOLS the baseline runs on every k-th pool and is scaled: the sample
+    is every k-th pool id, and the table marks the row and states what was measured."""
+    import _child
+    import run
+
+    snapshots = pa.table(
+        {
+            "pool_id": [f"p{i % 10}" for i in range(40)],
+            "timestamp": pa.array([dt.datetime(2024, 1, 1 + i // 10) for i in range(40)]),
+        }
+    )
+    sample, kept, total = _child._every_kth_pool(snapshots, 3)
+    assert (kept, total) == (4, 10)
+    assert sorted(set(sample.column("pool_id").to_pylist())) == ["p0", "p3", "p6", "p9"]
+    row = {
+        "scenario": "100k",
+        "pools": 100_000,
+        "days": 365,
+        "stage": "metrics",
+        "engine": "pandas-loop",
+        "store": "-",
+        "wall_s": 355.0,
+        "cpu_s": 350.0,
+        "peak_rss_mb": 2700.0,
+        "runs": 1,
+        "speedup_vs_baseline": None,
+        "baseline_pools": 20_000,
+        "scale": 5.0,
+        "measured_wall_s": 71.0,
+        "measured_cpu_s": 70.0,
+    }
+    text = run.markdown([row])
+    assert "| pandas-loop * |" in text
+    assert "measured on 20,000 of 100,000 pools (every 5th by pool_id)" in text
