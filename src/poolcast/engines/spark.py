@@ -617,7 +617,10 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
         # The daily mode reuses a recent Spark-trained model (pipeline._recent_model's rule,
         # in this engine's own folder); otherwise train and save.
         model_dir = spark_model_dir(settings)
-        model_path = settings.model_path or _recent_model(settings, model, panel, model_dir)
+        model_path = settings.model_path
+        if not model_path:
+            with _step("forecast", "looking for a recent model"):
+                model_path = _recent_model(settings, model, panel, model_dir)
         trained = not model_path
         if model_path:
             with _step("forecast", "loading the model"):
