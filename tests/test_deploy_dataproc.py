@@ -191,7 +191,13 @@ def _manifest(with_pydeps: bool = False) -> Manifest:
 
 @pytest.fixture
 def settings(monkeypatch):
-    for var in ("PROJECT_ID", "GOOGLE_CLOUD_PROJECT", "REGION", "SPARK_ENVIRONMENT"):
+    for var in (
+        "PROJECT_ID",
+        "GOOGLE_CLOUD_PROJECT",
+        "REGION",
+        "SPARK_ENVIRONMENT",
+        "POOLCAST_MODEL_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DB_HOST", "10.1.2.3")
     monkeypatch.setenv("DB_PASSWORD", PASSWORD)
@@ -281,6 +287,30 @@ def test_forecast_request_has_dynamic_allocation_off_and_fixed_executors(fake, c
         f"gs://{BUCKET}/versions/{SHA}/pydeps.zip#pydeps"
     ]
     assert props["spark.executorEnv.PYTHONPATH"] == "./pydeps"
+
+
+MODEL_DIR_KEY = "spark.dataproc.driverEnv.POOLCAST_MODEL_DIR"
+
+
+@pytest.mark.parametrize("kind", ["forecast", "metrics"])
+def test_batches_keep_models_in_the_models_bucket_by_default(fake, client, settings, kind):
+    """A local model dir (the default `models`) would be the driver's disk, gone with the batch."""
+    assert settings.model_dir == "models"
+    _submit(client, settings, kind)
+    props = dict(fake.create_requests[0].batch.runtime_config.properties)
+    assert props[MODEL_DIR_KEY] == f"gs://{PROJECT}-poolcast-models/models"
+
+
+def test_forecast_batch_uses_a_gs_model_dir_from_the_settings(fake, client, settings, monkeypatch):
+    monkeypatch.setenv("POOLCAST_MODEL_DIR", "gs://acme-ml/poolcast/models/")
+    mine = load_settings()
+    mine.gcp = settings.gcp
+    _submit(client, mine, "forecast")
+    props = dict(fake.create_requests[0].batch.runtime_config.properties)
+    assert props[MODEL_DIR_KEY] == "gs://acme-ml/poolcast/models"
+    # a local folder from the submitting machine's environment is not sent: the default is
+    settings.model_dir = "/home/me/models"
+    assert dataproc.model_dir(settings) == f"gs://{PROJECT}-poolcast-models/models"
 
 
 def test_forecast_refuses_dynamic_allocation_and_secrets(settings):
@@ -488,6 +518,19 @@ def test_cli_submit_forecast_waits_and_exits_0_on_success(fake, cli_env):
     assert props["spark.executor.instances"] == "5"
     assert props["spark.dynamicAllocation.enabled"] == "false"
     assert fake.create_requests[0].parent == f"projects/{PROJECT}/locations/{REGION}"
+
+
+def test_cli_submit_model_dir(fake, cli_env, monkeypatch):
+    monkeypatch.delenv("POOLCAST_MODEL_DIR", raising=False)
+    res = _invoke("forecast", "--region", REGION, "--no-wait")
+    assert res.exit_code == 0, res.output
+    res = _invoke("forecast", "--region", REGION, "--no-wait", "--model-dir", "gs://acme-ml/m")
+    assert res.exit_code == 0, res.output
+    dirs = [dict(r.batch.runtime_config.properties)[MODEL_DIR_KEY] for r in fake.create_requests]
+    assert dirs == [f"gs://{PROJECT}-poolcast-models/models", "gs://acme-ml/m"]
+    res = _invoke("forecast", "--region", REGION, "--no-wait", "--model-dir", "models")
+    assert res.exit_code == 1 and "must be a gs:// folder" in res.output
+    assert len(fake.create_requests) == 2
 
 
 def test_cli_submit_exits_1_with_the_state_message_on_failure(fake, cli_env):

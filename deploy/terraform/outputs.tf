@@ -8,6 +8,16 @@ output "staging_bucket" {
   value       = google_storage_bucket.spark_staging.name
 }
 
+output "models_bucket" {
+  description = "Forecast model artifacts of the batches (versioned, kept)."
+  value       = google_storage_bucket.poolcast_models.name
+}
+
+output "model_dir" {
+  description = "POOLCAST_MODEL_DIR of the batches: use it with `poolcast forecast --model` and `poolcast report`."
+  value       = "gs://${google_storage_bucket.poolcast_models.name}/models"
+}
+
 output "dataproc_service_account" {
   description = "Service account the batches run as."
   value       = google_service_account.dataproc.email

@@ -165,11 +165,16 @@ def _submit(
     args: list[str],
     db_password_secret: str | None,
     executor_instances: int | None,
+    model_dir: str | None = None,
 ) -> None:
     settings = _settings(project, region)
     gcp = settings.gcp
     if db_password_secret:
         gcp.db_password_secret = db_password_secret
+    if model_dir:
+        if not model_dir.startswith("gs://") or len(model_dir) <= len("gs://"):
+            _fail(f"--model-dir must be a gs:// folder (a batch's disk ends with it): {model_dir}")
+        settings.model_dir = model_dir
     if executor_instances:
         settings.spark.executor_instances = executor_instances
     bucket = bucket or gcs.code_bucket(gcp.project_id)
@@ -256,6 +261,13 @@ def _make_submit_command(kind: str) -> None:
         executor_instances: Annotated[
             int | None, typer.Option(help="Fixed executors for the forecast batch.")
         ] = None,
+        model_dir: Annotated[
+            str | None,
+            typer.Option(
+                help="gs:// folder where the forecast saves and reuses models (default: "
+                "POOLCAST_MODEL_DIR if a gs:// URI, else gs://<project>-poolcast-models/models)."
+            ),
+        ] = None,
     ) -> None:
         _submit(
             kind,
@@ -270,6 +282,7 @@ def _make_submit_command(kind: str) -> None:
             arg or [],
             db_password_secret,
             executor_instances,
+            model_dir,
         )
 
     command.__doc__ = f"Run the {kind} stage as a Dataproc Serverless batch (runtime 1.2)."

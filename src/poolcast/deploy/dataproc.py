@@ -10,6 +10,10 @@
 * :func:`wait_for_batch` polls until SUCCEEDED, FAILED or CANCELLED, or a deadline; transient
   ``UNAVAILABLE``/``DEADLINE_EXCEEDED``/``INTERNAL`` errors are retried until that deadline.
 
+Models: the batch driver's disk goes with the batch, so the driver gets ``POOLCAST_MODEL_DIR``
+(:func:`model_dir`): ``gs://<project>-poolcast-models/models`` unless the settings already name a
+``gs://`` folder. The forecast batch saves its model there, and the daily mode reuses it from there.
+
 Secrets: the DB password never goes into a batch. The batch gets the *name* of a Secret Manager
 secret (``DB_PASSWORD_SECRET``) and the job reads it there (:mod:`poolcast.deploy.secrets`); a
 property or argument that contains the password makes :func:`build_batch` refuse.
@@ -25,7 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from poolcast.deploy.gcs import Manifest
+from poolcast.deploy.gcs import Manifest, default_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.cloud.dataproc_v1 import Batch, BatchControllerClient
@@ -113,9 +117,26 @@ def subnetwork_uri(settings: Settings) -> str:
     return f"projects/{gcp.project_id}/regions/{gcp.region}/subnetworks/{gcp.subnetwork}"
 
 
+def model_dir(settings: Settings) -> str:
+    """Where a batch saves and looks for forecast models: ``settings.model_dir`` when it is a
+    ``gs://`` folder, else the models bucket's ``gs://<project>-poolcast-models/models`` (a local
+    folder would be on the driver's disk, which is gone when the batch ends)."""
+    configured = str(settings.model_dir or "").strip()
+    if configured.startswith("gs://") and len(configured) > len("gs://"):
+        return configured.rstrip("/")
+    if not settings.gcp.project_id:
+        raise ValueError("no GCP project: pass --project or set PROJECT_ID")
+    return default_model_dir(settings.gcp.project_id)
+
+
 def job_environment(settings: Settings, manifest: Manifest) -> dict[str, str]:
-    """Environment of the batch driver: where the store is, which code, where the password is."""
-    env = {"SPARK_ENVIRONMENT": "dataproc", "POOLCAST_CODE_VERSION": manifest.version}
+    """Environment of the batch driver: where the store is, which code, where the password is,
+    where the models are kept (``POOLCAST_MODEL_DIR``, read by ``Settings.model_dir``)."""
+    env = {
+        "SPARK_ENVIRONMENT": "dataproc",
+        "POOLCAST_CODE_VERSION": manifest.version,
+        "POOLCAST_MODEL_DIR": model_dir(settings),
+    }
     for name in _JOB_ENV_FIELDS:
         value = getattr(settings, name)
         if value is not None:

@@ -56,6 +56,21 @@ def code_bucket(project_id: str) -> str:
     return f"{project_id}-spark-code"
 
 
+#: Folder of the forecast model artifacts in the models bucket.
+MODELS_PREFIX = "models"
+
+
+def models_bucket(project_id: str) -> str:
+    """The bucket the Dataproc forecast batches keep their model artifacts in (Terraform's
+    ``google_storage_bucket.poolcast_models``): it outlives the batches, unlike a driver's disk."""
+    return f"{project_id}-poolcast-models"
+
+
+def default_model_dir(project_id: str) -> str:
+    """``gs://<project>-poolcast-models/models``: ``POOLCAST_MODEL_DIR`` of the batches."""
+    return f"gs://{models_bucket(project_id)}/{MODELS_PREFIX}"
+
+
 def make_client(project_id: str | None) -> Client:
     """A storage client; anonymous against ``STORAGE_EMULATOR_HOST`` when that is set."""
     from google.cloud import storage
