@@ -159,6 +159,44 @@ def _assert_same(report) -> None:  # type: ignore[no-untyped-def]
     assert report.ok
 
 
+def test_exchange_through_the_driver_matches_the_parquet_files(spark) -> None:  # type: ignore[no-untyped-def]
+    """On Dataproc the executors do not share the driver's disk: the exchange goes through the
+    driver in Arrow batches, and must hand over exactly what the Parquet files do."""
+    from poolcast.store.spark_io import executors_share_driver_disk
+
+    assert executors_share_driver_disk(spark)  # local[2]: the files path by default
+    table = pa.table(
+        {
+            "pool_id": ["a", "b", None, "d"],
+            "date": pa.array([dt.date(2025, 1, 1), None, dt.date(2025, 1, 3), dt.date(2025, 1, 4)]),
+            "apy": [1.5, float("nan"), None, -2.0],
+            "rows": pa.array([1, None, 3, 2**40], pa.int64()),
+            "is_observed": [True, None, False, True],
+        }
+    )
+    with _spark_exchange(spark) as files:
+        assert files.via_files
+        by_files = files.spark_to_arrow(files.arrow_to_spark(table, "t"), "t")
+    from poolcast.store.embedded import DuckDBStore
+    from poolcast.store.spark_io import SparkExchange
+
+    with SparkExchange(spark, DuckDBStore(":memory:"), via_files=False) as driver:
+        frame = driver.arrow_to_spark(table, "t")
+        by_driver = driver.spark_to_arrow(frame, "t")
+        empty = driver.spark_to_arrow(frame.where("false"), "t")
+    def rows(t: pa.Table) -> list[list[object]]:  # NaN stays NaN, NULL stays None
+        return [
+            ["NaN" if isinstance(v, float) and v != v else v for v in r.values()]
+            for r in t.sort_by("rows").to_pylist()
+        ]
+
+    assert by_driver.schema == by_files.schema
+    assert rows(by_driver) == rows(by_files)
+    assert [r[2] for r in rows(by_driver)] == [1.5, None, -2.0, "NaN"]
+    assert by_driver.sort_by("rows").column("rows").to_pylist() == [1, 3, 2**40, None]
+    assert empty.num_rows == 0 and empty.schema == by_files.schema
+
+
 def test_session_is_local_utc_with_jars(spark) -> None:  # type: ignore[no-untyped-def]
     conf = spark.sparkContext.getConf()
     assert conf.get("spark.master") == "local[2]"
@@ -415,6 +453,28 @@ def test_forecast_stage_on_spark(spark_forecast_run) -> None:  # type: ignore[no
     n_features = len(meta["features"])
     assert booster.num_feature() == n_features
     assert np.isfinite(booster.predict(np.zeros((2, n_features)))).all()
+
+
+@pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
+def test_forecast_through_the_driver_trains_the_same_model(  # type: ignore[no-untyped-def]
+    spark, spark_forecast_run, demo_store, tmp_path
+) -> None:
+    """Dataproc's exchange (Arrow batches through the driver, no shared disk) gives SynapseML
+    the same training rows: the same model, byte for byte, as the Parquet files in local mode."""
+    from poolcast.pipeline import forecast_stage
+
+    store, settings = demo_store
+    driver = settings.model_copy(
+        update={
+            "engine": "spark",
+            "model_dir": str(tmp_path / "models"),
+            "spark": settings.spark.model_copy(update={"exchange": "driver"}),
+        }
+    )
+    result = forecast_stage(store, driver)
+    files_result = spark_forecast_run[0]
+    assert result.details["synapseml_fits"] == files_result.details["synapseml_fits"]
+    assert result.details["model_version"] == files_result.details["model_version"]
 
 
 def test_dataproc_entry_point(spark, demo_store, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

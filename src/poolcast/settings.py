@@ -31,6 +31,10 @@ class SparkSettings(BaseModel):
     jdbc_partitions: int = 8
     jdbc_batch_size: int = 10_000
     executor_instances: int = 2
+    # How Arrow tables reach Spark and back: Parquet in a temporary folder ("files", fastest; the
+    # executors must share the driver's disk), Arrow batches through the driver ("driver"), or
+    # "auto": files in local mode, the driver on a cluster (Dataproc). POOLCAST_SPARK_EXCHANGE.
+    exchange: Literal["auto", "files", "driver"] = "auto"
 
 
 class GcpSettings(BaseModel):
@@ -160,6 +164,11 @@ def load_settings(**overrides: object) -> Settings:
 
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = Settings(**given)  # type: ignore[arg-type]
+    exchange = os.environ.get("POOLCAST_SPARK_EXCHANGE")
+    if exchange:  # validated: a typo is an error naming the allowed values
+        settings.spark = SparkSettings.model_validate(
+            {**settings.spark.model_dump(), "exchange": exchange}
+        )
     spark_env = os.environ.get("SPARK_ENVIRONMENT")
     if spark_env in ("local", "dataproc") and settings.spark.environment is None:
         settings.spark.environment = spark_env  # type: ignore[assignment]

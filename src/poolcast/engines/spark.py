@@ -219,6 +219,7 @@ def _exchange(spark: SparkSession, store: Store, settings: Settings) -> Any:
         store,
         jdbc_partitions=settings.spark.jdbc_partitions,
         batch_size=settings.spark.jdbc_batch_size,
+        via_files={"auto": None, "files": True, "driver": False}[settings.spark.exchange],
     )
 
 

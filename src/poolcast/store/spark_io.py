@@ -93,6 +93,12 @@ def pool_hash_predicates(partitions: int, column: str = "pool_id") -> list[str]:
     return [f"{expr} = {i}" for i in range(partitions)]
 
 
+def executors_share_driver_disk(spark: SparkSession) -> bool:
+    """True when every task runs in the driver's JVM (``local[...]``), so a folder on the
+    driver's disk is the executors' too. Not on Dataproc: executors are other machines."""
+    return str(spark.sparkContext.master).startswith("local")
+
+
 def is_postgres(store: Store) -> bool:
     return store.dialect == "postgres"
 
@@ -112,9 +118,12 @@ class SparkExchange:
         jdbc_partitions: int = 8,
         batch_size: int = 10_000,
         workdir: str | None = None,
+        via_files: bool | None = None,
     ) -> None:
         self.spark = spark
         self.store = store
+        # Parquet in a temporary folder needs a disk the executors share with the driver.
+        self.via_files = executors_share_driver_disk(spark) if via_files is None else via_files
         self.jdbc_partitions = jdbc_partitions
         self.batch_size = batch_size
         self._tmp = Path(tempfile.mkdtemp(prefix="poolcast-spark-", dir=workdir))
@@ -177,19 +186,38 @@ class SparkExchange:
             return self.arrow_to_spark(table, name)
 
     def arrow_to_spark(self, table: pa.Table, name: str) -> DataFrame:
-        """Hand an Arrow table to Spark through a Parquet file (see docs/spark.md)."""
+        """Hand an Arrow table to Spark: through a Parquet file where the executors share the
+        driver's disk (local mode; measured fastest, docs/spark.md), else through the driver's
+        memory in Arrow batches (a cluster: a file on the driver's disk is not on theirs)."""
+        if not self.via_files:
+            return _arrow_batches_to_spark(self.spark, table)
         path = self._tmp / f"in-{ident(name)}-{uuid.uuid4().hex[:8]}.parquet"
         pq.write_table(table, path)
         return self.spark.read.parquet(str(path))
 
     def spark_to_arrow(self, df: DataFrame, name: str) -> pa.Table:
-        """Collect a Spark result as Arrow through Parquet files (no row-by-row Python)."""
+        """Collect a Spark result as Arrow (no row-by-row Python): Parquet files where the
+        executors write to the driver's disk, else Arrow batches collected by the driver."""
+        if not self.via_files:
+            from pyspark.sql.pandas.types import to_arrow_schema
+
+            self._arrow_batches_on()
+            # toPandas()'s own Arrow collection, without the pandas step (pyspark 3.5 API).
+            batches = df._collect_as_arrow()
+            if not batches:
+                return to_arrow_schema(df.schema).empty_table()
+            return pa.Table.from_batches(batches).combine_chunks()
         path = self._tmp / f"out-{ident(name)}-{uuid.uuid4().hex[:8]}"
         df.write.mode("errorifexists").parquet(str(path))
         files = sorted(path.glob("*.parquet"))
         if not files:
             return pa.table({c: pa.array([], type=pa.null()) for c in df.columns})
         return pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
+
+    def _arrow_batches_on(self) -> None:
+        # Arrow for pandas <-> Spark, and a failure instead of a silent row-by-row fallback.
+        self.spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+        self.spark.conf.set("spark.sql.execution.arrow.pyspark.fallback.enabled", "false")
 
     # -- writes -----
     def merge(
@@ -264,6 +292,33 @@ class SparkExchange:
         finally:
             with contextlib.suppress(Exception):
                 self.store.execute(f"DROP TABLE IF EXISTS {stage}")
+
+
+def _arrow_batches_to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """``createDataFrame`` from Arrow batches as pyspark 3.5 does for pandas, minus pandas (which
+    would turn NaN into NULL): the batches stream to the JVM, which builds the DataFrame. Uses
+    pyspark 3.5's internals (pinned; ``tests/test_spark_engine.py`` checks the round trip)."""
+    from pyspark.sql import DataFrame
+    from pyspark.sql.pandas.serializers import ArrowStreamSerializer
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    schema = from_arrow_schema(table.schema)
+    step = spark._jconf.arrowMaxRecordsPerBatch()
+    batches = table.combine_chunks().to_batches(max_chunksize=step if step > 0 else None)
+    jvm = spark._jvm
+    assert jvm is not None
+
+    def read_file(path: str) -> Any:
+        return jvm.PythonSQLUtils.readArrowStreamFromFile(path)
+
+    def iterator_server() -> Any:
+        return jvm.ArrowIteratorServer()
+
+    stream = spark.sparkContext._serialize_to_jvm(
+        batches, ArrowStreamSerializer(), read_file, iterator_server
+    )
+    jdf = jvm.PythonSQLUtils.toDataFrame(stream, schema.json(), spark._jsparkSession)
+    return DataFrame(jdf, spark)
 
 
 def _render_params(sql: str, params: Sequence[Any] | None) -> str:
