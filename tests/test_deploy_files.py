@@ -339,12 +339,7 @@ def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
         body = create["body"]
         expected = dataproc.build_batch(settings, kind, manifest)
         py = type(expected).to_dict(expected, preserving_proto_field_name=False)
-        # POOLCAST_MODEL_DIR: see test_pipeline_batches_keep_models_in_the_models_bucket
-        wf_props = dict(body["runtimeConfig"]["properties"])
-        py_props = dict(py["runtimeConfig"]["properties"])
-        wf_props.pop(MODEL_DIR_KEY, None)
-        py_props.pop(MODEL_DIR_KEY)
-        assert wf_props == py_props
+        assert body["runtimeConfig"]["properties"] == py["runtimeConfig"]["properties"]
         assert body["runtimeConfig"]["version"] == "1.2"
         assert body["pysparkBatch"]["mainPythonFileUri"] == manifest.main_uri(kind)
         for key in ("pythonFileUris", "jarFileUris", "archiveUris"):
@@ -362,12 +357,6 @@ def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
 MODEL_DIR_KEY = "spark.dataproc.driverEnv.POOLCAST_MODEL_DIR"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deploy/workflows/pipeline.yaml does not pass POOLCAST_MODEL_DIR yet: its "
-    "job_environment step needs `spark.dataproc.driverEnv.POOLCAST_MODEL_DIR: "
-    '${sys.get_env("MODEL_DIR")}` (Terraform sets MODEL_DIR); then drop this mark',
-)
 def test_pipeline_batches_keep_models_in_the_models_bucket(emulator, google):
     """The scheduled batches send the same POOLCAST_MODEL_DIR as `poolcast submit`: the models
     bucket, so the daily forecast finds the model an earlier batch saved."""
