@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from poolcast.locks import locked
+from poolcast.observe import progress
 from poolcast.retry import retried
 from poolcast.settings import Settings
 from poolcast.spec import MARKET, METRICS
@@ -218,7 +219,9 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
         model_path = str(settings.model_path or reusable)
         fitted = ForecastModel.load(model_path)
     else:
-        fitted = ForecastModel(model, train_days=settings.train_days, seed=settings.seed).fit(panel)
+        untrained = ForecastModel(model, train_days=settings.train_days, seed=settings.seed)
+        with progress("training", total=len(untrained.horizons)) as bar:  # a terminal only
+            fitted = untrained.fit(panel, on_horizon=bar.advance)
         model_path = fitted.save(settings.model_dir)
     forecasts = forecast_table(fitted, panel)
     horizons = fitted.forecasts(panel)

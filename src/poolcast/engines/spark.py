@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from poolcast.engines._spark_session import SparkSetupError, detect_environment, get_spark_session
+from poolcast.observe import progress
 from poolcast.settings import Settings
 from poolcast.spec import FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
 from poolcast.store import Store, StoreError
@@ -628,7 +629,9 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
                 fitted = ForecastModel.load(model_path)
         else:
             with _step("forecast", "training"):
-                fitted = spark_forecast_model(exchange, settings, model).fit(panel)
+                untrained = spark_forecast_model(exchange, settings, model)
+                with progress("training", total=len(untrained.horizons)) as bar:
+                    fitted = untrained.fit(panel, on_horizon=bar.advance)
             with _step("forecast", "saving the model"):
                 model_path = fitted.save(model_dir)
         with _step("forecast", "predicting"):
