@@ -243,6 +243,13 @@ def test_progress_only_on_a_terminal(monkeypatch) -> None:
     assert tty.getvalue().startswith("\r\x1b[2Kmetrics running")
     assert tty.getvalue().endswith("\r\x1b[2K")  # the line is cleared for what follows
 
+    steps = Tty()
+    bar = Progress("metrics", total=2, stream=steps, doing="reading")
+    bar.advance(doing="merging 5 rows")
+    bar.close()
+    assert "0% 0/2" in steps.getvalue() and steps.getvalue().count("  reading") == 1
+    assert "]  50% 1/2" in steps.getvalue() and "  merging 5 rows" in steps.getvalue()
+
 
 # -- Cloud Monitoring against a fake MetricService ------------------------------------------------
 class FakeMetricService:

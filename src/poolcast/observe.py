@@ -136,8 +136,14 @@ class Progress:
 
     _stack: list[Progress] = []
 
-    def __init__(self, label: str, total: int | None = None, stream: IO[str] | None = None) -> None:
-        self.label, self.total, self.done = label, total, 0
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        stream: IO[str] | None = None,
+        doing: str = "",
+    ) -> None:
+        self.label, self.total, self.done, self.doing = label, total, 0, doing
         self.stream = stream or sys.stderr
         self.enabled = _isatty(self.stream) and os.environ.get("POOLCAST_PROGRESS", "1") != "0"
         self._started = time.monotonic()
@@ -152,9 +158,14 @@ class Progress:
                 self._thread = threading.Thread(target=self._tick, daemon=True)
                 self._thread.start()
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, doing: str | None = None) -> None:
+        """``n`` more done; ``doing`` names the step that starts now (shown after the bar)."""
         self.done += n
-        self._draw()
+        if doing is not None:
+            self.doing = doing
+            self._draw(force=True)
+        else:
+            self._draw()
 
     def _tick(self) -> None:
         while not self._stop.wait(0.25):
@@ -176,7 +187,8 @@ class Progress:
         else:
             bar = "running"
         with self._lock:
-            self.stream.write(f"\r\x1b[2K{self.label} {bar} {elapsed:5.1f} s")
+            doing = f"  {self.doing}" if self.doing else ""
+            self.stream.write(f"\r\x1b[2K{self.label} {bar} {elapsed:5.1f} s{doing}")
             self.stream.flush()
 
     def close(self) -> None:
@@ -193,8 +205,8 @@ class Progress:
 
 
 @contextmanager
-def progress(label: str, total: int | None = None) -> Iterator[Progress]:
-    bar = Progress(label, total)
+def progress(label: str, total: int | None = None, doing: str = "") -> Iterator[Progress]:
+    bar = Progress(label, total, doing=doing)
     try:
         yield bar
     finally:

@@ -90,17 +90,23 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
         from poolcast.incremental import keep_rows, read_window_snapshots, recompute_window
 
         window = recompute_window(store, as_of, settings.lookback_days)
-    if window is None:
-        snapshots = read_snapshots(store, as_of, settings.lookback_days)
-    else:
-        snapshots, catch_up = read_window_snapshots(store, window, as_of, settings.lookback_days)
-    market = read_market(store, as_of)
-    metrics = compute_metrics(snapshots, market, as_of)
-    if window is not None:
-        metrics = keep_rows(metrics, window, catch_up)
-    result.rows_written = store.merge(
-        "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
-    )
+    with progress("metrics", total=3, doing="reading snapshots") as bar:  # a terminal only
+        if window is None:
+            snapshots = read_snapshots(store, as_of, settings.lookback_days)
+        else:
+            snapshots, catch_up = read_window_snapshots(
+                store, window, as_of, settings.lookback_days
+            )
+        market = read_market(store, as_of)
+        bar.advance(doing=f"computing {snapshots.num_rows:,} snapshots")
+        metrics = compute_metrics(snapshots, market, as_of)
+        if window is not None:
+            metrics = keep_rows(metrics, window, catch_up)
+        bar.advance(doing=f"merging {metrics.num_rows:,} rows")
+        result.rows_written = store.merge(
+            "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
+        )
+        bar.advance(doing="done")
     result.rows_read = snapshots.num_rows + market.num_rows
     result.details = {
         "as_of": as_of.isoformat(),
