@@ -218,8 +218,14 @@ def task_forecast(args: dict[str, Any]) -> None:
             write_forecasts(store, forecasts, new_run_id())
             store.merge("forecasts", horizons, FORECASTS_KEY)
         if args.get("plan_model"):
-            # The LightGBM target: one next-day model, production settings vs the plan's.
-            for name, section in (("production", "train_h1_production"), ("plan", "train_h1_plan")):
+            # The LightGBM target: one next-day model with production tree settings vs the same
+            # model with the plan's (800 x 64, 255 bins, sampling, no early stopping); and the
+            # plan's own model (L2 on the level, one fit) for reference.
+            for name, section in (
+                ("production", "train_h1_production"),
+                ("plantrees", "train_h1_plantrees"),
+                ("plan", "train_h1_plan"),
+            ):
                 with timed(section):
                     one = Forecaster(name, train_days=settings.train_days).fit(panel)
                 INFO[f"{section}_params"] = {

@@ -369,7 +369,10 @@ def backtest(
     ] = "1,7,30,mean7",
     models: Annotated[
         str,
-        typer.Option("--models", help="Comma-separated: naive, mean7d, production, plan, l1change"),
+        typer.Option(
+            "--models",
+            help="Comma-separated: naive, mean7d, production, plan, l1change, plantrees",
+        ),
     ] = "naive,mean7d,production,plan",
     unseen_folds: Annotated[
         int,

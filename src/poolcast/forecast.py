@@ -177,6 +177,24 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Issue 5's yardstick: the production model with the plan's tree settings (800 rounds x 64
+# leaves, learning rate 0.03, LightGBM's default 255 bins and 20 rows per leaf, 0.8 bagging and
+# feature fraction, float64, no early stopping); the same target, features and calibration, so
+# the backtest and the bench compare tree settings only.
+MODELS["plantrees"] = replace(
+    MODELS["production"],
+    name="plantrees",
+    params={
+        **PRODUCTION_PARAMS,
+        **{k: v for k, v in PLAN_PARAMS.items() if k != "objective"},
+        "max_bin": 255,
+        "min_data_in_leaf": 20,
+    },
+    early_stopping=0,
+    float32=False,
+)
+
+
 def horizon_key(horizon: Horizon) -> str:
     return str(horizon)
 
