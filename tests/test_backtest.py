@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from poolcast.backtest import BacktestConfig, cutoff_days, run_backtest
+from poolcast.backtest import BacktestConfig, _ratio_interval, cutoff_days, run_backtest
 from poolcast.cli import app
 from poolcast.engines.local import compute_metrics
 from poolcast.forecast import add_targets
@@ -115,26 +115,53 @@ def test_only_observed_targets_are_scored() -> None:
         (f"pool-{p:03d}", START + dt.timedelta(days=int(d))) for p, d in zip(pi, di, strict=True)
     }
     pools = {p for p, _ in obs}
+    # every day of each cutoff's window is an origin (the window defaults to the spacing)
+    origins = [c + dt.timedelta(days=k) for c in bt.cutoffs_ for k in range(CONFIG.spacing_days)]
     for h in (1, 7):
         expected = sum(
-            (p, c) in obs and (p, c + dt.timedelta(days=h)) in obs
-            for p in pools
-            for c in bt.cutoffs_
+            (p, o) in obs and (p, o + dt.timedelta(days=h)) in obs for p in pools for o in origins
         )
         assert scores[("production", h)]["n"] == scores[("naive", h)]["n"] == expected
     mean7 = sum(
-        (p, c) in obs and sum((p, c + dt.timedelta(days=k)) in obs for k in range(1, 8)) >= 4
+        (p, o) in obs and sum((p, o + dt.timedelta(days=k)) in obs for k in range(1, 8)) >= 4
         for p in pools
-        for c in bt.cutoffs_
+        for o in origins
     )
     assert scores[("production", "mean7")]["n"] == mean7
-    # every scored target is the APY actually reported that day
+    # every scored target is the APY actually reported that day, from an origin in the window
+    # of the cutoff whose model made it
     p = bt.predictions_
-    rows = zip(p["pool_id"], p["cutoff"], p["metric"], p["horizon"], p["y"], strict=True)
-    for pool, cutoff, metric, horizon, y in rows:
+    rows = zip(
+        p["pool_id"], p["cutoff"], p["origin"], p["metric"], p["horizon"], p["y"], strict=True
+    )
+    for pool, cutoff, origin, metric, horizon, y in rows:
+        assert 0 <= (origin - cutoff).days < CONFIG.spacing_days
         if metric == "apy" and horizon == "1":
-            day = (cutoff - START).days + 1
+            day = (origin - START).days + 1
             assert y == pytest.approx(apy[int(pool[5:]), day])
+
+
+def test_one_origin_per_cutoff_when_the_window_is_one_day() -> None:
+    config = BacktestConfig(
+        cutoffs=3, spacing_days=7, window_days=1, models=("naive",), horizons=(1,), num_threads=1
+    )
+    bt = run_backtest(_metrics(_mean_reverting(10, 6)), config)
+    assert set(bt.predictions_["origin"]) == set(bt.cutoffs_)
+    with pytest.raises(ValueError, match="window_days must be between 1 and spacing_days"):
+        BacktestConfig(spacing_days=7, window_days=8)
+
+
+def test_the_ratio_interval_brackets_the_ratio_and_narrows_with_more_pools() -> None:
+    rows = _summary(run_backtest(_metrics(_mean_reverting(40, 7)), CONFIG))
+    prod = rows[("production", 1)]
+    assert prod["ratio_lo"] < prod["ratio"] < prod["ratio_hi"]
+    assert rows[("naive", 1)]["ratio_lo"] == rows[("naive", 1)]["ratio_hi"] == 1.0
+    rng = np.random.default_rng(1)
+    few = rng.uniform(1, 2, size=(10, 2))
+    many = rng.uniform(1, 2, size=(1000, 2))
+    lo_few, hi_few = _ratio_interval(few)
+    lo_many, hi_many = _ratio_interval(many)
+    assert hi_many - lo_many < (hi_few - lo_few) / 3
 
 
 def test_pools_never_seen_are_scored_by_models_trained_without_them() -> None:
@@ -163,8 +190,11 @@ def test_default_cutoffs_end_a_longest_horizon_before_most_pools_stop() -> None:
     panel = add_targets(_metrics(apy, observed), (1, 30))
     days = cutoff_days(panel, BacktestConfig(horizons=(1, 30)))
     median_last = START + dt.timedelta(days=149)
-    assert days[-1] == median_last - dt.timedelta(days=30)
+    # the last window's last origin (13 days after the cutoff) is 30 days before that day
+    assert days[-1] == median_last - dt.timedelta(days=30 + 13)
     assert days == [days[-1] - dt.timedelta(days=14 * k) for k in range(5, -1, -1)]
+    one = cutoff_days(panel, BacktestConfig(horizons=(1, 30), window_days=1))
+    assert one[-1] == median_last - dt.timedelta(days=30)
 
 
 def test_backtest_command_on_the_sample(sample_store: Store, settings: Settings) -> None:
@@ -183,7 +213,8 @@ def test_backtest_command_on_the_sample(sample_store: Store, settings: Settings)
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     # the sample: most pools last report on 2025-06-04/05, one runs to 2025-11-13
-    assert out["cutoffs"] == ["2025-04-21", "2025-05-05"]
+    assert out["cutoffs"] == ["2025-04-08", "2025-04-22"]
+    assert out["config"]["window_days"] == 14
     assert {r["horizon"] for r in out["pools"]} == {1, 7, 30, "mean7"}
     assert {r["model"] for r in out["pools"]} == {"naive", "mean7d", "production"}
     row = out["pools"][0]

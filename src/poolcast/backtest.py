@@ -1,10 +1,13 @@
 """Rolling-origin backtest: would these forecasts have beaten "APY stays as today"?
 
 At each cutoff day every model is fitted on what was known that day (targets observed on or before
-it), then forecasts each pool that reported on the cutoff. Only observed targets are scored.
-Cutoffs default to 6, 14 days apart, the last one the longest horizon before the day most pools
-last reported (the median of the pools' last observed days): a lone series that runs months longer
-than the others does not drag every cutoff into a period where only it has data.
+it), then forecasts each pool from every day of the ``window`` that starts there (by default the
+days up to the next cutoff: the model is refitted every ``spacing`` days and forecasts daily in
+between, as a weekly retrain with daily forecasts does in production). Only observed targets are
+scored. Cutoffs default to 6, 14 days apart, the last one placed so that its window's longest
+horizon ends on the day most pools last reported (the median of the pools' last observed days): a
+lone series that runs months longer than the others does not drag every cutoff into a period
+where only it has data.
 
 ``unseen_folds > 0`` also scores pools the models never saw: the pools are split into folds by a
 hash of their id, and each fold is forecast by models fitted on the other folds only.
@@ -45,6 +48,9 @@ LOW_APY = 50.0  # the "APY under 50%" subset: pools below this at every origin
 class BacktestConfig:
     cutoffs: int = 6
     spacing_days: int = 14
+    # Origin days scored per cutoff (None: ``spacing_days``, every day between cutoffs). One origin
+    # per cutoff scores a pool on ~5 targets: pool-level wins are then close to coin tosses.
+    window_days: int | None = None
     train_days: int = 60
     horizons: tuple[Horizon, ...] = HORIZONS
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -54,20 +60,33 @@ class BacktestConfig:
     num_threads: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.window <= self.spacing_days:
+            raise ValueError(
+                f"window_days must be between 1 and spacing_days ({self.spacing_days}), not "
+                f"{self.window_days}: a longer window would score some days twice"
+            )
 
-def last_cutoff(panel: pa.Table, horizons: Sequence[Horizon]) -> dt.date:
-    """The longest horizon before the median of the pools' last observed days."""
+    @property
+    def window(self) -> int:
+        return self.spacing_days if self.window_days is None else self.window_days
+
+
+def last_cutoff(panel: pa.Table, horizons: Sequence[Horizon], window: int = 1) -> dt.date:
+    """The cutoff whose window's last origin is the longest horizon before the median of the
+    pools' last observed days."""
     observed = panel.filter(pc.field("is_observed"))
     last = observed.group_by("pool_id").aggregate([("date", "max")]).column("date_max")
     days = sorted(last.to_pylist())
     if not days:
         raise ValueError("no observed pool days to backtest on")
     median = days[(len(days) - 1) // 2]
-    return median - dt.timedelta(days=max(horizon_days(h) for h in horizons))
+    longest = max(horizon_days(h) for h in horizons)
+    return median - dt.timedelta(days=longest + window - 1)
 
 
 def cutoff_days(panel: pa.Table, config: BacktestConfig) -> list[dt.date]:
-    end = config.last_cutoff or last_cutoff(panel, config.horizons)
+    end = config.last_cutoff or last_cutoff(panel, config.horizons, config.window)
     return sorted(end - dt.timedelta(days=config.spacing_days * k) for k in range(config.cutoffs))
 
 
@@ -77,7 +96,11 @@ def _fold(pool_id: str, folds: int) -> int:
 
 def _scored(rows: pa.Table, **columns: Any) -> dict[str, Any]:
     n = rows.num_rows
-    out = {"pool_id": rows.column("pool_id").to_pylist(), "apy": _column(rows, "actual_apy")}
+    out = {
+        "pool_id": rows.column("pool_id").to_pylist(),
+        "origin": rows.column("date").to_pylist(),
+        "apy": _column(rows, "actual_apy"),
+    }
     for k, v in columns.items():
         out[k] = v if isinstance(v, np.ndarray) else np.full(n, v, dtype=object)
     return out
@@ -122,9 +145,14 @@ class Backtest:
     ) -> list[dict[str, Any]]:
         cfg = self.config
         target = target_column(h)
+        date = score.column("date")
+        until = day + dt.timedelta(days=cfg.window)
         mask = pc.and_(
             pc.and_(
-                pc.equal(score.column("date"), pa.scalar(day, pa.date32())),
+                pc.and_(
+                    pc.greater_equal(date, pa.scalar(day, pa.date32())),
+                    pc.less(date, pa.scalar(until, pa.date32())),
+                ),
                 pc.fill_null(score.column("is_observed"), False),
             ),
             pc.is_valid(score.column(target)),
@@ -242,6 +270,7 @@ class Backtest:
             "config": {
                 "cutoffs": self.config.cutoffs,
                 "spacing_days": self.config.spacing_days,
+                "window_days": self.config.window,
                 "train_days": self.config.train_days,
                 "models": list(self.config.models),
                 "horizons": [_horizon_out(horizon_key(h)) for h in self.config.horizons],
@@ -289,7 +318,7 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-_TEXT = {"pool_id", "split", "metric", "cutoff", "horizon", "model"}
+_TEXT = {"pool_id", "origin", "split", "metric", "cutoff", "horizon", "model"}
 
 
 def _take(p: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -324,11 +353,14 @@ def _scores(t: dict[str, np.ndarray]) -> dict[str, Any]:
     mae, naive_mae = float(np.mean(np.abs(err))), float(np.mean(np.abs(nerr)))
     medae, naive_medae = float(np.median(np.abs(err))), float(np.median(np.abs(nerr)))
     wins = losses = 0
+    per_pool = []
     for _, idx in _groups(t, ("pool_id",)):
         m, n = np.abs(err[idx]).mean(), np.abs(nerr[idx]).mean()
         wins += bool(m < n - 1e-12)
         losses += bool(m > n + 1e-12)
+        per_pool.append((np.abs(err[idx]).sum(), np.abs(nerr[idx]).sum()))
     pools = len(set(t["pool_id"]))
+    ratio_lo, ratio_hi = _ratio_interval(np.array(per_pool).reshape(-1, 2))
     ok = np.isfinite(t["lower"]) & np.isfinite(t["upper"])
     return {
         "n": int(err.size),
@@ -337,6 +369,8 @@ def _scores(t: dict[str, np.ndarray]) -> dict[str, Any]:
         "rmse": float(np.sqrt(np.mean(err**2))),
         "medae": medae,
         "ratio": mae / naive_mae if naive_mae else None,
+        "ratio_lo": ratio_lo,
+        "ratio_hi": ratio_hi,
         "medae_ratio": medae / naive_medae if naive_medae else None,
         # Share of all pools where the model's MAE is lower than naive's; a tie (a flat pool, or a
         # pool the model leaves at today's APY) is not a win. Among pools where they differ:
@@ -346,6 +380,27 @@ def _scores(t: dict[str, np.ndarray]) -> dict[str, Any]:
         "coverage": _coverage(t),
         "width": float(np.mean(t["upper"][ok] - t["lower"][ok])) if ok.any() else None,
     }
+
+
+BOOTSTRAP_RESAMPLES = 400
+
+
+def _ratio_interval(sums: np.ndarray) -> tuple[float | None, float | None]:
+    """A 90% interval of the MAE ratio from resampling pools (``sums``: per pool, the model's and
+    naive's summed absolute errors): how much of a difference between two models is which pools
+    happened to be in the sample. Seeded: the same backtest prints the same interval."""
+    if sums.shape[0] < 2:
+        return None, None
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(
+        sums.shape[0], np.full(sums.shape[0], 1 / sums.shape[0]), size=BOOTSTRAP_RESAMPLES
+    )
+    model, naive = counts @ sums[:, 0], counts @ sums[:, 1]
+    ok = naive > 0
+    if not ok.any():
+        return None, None
+    lo, hi = np.quantile(model[ok] / naive[ok], [0.05, 0.95])
+    return float(lo), float(hi)
 
 
 def run_backtest(metrics: pa.Table, config: BacktestConfig | None = None) -> Backtest:
@@ -384,6 +439,7 @@ COLUMNS = (
     "rmse",
     "medae",
     "ratio",
+    "ratio_90",
     "medae_ratio",
     "beat_share",
     "beat_share_decided",
@@ -403,12 +459,17 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
     for (split, subset, metric), rows in blocks.items():
         title = {"all": "pools seen in training", "unseen": "pools never seen (held out)"}[split]
         lines.append(f"{metric.upper()}  {title}, subset: {subset}")
-        cells = [[_cell(r.get(c)) for c in COLUMNS] for r in rows]
+        cells = [[_cell(r.get(c)) if c != "ratio_90" else _span(r) for c in COLUMNS] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
         lines.append("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
         lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
         lines.append("")
     return "\n".join(lines)
+
+
+def _span(row: dict[str, Any]) -> str:
+    lo, hi = row.get("ratio_lo"), row.get("ratio_hi")
+    return "-" if lo is None or hi is None else f"{lo:.2f}-{hi:.2f}"
 
 
 def _cell(v: Any) -> str:

@@ -353,14 +353,22 @@ def sql(
 @app.command()
 def backtest(
     store: StoreOpt = None,
-    cutoffs: Annotated[int, typer.Option("--cutoffs", min=1, help="Forecast days scored")] = 6,
+    cutoffs: Annotated[int, typer.Option("--cutoffs", min=1, help="Refits scored")] = 6,
     spacing: Annotated[int, typer.Option("--spacing", min=1, help="Days between cutoffs")] = 14,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            "--window", min=1,
+            help="Origin days scored after each cutoff by the model fitted there "
+            "[default: --spacing, every day]",
+        ),
+    ] = None,
     last: Annotated[
         dt.datetime | None,
         typer.Option(
             "--last-cutoff", formats=["%Y-%m-%d"],
-            help="Last cutoff [default: the longest horizon before the median of the pools' "
-            "last observed days]",
+            help="Last cutoff [default: its window's longest horizon ends on the median of the "
+            "pools' last observed days]",
         ),
     ] = None,
     train_days: TrainDaysOpt = None,
@@ -396,7 +404,8 @@ def backtest(
         _fail(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
     try:
         config = BacktestConfig(
-            cutoffs=cutoffs, spacing_days=spacing, train_days=settings.train_days,
+            cutoffs=cutoffs, spacing_days=spacing, window_days=window,
+            train_days=settings.train_days,
             horizons=tuple(parse_horizon(h.strip()) for h in horizons.split(",") if h.strip()),
             models=names, last_cutoff=last.date() if last else None,
             unseen_folds=unseen_folds, seed=settings.seed,
@@ -410,7 +419,10 @@ def backtest(
         typer.echo(json.dumps(result.to_dict(), default=str))
         return
     days = ", ".join(d.isoformat() for d in result.cutoffs_)
-    typer.echo(f"cutoffs: {days}; train window {config.train_days} days; {result.seconds_:.1f} s")
+    typer.echo(
+        f"cutoffs: {days}; each scored on {config.window} origin day(s); train window "
+        f"{config.train_days} days; {result.seconds_:.1f} s"
+    )
     typer.echo(format_summary(result.summary()))
 
 
