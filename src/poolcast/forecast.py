@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.spec import FEATURE_COLUMNS, MARKET, PLAN_FEATURE_COLUMNS
+from poolcast.spec import FEATURE_COLUMNS, MARKET, NOISE_FEATURES, PLAN_FEATURE_COLUMNS
 
 Horizon = int | str  # 1, 7, 30 days ahead, or "mean7": the mean of the next 7 days
 HORIZONS: tuple[Horizon, ...] = (1, 7, 30, "mean7")
@@ -81,6 +81,9 @@ DERIVED: dict[str, tuple[str, str, Literal["sub", "zscore"]]] = {
     "apy_delta_z_30d": ("apy_delta_today_yesterday", "stddev_apy_30d", "zscore"),
     "apy_z_7d": ("apy_minus_7d", "stddev_apy_7d", "zscore"),
     "lag1_minus_7d": ("apy_lag_1", "rolling_apy_7d", "sub"),
+    # Daily moves against the 30-day spread: about 1.4 for noise around a level, small for a
+    # drifting (random-walk) APY.
+    "delta_to_level_30d": ("stddev_apy_delta_30d", "stddev_apy_30d", "zscore"),
 }
 
 # ETH/BTC/gas, calendar and lagged-TVL features added nothing on the backtest: left out of
@@ -93,9 +96,10 @@ RECENT_MOVES: tuple[str, ...] = (
     "apy_z_7d",
     "lag1_minus_7d",
 )
+NOISE_REGIME: tuple[str, ...] = (*NOISE_FEATURES, "delta_to_level_30d")  # the 30-day model's
 PRODUCTION_FEATURES: tuple[str, ...] = (
     *(c for c in FEATURE_COLUMNS if c not in _LEFT_OUT),
-    *(d for d in DERIVED if d not in RECENT_MOVES),
+    *(d for d in DERIVED if d not in RECENT_MOVES and d not in NOISE_REGIME),
 )
 
 Target = Literal["level", "change", "scaled_change"]
@@ -160,18 +164,30 @@ MODELS: dict[str, ModelSpec] = {
         calibrate=True,
         early_stopping=30,
         float32=True,
-        interval=(0.07, 0.93),
+        interval=(0.08, 0.92),
         per_horizon={
             # One day ahead, scaling by a spiky pool's std makes the model bet on reversions that
             # come later than tomorrow: the plain change wins there. Tomorrow's move is small
             # against the 30-day scale, so dead zones of 0.1-0.3 scale cost the calibration days
             # no MAE and get picked, yet leave a quarter of the pools tied with naive (no wins).
-            "1": {"target": "change", "dead_zones": (0.0, 0.05), "anchors": MEAN_REVERSION},
+            # Four weeks of calibration: the blend weights of 14 days were noisy.
+            "1": {
+                "target": "change",
+                "dead_zones": (0.0, 0.05),
+                "anchors": MEAN_REVERSION,
+                "calibration_days": 28,
+                "interval": (0.1, 0.9),
+            },
             # The 30-day mean as a second anchor: where the 7-day mean still carries a recent
             # spike, the 30-day level is where a low-APY pool's next week tends to go.
             "mean7": {"anchors": MEAN_REVERSION},
-            # 30-day residuals drift most between calibration window and future.
-            "30": {"interval": (0.05, 0.95)},
+            # 30-day residuals drift most between calibration window and future. A month out, the
+            # pool's noise regime (size of its daily moves, share of days without a move) says
+            # how much of today's distance from its level will still be there.
+            "30": {
+                "interval": (0.05, 0.95),
+                "features": (*PRODUCTION_FEATURES, *NOISE_REGIME),
+            },
         },
     ),
 }
@@ -887,14 +903,15 @@ class ForecastModel:
         )
 
     def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
-        first = self.horizons_[1]
         return {
             "format": "poolcast-forecast-model/1",
             "version": self.version_,
             "model": self.model,
             "seed": self.seed,
             "train_days": self.train_days,
-            "features": list(first.features_),
+            "features": list(
+                dict.fromkeys(f for fc in self.horizons_.values() for f in fc.features_)
+            ),
             # The model-side features any horizon uses, with their formulas.
             "derived_features": {
                 k: list(v)

@@ -19,7 +19,7 @@ from poolcast.locks import locked
 from poolcast.observe import progress
 from poolcast.retry import retried
 from poolcast.settings import Settings
-from poolcast.spec import MARKET, METRICS
+from poolcast.spec import FEATURE_CONTEXT_DAYS, MARKET, METRICS
 from poolcast.store import Store, StoreError
 from poolcast.store.queries import latest_data_day, read_market, read_snapshots
 
@@ -28,8 +28,8 @@ METRIC_UPDATE = (*(c.name for c in METRICS), *(m.name for m in MARKET), "is_obse
 FORECAST_COLUMNS = ("pool_id", "date", "forecasted_apy", "forecasted_tvl")
 
 # Each pool's rows from `train_days + horizon + LAG_CONTEXT` days before its latest observed day:
-# enough for the longest lag feature of the first training row.
-LAG_CONTEXT = 8
+# enough for the longest feature window of the first training row.
+LAG_CONTEXT = FEATURE_CONTEXT_DAYS
 
 PANEL_SQL = """
 SELECT m.*

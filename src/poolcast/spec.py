@@ -11,6 +11,7 @@ Semantics (the same in every engine; `docs/architecture.md` has the long form):
   ``window`` rows including the day. A partial window (early in a series) uses the rows it has;
   ``std`` of a single value is NULL.
 * ``delta``: the value minus the previous day's value (NULL on a pool's first day).
+* ``unchanged``: 1.0 where the value is zero (below 1e-9 in size), else 0.0; NULL stays NULL.
 * ``lag`` / ``lead``: the value ``window`` days before / after on the same pool's grid.
 * Market columns (``eth_open``, ``btc_open``, ``gas_price_gwei``) live on a global calendar:
   the source's last value on or before the day minus ``shift`` days.
@@ -21,7 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["ffill", "mean", "std", "delta", "lag", "lead", "dow", "month", "weekend"]
+Kind = Literal[
+    "ffill", "mean", "std", "delta", "unchanged", "lag", "lead", "dow", "month", "weekend"
+]
 
 FILL_LIMIT_DAYS = 30
 
@@ -75,6 +78,23 @@ FEATURES: tuple[Column, ...] = (
     Column("day_of_week", "dow", "date"),  # ISO: Monday = 1 .. Sunday = 7
     Column("month", "month", "date"),
     Column("is_weekend", "weekend", "date"),
+    # A pool's noise regime: how large its daily moves are, and how often it does not move at all.
+    # Where daily moves are large against the 30-day spread the APY is noise around a level; where
+    # it seldom moves, today's APY is the best guess a month out (docs/forecasting.md).
+    Column("stddev_apy_delta_7d", "std", "apy_delta_today_yesterday", 7),
+    Column("stddev_apy_delta_30d", "std", "apy_delta_today_yesterday", 30),
+    Column("apy_unchanged", "unchanged", "apy_delta_today_yesterday"),
+    Column("unchanged_share_30d", "mean", "apy_unchanged", 30),
+)
+
+# Rows a forecast needs behind its first training day for every feature window.
+FEATURE_CONTEXT_DAYS = max(c.window for c in FEATURES if c.kind in ("std", "mean", "lag")) + 1
+
+# The noise regime, for the 30-day model only (forecast.MODELS): at 1 and 7 days it did not help.
+NOISE_FEATURES: tuple[str, ...] = (
+    "stddev_apy_delta_7d",
+    "stddev_apy_delta_30d",
+    "unchanged_share_30d",
 )
 
 FEATURE_COLUMNS: tuple[str, ...] = (
@@ -88,7 +108,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "eth_open",
     "btc_open",
     "gas_price_gwei",
-    *(f.name for f in FEATURES),
+    *(f.name for f in FEATURES if f.name not in NOISE_FEATURES and f.name != "apy_unchanged"),
 )
 
 # The plan's FEATURE_COLS exactly, for the plan's model kept as a named option.

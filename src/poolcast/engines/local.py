@@ -37,6 +37,8 @@ def compile_column(c: Column) -> str:
         return f"list_stddev_samp(list({src}) OVER ({_BY_POOL} {_frame(c.window - 1)}))"
     if c.kind == "delta":
         return f"{src} - lag({src}, 1) OVER ({_BY_POOL})"
+    if c.kind == "unchanged":
+        return f"CAST(abs({src}) < 1e-9 AS DOUBLE)"
     if c.kind == "lag":
         return f"lag({src}, {c.window}) OVER ({_BY_POOL})"
     if c.kind == "lead":

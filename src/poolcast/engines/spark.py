@@ -92,6 +92,8 @@ def compile_column(c: Column) -> SparkColumn:
         return F.aggregate(values, start, step, finish)
     if c.kind == "delta":
         return src - F.lag(src, 1).over(w)
+    if c.kind == "unchanged":
+        return (F.abs(src) < 1e-9).cast("double")
     if c.kind == "lag":
         return F.lag(src, c.window).over(w)
     if c.kind == "lead":
