@@ -6,7 +6,9 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +145,17 @@ def test_target_is_a_later_observed_day() -> None:
     assert rows[4]["target_h1"] is None
     assert rows[4]["apy_lag_1"] == 2.0 and rows[4]["actual_apy"] == 4.0
     assert rows[1]["day_of_week"] == 1 and rows[1]["is_weekend"] == 0  # 2024-01-01 was a Monday
+
+
+def test_noise_regime_features_follow_the_daily_moves() -> None:
+    apy = [5.0, 5.0, 6.0, 6.0, 6.0, 4.0]  # moves: -, 0, +1, 0, 0, -2
+    snaps = [("a", dt.datetime(2024, 1, d + 1, 23), v, 1.0) for d, v in enumerate(apy)]
+    s, m = _tables(snaps, [])
+    panel = compute_features(compute_metrics(s, m, dt.date(2024, 1, 6)))
+    rows = {r["date"].day: r for r in panel.to_pylist()}
+    assert rows[1]["apy_unchanged"] is None  # no move on a pool's first day
+    assert [rows[d]["apy_unchanged"] for d in range(2, 7)] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert rows[6]["unchanged_share_30d"] == pytest.approx(3 / 5)
+    assert rows[2]["stddev_apy_delta_30d"] is None  # one move: no spread yet
+    assert rows[6]["stddev_apy_delta_30d"] == pytest.approx(np.std([0, 1, 0, 0, -2], ddof=1))
+    assert rows[6]["stddev_apy_delta_7d"] == rows[6]["stddev_apy_delta_30d"]

@@ -17,6 +17,7 @@ from poolcast.forecast import (
     FORECASTS_KEY,
     MEAN_REVERSION,
     MODELS,
+    NOISE_REGIME,
     Forecaster,
     ForecastModel,
     add_targets,
@@ -127,7 +128,16 @@ def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_pat
     assert meta["horizons"]["mean7"]["blend_anchors"] == list(MEAN_REVERSION)
     assert meta["horizons"]["7"]["blend_anchors"] == ["rolling_apy_7d"]
     assert one["dead_zone"] <= 0.05  # a wider zone at 1 day only makes ties with naive
-    assert set(meta["derived_features"]) <= set(one["features"])
+    assert set(meta["derived_features"]) <= set(meta["features"])
+    # the noise regime feeds the 30-day model only, and the top level lists every horizon's
+    thirty = meta["horizons"]["30"]["features"]
+    assert set(NOISE_REGIME) <= set(thirty) and not set(NOISE_REGIME) & set(one["features"])
+    assert meta["features"] == list(dict.fromkeys([*one["features"], *thirty]))
+    assert meta["derived_features"]["delta_to_level_30d"] == [
+        "stddev_apy_delta_30d",
+        "stddev_apy_30d",
+        "zscore",
+    ]
 
 
 def test_an_artifact_from_before_blend_anchors_loads_with_the_7_day_mean(

@@ -450,8 +450,10 @@ def test_forecast_stage_on_spark(spark_forecast_run) -> None:  # type: ignore[no
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["engine"] == "spark" and "synapseml" in meta["trainer"]
     booster = lgb.Booster(model_file=str(model_dir / "h1.txt"))
-    n_features = len(meta["features"])
+    n_features = len(meta["horizons"]["1"]["features"])
     assert booster.num_feature() == n_features
+    thirty = lgb.Booster(model_file=str(model_dir / "h30.txt"))
+    assert thirty.feature_name() == meta["horizons"]["30"]["features"]
     assert np.isfinite(booster.predict(np.zeros((2, n_features)))).all()
 
 
