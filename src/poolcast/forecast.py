@@ -137,6 +137,10 @@ class ModelSpec:
     # A scaled change is divided by scale ** scale_power (1: every pool counts alike in the loss,
     # 0: the plain change, where the pools with the largest moves dominate).
     scale_power: float = 1.0
+    # A change target is learned from each of these columns (one booster each; the forecast
+    # before calibration is their mean): from today's APY and from the 30-day mean, two models
+    # that read the pool's level differently and err differently.
+    bases: tuple[str, ...] = ("actual_apy",)
     per_horizon: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_horizon(self, horizon: Horizon) -> ModelSpec:
@@ -147,6 +151,8 @@ class ModelSpec:
 
 # Blend anchors: the 7-day mean (every calibrated model), and the 30-day mean besides it.
 MEAN_REVERSION: tuple[str, ...] = ("rolling_apy_7d", "rolling_apy_30d")
+# Ensemble bases from 7 days on: the change from today's APY and from the 30-day mean.
+TODAY_AND_MONTH: tuple[str, ...] = ("actual_apy", "rolling_apy_30d")
 
 MODELS: dict[str, ModelSpec] = {
     "naive": ModelSpec("naive", (), "level", baseline="actual_apy", calibrate=True),
@@ -180,13 +186,15 @@ MODELS: dict[str, ModelSpec] = {
             },
             # The 30-day mean as a second anchor: where the 7-day mean still carries a recent
             # spike, the 30-day level is where a low-APY pool's next week tends to go.
-            "mean7": {"anchors": MEAN_REVERSION},
+            "mean7": {"anchors": MEAN_REVERSION, "bases": TODAY_AND_MONTH},
+            "7": {"bases": TODAY_AND_MONTH},
             # 30-day residuals drift most between calibration window and future. A month out, the
             # pool's noise regime (size of its daily moves, share of days without a move) says
             # how much of today's distance from its level will still be there.
             "30": {
                 "interval": (0.05, 0.95),
                 "features": (*PRODUCTION_FEATURES, *NOISE_REGIME),
+                "bases": (*TODAY_AND_MONTH, "rolling_apy_7d"),
             },
         },
     ),
@@ -466,11 +474,22 @@ class Forecaster:
         return scl if power == 1.0 else np.round(scl**power, 9)
 
     # -- the target in the model's own units ----------------------------------------------------
+    _member = 0  # the ensemble member (index into bases_) that _to_target/_from_target serve
+
+    def _base(self, rows: pa.Table) -> np.ndarray:
+        """The member's starting point: its base column, today's APY where that is missing."""
+        naive = _column(rows, "actual_apy")
+        bases = getattr(self, "bases_", None) or self._spec().bases
+        if bases[self._member] == "actual_apy":
+            return naive
+        value = _column(rows, bases[self._member])
+        return np.where(np.isfinite(value), value, naive)
+
     def _to_target(self, rows: pa.Table, y: np.ndarray) -> np.ndarray:
         target = self._spec().target
         if target == "level":
             return y
-        change = y - _column(rows, "actual_apy")
+        change = y - self._base(rows)
         change = change / self._target_scale(rows) if target == "scaled_change" else change
         return np.round(change, 9)  # L1 follows each residual's sign: no last-bit noise
 
@@ -479,7 +498,26 @@ class Forecaster:
         if target == "level":
             return raw
         change = raw * self._target_scale(rows) if target == "scaled_change" else raw
-        return change + _column(rows, "actual_apy")
+        return change + self._base(rows)
+
+    def _train_members(
+        self, rows: pa.Table, rounds: Sequence[int], valid: pa.Table | None = None
+    ) -> list[lgb.Booster]:
+        """One booster per base (``_train`` is the engine's: local LightGBM or SynapseML)."""
+        boosters = []
+        try:
+            for i in range(len(self.bases_)):
+                self._member = i
+                boosters.append(self._train(rows, rounds[i], valid))
+        finally:
+            self._member = 0
+        return boosters
+
+    @property
+    def booster_(self) -> lgb.Booster | None:
+        """The first member's booster (from today's APY): its text is ``h<horizon>.txt``."""
+        members = getattr(self, "members_", None)
+        return members[0] if members else None
 
     def _train(self, rows: pa.Table, rounds: int, valid: pa.Table | None = None) -> lgb.Booster:
         spec = self._spec()
@@ -527,34 +565,38 @@ class Forecaster:
         dates = rows.column("date")
         self.train_window_ = (pc.min(dates).as_py(), pc.max(dates).as_py())
         self.fingerprint_ = _fingerprint(rows, spec.features, target_column(self.horizon))
-        self.booster_: lgb.Booster | None = None
+        self.bases_ = spec.bases
+        self.members_: list[lgb.Booster] = []
         self.anchors_ = spec.anchors
         self.weights_: tuple[float, ...] = (1.0,) + (0.0,) * len(spec.anchors)
         self.dead_zone_ = 0.0
         self.quantiles_: tuple[float, float] | None = None
         self.calibration_: dict[str, Any] = {}
-        rounds = int(self.lgb_params().get("num_iterations", 100))
+        rounds = [int(self.lgb_params().get("num_iterations", 100))] * len(self.bases_)
         if spec.calibrate:
             calib = rows.filter(pc.less(rows.column("age"), spec.calibration_days))
             early = rows.filter(pc.greater_equal(rows.column("age"), spec.calibration_days))
             if calib.num_rows and early.num_rows >= 10:
                 self._calibrate(early, calib, rounds)
-                rounds = self.best_iteration_ or rounds
+                if self.best_iterations_:
+                    rounds = self.best_iterations_
         if spec.baseline is None:
-            self.booster_ = self._train(rows, rounds)
-        self.rounds_ = rounds if spec.baseline is None else 0
+            self.members_ = self._train_members(rows, rounds)
+        self.member_rounds_ = rounds if spec.baseline is None else [0] * len(rounds)
+        self.rounds_ = self.member_rounds_[0]
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
-    def _calibrate(self, early: pa.Table, calib: pa.Table, rounds: int) -> None:
+    def _calibrate(self, early: pa.Table, calib: pa.Table, rounds: Sequence[int]) -> None:
         """Fit on the early part, judge on the held-out last days: blend, dead zone, intervals."""
         spec = self._spec()
-        self.best_iteration_: int | None = None
+        self.best_iterations_: list[int] = []
         if spec.baseline is None:
-            booster = self._train(early, rounds, valid=calib)
-            self.best_iteration_ = booster.best_iteration or rounds
-            self.booster_ = booster
-            model = self._raw_predict(calib, booster.best_iteration or None)
+            self.members_ = self._train_members(early, rounds, valid=calib)
+            self.best_iterations_ = [
+                b.best_iteration or r for b, r in zip(self.members_, rounds, strict=True)
+            ]
+            model = self._raw_predict(calib, self.best_iterations_)
             y = _column(calib, target_column(self.horizon))
             self.weights_, self.dead_zone_ = _fit_blend(
                 y,
@@ -575,7 +617,7 @@ class Forecaster:
             "naive_mae": float(np.mean(np.abs(y - naive))),
             "weights": list(self.weights_),
             "dead_zone": self.dead_zone_,
-            "best_iteration": self.best_iteration_,
+            "best_iteration": self.best_iterations_[0] if self.best_iterations_ else None,
             "quantiles": list(self.quantiles_),
         }
         self.calibration_["ratio"] = (
@@ -592,19 +634,27 @@ class Forecaster:
             return np.empty((rows.num_rows, 0))
         return np.column_stack([np.where(np.isfinite(c), c, naive) for c in cols])
 
-    def _raw_predict(self, rows: pa.Table, iteration: int | None = None) -> np.ndarray:
+    def _raw_predict(self, rows: pa.Table, iterations: Sequence[int] | None = None) -> np.ndarray:
         spec = self._spec()
         if spec.baseline is not None:
             value = _column(rows, spec.baseline)
             return np.where(np.isfinite(value), value, _column(rows, "actual_apy"))
-        assert self.booster_ is not None
+        assert self.members_, "the forecaster is not fitted"
         dtype = np.float32 if spec.float32 else np.float64
-        raw = self.booster_.predict(
-            _matrix(rows, self.features_, dtype),
-            num_iteration=iteration,
-            num_threads=self.fit_threads_,
-        )
-        return self._from_target(rows, np.asarray(raw, dtype=np.float64))
+        matrix = _matrix(rows, self.features_, dtype)
+        values = []
+        try:
+            for i, booster in enumerate(self.members_):
+                self._member = i
+                raw = booster.predict(
+                    matrix,
+                    num_iteration=iterations[i] if iterations else None,
+                    num_threads=self.fit_threads_,
+                )
+                values.append(self._from_target(rows, np.asarray(raw, dtype=np.float64)))
+        finally:
+            self._member = 0
+        return values[0] if len(values) == 1 else np.mean(values, axis=0)
 
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Point forecasts for the given origin rows."""
@@ -632,6 +682,10 @@ class Forecaster:
     def model_text(self) -> str:
         return self.booster_.model_to_string() if self.booster_ is not None else ""
 
+    def member_texts(self) -> list[str]:
+        """The other members' native models (bases after the first), in order."""
+        return [b.model_to_string() for b in getattr(self, "members_", [])[1:]]
+
     def metadata(self) -> dict[str, Any]:
         spec = self._spec()
         return {
@@ -642,6 +696,10 @@ class Forecaster:
             "train_window": [d.isoformat() for d in self.train_window_],
             "n_train": self.n_train_,
             "rounds": self.rounds_,
+            "members": [
+                {"base": b, "rounds": r}
+                for b, r in zip(self.bases_, self.member_rounds_, strict=True)
+            ],
             "data_fingerprint": self.fingerprint_,
             "blend_weights": list(self.weights_),
             "blend_anchors": list(self.anchors_),
@@ -657,14 +715,16 @@ class Forecaster:
         out = Path(directory) / f"{self.model}-h{self.horizon}-{version}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.txt").write_text(text)
+        for i, member in enumerate(self.member_texts(), start=1):
+            (out / f"model.b{i}.txt").write_text(member)
         meta = {"version": version, **self.metadata()}
         (out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         self.version_ = version
         return out
 
     @classmethod
-    def _restore(cls, meta: dict[str, Any], text: str) -> Forecaster:
-        """A fitted forecaster from its saved metadata and model text (no training)."""
+    def _restore(cls, meta: dict[str, Any], text: str, members: Sequence[str] = ()) -> Forecaster:
+        """A fitted forecaster from its saved metadata and model texts (no training)."""
         horizon = parse_horizon(meta["horizon"])
         self = cls(
             meta["model"]["name"],
@@ -679,6 +739,10 @@ class Forecaster:
         self.train_window_ = (dt.date.fromisoformat(first), dt.date.fromisoformat(last))
         self.fingerprint_ = meta["data_fingerprint"]
         self.rounds_ = meta["rounds"]
+        # Artifacts from before ensembles had one member, from today's APY.
+        saved = meta.get("members") or [{"base": "actual_apy", "rounds": self.rounds_}]
+        self.bases_ = tuple(m["base"] for m in saved)
+        self.member_rounds_ = [m["rounds"] for m in saved]
         self.weights_ = tuple(float(w) for w in meta["blend_weights"])
         # Artifacts from before the anchors were a setting blended the 7-day mean only.
         self.anchors_ = tuple(meta.get("blend_anchors", ["rolling_apy_7d"]))
@@ -686,7 +750,8 @@ class Forecaster:
         q = meta["interval_quantiles"]
         self.quantiles_ = (q[0], q[1]) if q else None
         self.calibration_ = meta["calibration"]
-        self.booster_ = lgb.Booster(model_str=text) if text else None
+        texts = [text, *members] if text else []
+        self.members_ = [lgb.Booster(model_str=t) for t in texts]
         return self
 
 
@@ -832,7 +897,8 @@ class ForecastModel:
     def _version(self) -> str:
         digest = hashlib.sha256()
         for h, f in self.horizons_.items():
-            digest.update(horizon_key(h).encode() + b"\0" + f.model_text().encode() + b"\0")
+            for text in (f.model_text(), *f.member_texts()):
+                digest.update(horizon_key(h).encode() + b"\0" + text.encode() + b"\0")
             digest.update(json.dumps(f.metadata(), sort_keys=True, default=str).encode())
         digest.update(json.dumps(self.tvl_, sort_keys=True).encode())
         return digest.hexdigest()[:16]
@@ -931,6 +997,9 @@ class ForecastModel:
     def files(self, backtest: dict[str, Any] | None = None) -> dict[str, bytes]:
         """The artifact's files: ``h<horizon>.txt`` native LightGBM models and ``metadata.json``."""
         out = {f"h{horizon_key(h)}.txt": f.model_text().encode() for h, f in self.horizons_.items()}
+        for h, f in self.horizons_.items():
+            for i, text in enumerate(f.member_texts(), start=1):
+                out[f"h{horizon_key(h)}.b{i}.txt"] = text.encode()
         out["metadata.json"] = json.dumps(
             self.metadata(backtest), indent=2, sort_keys=True, default=str
         ).encode()
@@ -980,7 +1049,11 @@ class ForecastModel:
             seed=meta["seed"],
         )
         self.horizons_ = {
-            parse_horizon(k): Forecaster._restore(m, read(f"h{k}.txt"))
+            parse_horizon(k): Forecaster._restore(
+                m,
+                read(f"h{k}.txt"),
+                [read(f"h{k}.b{i}.txt") for i in range(1, len(m.get("members") or [None]))],
+            )
             for k, m in meta["horizons"].items()
         }
         self.tvl_ = meta["tvl"]
