@@ -103,7 +103,14 @@ def test_same_data_and_seed_give_the_same_model_byte_for_byte(
     again = ForecastModel("production", num_threads=1).fit(sample_panel)
     first, second = Path(fitted.save(tmp_path / "a")), Path(again.save(tmp_path / "b"))
     assert first.name == second.name == f"production-{fitted.version_}"
-    for name in ("h1.txt", "h7.txt", "h30.txt", "hmean7.txt", "metadata.json"):
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    # ensemble members beyond the first: 7 days and the 7-day mean two, 30 days three
+    assert names == sorted(
+        ["h1.txt", "h7.txt", "h7.b1.txt", "h30.txt", "h30.b1.txt", "h30.b2.txt"]
+        + ["hmean7.txt", "hmean7.b1.txt", "metadata.json"]
+    )
+    for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes()
     other = ForecastModel("production", num_threads=1, seed=7).fit(sample_panel)
     assert other.version_ != fitted.version_
@@ -197,6 +204,27 @@ def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(
     loaded = ForecastModel.load(fitted.save(tmp_path))
     assert loaded.version_ == fitted.version_
     assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
+    members = {h: len(f.members_) for h, f in loaded.horizons_.items()}
+    assert members == {1: 1, 7: 2, 30: 3, "mean7": 2}
+
+
+def test_an_ensemble_forecast_is_the_mean_of_its_members(
+    sample_panel: pa.Table, fitted: ForecastModel
+) -> None:
+    seven = fitted.horizons_[7]
+    rows = latest_rows(sample_panel)
+    assert seven.bases_ == ("actual_apy", "rolling_apy_30d")
+    mean = seven._raw_predict(rows)
+    members = []
+    for i, booster in enumerate(seven.members_):
+        alone = Forecaster._restore(
+            {**seven.metadata(), "members": [{"base": seven.bases_[i], "rounds": 0}]},
+            booster.model_to_string(),
+        )
+        members.append(alone._raw_predict(rows))
+    np.testing.assert_allclose(mean, np.mean(members, axis=0), rtol=1e-12)
+    # the two members read the level differently: they do not agree
+    assert np.abs(members[0] - members[1]).max() > 0.01
 
 
 def test_every_pool_gets_every_horizon_with_an_interval(
