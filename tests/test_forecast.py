@@ -332,3 +332,21 @@ def test_fit_reports_each_horizon_done(sample_panel: pa.Table) -> None:
     done: list[int] = []
     ForecastModel(horizons=(1, 7)).fit(sample_panel, on_horizon=lambda: done.append(len(done)))
     assert done == [0, 1]  # a progress bar's advance, once per horizon
+
+
+def test_plantrees_has_the_plans_trees_at_every_horizon() -> None:
+    for h in (1, 7, 30, "mean7"):
+        params = Forecaster("plantrees", horizon=h).lgb_params()
+        assert (params["learning_rate"], params["num_iterations"], params["num_leaves"]) == (
+            0.03,
+            800,
+            64,
+        )
+        # same target, features and ensembles as production: only the trees differ
+        plan, prod = MODELS["plantrees"].for_horizon(h), MODELS["production"].for_horizon(h)
+        assert (plan.target, plan.features, plan.bases) == (prod.target, prod.features, prod.bases)
+    # production's ensembles get the boosting budget of one model
+    for h, members in ((7, 2), (30, 3), ("mean7", 2)):
+        params = Forecaster("production", horizon=h).lgb_params()
+        assert len(MODELS["production"].for_horizon(h).bases) == members
+        assert members * params["num_iterations"] <= 300
