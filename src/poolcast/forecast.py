@@ -486,6 +486,8 @@ class Forecaster:
 
     # -- the target in the model's own units ----------------------------------------------------
     _member = 0  # the ensemble member (index into bases_) that _to_target/_from_target serve
+    # Binned training sets shared by the members of one _train_members call, by (rows, valid).
+    _binned: dict[tuple[int, int | None], tuple[lgb.Dataset, lgb.Dataset | None]] | None = None
 
     def _base(self, rows: pa.Table) -> np.ndarray:
         """The member's starting point: its base column, today's APY where that is missing."""
@@ -516,12 +518,14 @@ class Forecaster:
     ) -> list[lgb.Booster]:
         """One booster per base (``_train`` is the engine's: local LightGBM or SynapseML)."""
         boosters = []
+        self._binned = {}
         try:
             for i in range(len(self.bases_)):
                 self._member = i
                 boosters.append(self._train(rows, rounds[i], valid))
         finally:
             self._member = 0
+            self._binned = None
         return boosters
 
     @property
@@ -534,23 +538,41 @@ class Forecaster:
         spec = self._spec()
         dtype = np.float32 if spec.float32 else np.float64
         y = self._to_target(rows, _column(rows, target_column(self.horizon)))
-        data = lgb.Dataset(
-            _matrix(rows, spec.features, dtype),
-            label=y,
-            feature_name=list(spec.features),
-            free_raw_data=True,
-            params={"max_bin": spec.params.get("max_bin", 255)},
+        use_valid = valid is not None and valid.num_rows > 0 and bool(spec.early_stopping)
+        yv = (
+            self._to_target(valid, _column(valid, target_column(self.horizon)))
+            if valid is not None and use_valid
+            else None
         )
+        key = (id(rows), id(valid) if use_valid else None)
+        if self._binned is not None and key in self._binned:
+            # Another ensemble member on the same rows: the bins are the same, only labels differ.
+            data, valid_data = self._binned[key]
+            data.set_label(y)
+            if valid_data is not None:
+                valid_data.set_label(yv)
+        else:
+            data = lgb.Dataset(
+                _matrix(rows, spec.features, dtype),
+                label=y,
+                feature_name=list(spec.features),
+                free_raw_data=True,
+                params={"max_bin": spec.params.get("max_bin", 255)},
+            )
+            valid_data = None
+            if valid is not None and use_valid:
+                valid_data = lgb.Dataset(
+                    _matrix(valid, spec.features, dtype), label=yv, reference=data
+                )
+            if self._binned is not None:
+                self._binned[key] = (data, valid_data)
         params = self.lgb_params()
         params.pop("num_iterations", None)
         params["num_threads"] = self.fit_threads_
         callbacks: list[Callable[..., Any]] = []
         valid_sets = []
-        if valid is not None and valid.num_rows and spec.early_stopping:
-            yv = self._to_target(valid, _column(valid, target_column(self.horizon)))
-            valid_sets = [
-                lgb.Dataset(_matrix(valid, spec.features, dtype), label=yv, reference=data)
-            ]
+        if valid_data is not None:
+            valid_sets = [valid_data]
             callbacks = [lgb.early_stopping(spec.early_stopping, verbose=False)]
         return lgb.train(
             params, data, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks
