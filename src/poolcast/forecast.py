@@ -9,6 +9,10 @@ made on the rolling-origin backtest (``poolcast backtest``, docs/forecasting.md)
   loses to "APY stays as today".
 * From 7 days on, the change divided by the pool's own scale (30-day std + 5% of its APY): pools
   with 0.01% and 400% APY then teach the model the same mean reversion.
+* From 7 days on, an ensemble: one booster learns the change from today's APY, another from the
+  30-day mean (at 30 days a third from the 7-day mean); their mean is calibrated as one model.
+  At 30 days the pool's noise regime (size of its daily moves, share of days without one) joins
+  the features.
 * Each fit holds out its last ``calibration_days`` (a time-based split): early stopping, a blend of
   model, naive and 7-day mean (at 1 day and for the 7-day mean also the 30-day mean) fitted there
   (shrinkage toward naive where the model has no edge), a dead zone that keeps today's APY when
