@@ -350,3 +350,19 @@ def test_plantrees_has_the_plans_trees_at_every_horizon() -> None:
         params = Forecaster("production", horizon=h).lgb_params()
         assert len(MODELS["production"].for_horizon(h).bases) == members
         assert members * params["num_iterations"] <= 300
+
+
+def test_members_sharing_one_binned_set_train_the_same_boosters(
+    sample_panel: pa.Table, fitted: ForecastModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def one_at_a_time(self: Forecaster, rows: pa.Table, rounds: list[int], valid=None):  # type: ignore[no-untyped-def]
+        out = []
+        for i in range(len(self.bases_)):
+            self._member = i
+            out.append(self._train(rows, rounds[i], valid))
+        self._member = 0
+        return out
+
+    monkeypatch.setattr(Forecaster, "_train_members", one_at_a_time)
+    separate = ForecastModel("production", num_threads=1).fit(sample_panel)
+    assert separate.version_ == fitted.version_
