@@ -27,10 +27,6 @@ METRIC_KEY = ("pool_id", "date")
 METRIC_UPDATE = (*(c.name for c in METRICS), *(m.name for m in MARKET), "is_observed")
 FORECAST_COLUMNS = ("pool_id", "date", "forecasted_apy", "forecasted_tvl")
 
-# Each pool's rows from `train_days + horizon + LAG_CONTEXT` days before its latest observed day:
-# enough for the longest feature window of the first training row.
-LAG_CONTEXT = FEATURE_CONTEXT_DAYS
-
 PANEL_SQL = """
 SELECT m.*
 FROM pool_daily_metrics AS m
@@ -121,7 +117,9 @@ def metrics_stage(store: Store, settings: Settings) -> StageResult:
 
 def read_panel(store: Store, settings: Settings, horizon: int = 1) -> pa.Table:
     """pool_daily_metrics rows a forecast needs, for active pools."""
-    return store.fetch_arrow(PANEL_SQL, [settings.train_days + horizon + LAG_CONTEXT])
+    # Each pool's rows from `train_days + horizon` days before its latest observed day, and the
+    # context every feature window of the first training row needs.
+    return store.fetch_arrow(PANEL_SQL, [settings.train_days + horizon + FEATURE_CONTEXT_DAYS])
 
 
 def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:

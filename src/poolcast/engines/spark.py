@@ -570,11 +570,12 @@ def spark_forecast_model(
 
 def read_panel(exchange: Any, settings: Settings, horizon: int = 1) -> DataFrame:
     """``pipeline.read_panel``'s statement, read by pool partitions over JDBC."""
-    from poolcast.pipeline import LAG_CONTEXT, PANEL_SQL
+    from poolcast.pipeline import PANEL_SQL
+    from poolcast.spec import FEATURE_CONTEXT_DAYS
 
     return exchange.read_query(
         PANEL_SQL,
-        [settings.train_days + horizon + LAG_CONTEXT],
+        [settings.train_days + horizon + FEATURE_CONTEXT_DAYS],
         name="panel",
         partition_by_pool=True,
     )
