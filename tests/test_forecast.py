@@ -18,6 +18,7 @@ from poolcast.forecast import (
     MEAN_REVERSION,
     MODELS,
     NOISE_REGIME,
+    PEER_MEDIANS,
     Forecaster,
     ForecastModel,
     add_targets,
@@ -65,6 +66,66 @@ def test_targets_are_later_observed_values_only(apy: list[float | None]) -> None
             assert row["target_mean7"] is None
 
 
+def _pools(days: list[list[tuple[float, bool]]], projects: list[str]) -> pa.Table:
+    """Pools ``p0..pn`` on ``len(days)`` days: ``days[d][i]`` is pool i's (APY, observed)."""
+    rows = [
+        {
+            "pool_id": f"p{i}",
+            "date": DAY0 + dt.timedelta(days=d),
+            "project": projects[i],
+            "actual_apy": apy,
+            "rolling_apy_30d": apy / 2,
+            "actual_tvl": 1.0,
+            "is_observed": observed,
+        }
+        for d, day in enumerate(days)
+        for i, (apy, observed) in enumerate(day)
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 6).flatmap(
+        lambda n: st.tuples(
+            st.lists(
+                st.lists(st.tuples(st.floats(0, 100), st.booleans()), min_size=n, max_size=n),
+                min_size=1,
+                max_size=4,
+            ),
+            st.lists(st.sampled_from(["aave", "morpho"]), min_size=n, max_size=n),
+        )
+    )
+)
+def test_peer_medians_are_over_the_pools_observed_that_day(
+    case: tuple[list[list[tuple[float, bool]]], list[str]],
+) -> None:
+    days, projects = case
+    panel = add_targets(_pools(days, projects), [1]).to_pylist()
+    for row in panel:
+        d = (row["date"] - DAY0).days
+        seen = [(a, projects[i]) for i, (a, ok) in enumerate(days[d]) if ok]
+        market = [a for a, _ in seen]
+        project = [a for a, p in seen if p == row["project"]]
+        for name, values in (("market_apy", market), ("project_apy", project)):
+            expected = float(np.median(values)) if values else None
+            assert row[name] == (pytest.approx(expected) if values else None), name
+        assert row["market_apy_30d"] == (pytest.approx(np.median(market) / 2) if market else None)
+
+
+def test_peer_medians_are_not_recomputed_on_a_subset() -> None:
+    # a backtest fold (or one pool's rows) keeps the medians of every pool of the day
+    days = [[(1.0, True), (3.0, True), (10.0, True)]]
+    panel = add_targets(_pools(days, ["a", "a", "b"]), [1])
+    alone = add_targets(panel.filter(pa.array([True, False, False])), [1])
+    assert alone.column("market_apy").to_pylist() == [3.0]
+    assert alone.column("project_apy").to_pylist() == [2.0]
+    # without a project column the project's median is unknown, not the market's
+    bare = add_targets(_pools(days, ["a", "a", "b"]).drop_columns(["project"]), [1])
+    assert bare.column("project_apy").null_count == 3
+    assert set(PEER_MEDIANS) <= set(bare.column_names)
+
+
 def test_training_rows_up_to_a_cutoff_never_see_later_targets() -> None:
     panel = add_targets(_grid([float(i % 5) for i in range(90)]), [7])
     end = DAY0 + dt.timedelta(days=60)
@@ -89,7 +150,8 @@ def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> 
         ingest(s, [sample_dir])
         settings = Settings(store=str(path))
         metrics_stage(s, settings)
-        return compute_features(read_panel(s, settings, horizon=30))
+        # with the peer medians, as the forecast stage's panel gets them before any row is picked
+        return add_targets(compute_features(read_panel(s, settings, horizon=30)))
 
 
 @pytest.fixture(scope="module")

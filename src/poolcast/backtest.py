@@ -415,7 +415,7 @@ def run_backtest(metrics: pa.Table, config: BacktestConfig | None = None) -> Bac
 
 # The whole history of active pools: a backtest needs every day before its earliest cutoff.
 HISTORY_SQL = """
-SELECT m.*
+SELECT m.*, p.project  -- the project: peers for forecast.PEER_MEDIANS
 FROM pool_daily_metrics AS m
 JOIN pools AS p ON p.pool_id = m.pool_id
 WHERE p.is_active

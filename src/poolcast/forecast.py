@@ -88,6 +88,21 @@ DERIVED: dict[str, tuple[str, str, Literal["sub", "zscore"]]] = {
     # Daily moves against the 30-day spread: about 1.4 for noise around a level, small for a
     # drifting (random-walk) APY.
     "delta_to_level_30d": ("stddev_apy_delta_30d", "stddev_apy_30d", "zscore"),
+    # A pool against its peers on the same day (PEER_MEDIANS): capital moves to the better yield,
+    # so an APY far above its market's or its protocol's tends to come down within weeks, and the
+    # market's own level drifts back toward its month.
+    "apy_minus_market": ("actual_apy", "market_apy", "sub"),
+    "market_minus_30d": ("market_apy", "market_apy_30d", "sub"),
+    "apy_minus_project": ("actual_apy", "project_apy", "sub"),
+}
+
+# Medians over the pools observed on a day (in a group of ``pools`` columns, if any): the peers of
+# PEERS. They must see every pool of the day, so add_targets computes them once on the whole panel
+# and never again on a subset (a backtest fold, one pool's rows) that already carries them.
+PEER_MEDIANS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "market_apy": ("actual_apy", ()),
+    "market_apy_30d": ("rolling_apy_30d", ()),
+    "project_apy": ("actual_apy", ("project",)),
 }
 
 # ETH/BTC/gas, calendar and lagged-TVL features added nothing on the backtest: left out of
@@ -101,9 +116,10 @@ RECENT_MOVES: tuple[str, ...] = (
     "lag1_minus_7d",
 )
 NOISE_REGIME: tuple[str, ...] = (*NOISE_FEATURES, "delta_to_level_30d")  # the 30-day model's
+PEERS: tuple[str, ...] = ("apy_minus_market", "market_minus_30d", "apy_minus_project")  # 7 days on
 PRODUCTION_FEATURES: tuple[str, ...] = (
     *(c for c in FEATURE_COLUMNS if c not in _LEFT_OUT),
-    *(d for d in DERIVED if d not in RECENT_MOVES and d not in NOISE_REGIME),
+    *(d for d in DERIVED if d not in (*RECENT_MOVES, *NOISE_REGIME, *PEERS)),
 )
 
 Target = Literal["level", "change", "scaled_change"]
@@ -161,7 +177,13 @@ TODAY_AND_MONTH: tuple[str, ...] = ("actual_apy", "rolling_apy_30d")
 # rate): at 20,000 pools, where early stopping seldom stops, the whole training stays within issue
 # 5's full-run time. On the sample the budget cost 30 days about 0.01 against 300 rounds each.
 _TWO_MEMBERS: dict[str, Any] = {"params": {"learning_rate": 0.1, "num_iterations": 150}}
-_THREE_MEMBERS: dict[str, Any] = {"params": {"learning_rate": 0.1, "num_iterations": 100}}
+# A month out the edge is small and its validation curve flat: early stopping picked 1-3 rounds
+# on one engine and 100 on the other for the same data. Ten fixed rounds, a strong shrinkage the
+# blend then weighs, backtested better than early stopping on both origin sets.
+_TEN_ROUNDS: dict[str, Any] = {
+    "early_stopping": 0,
+    "params": {"learning_rate": 0.1, "num_iterations": 10},
+}
 
 MODELS: dict[str, ModelSpec] = {
     "naive": ModelSpec("naive", (), "level", baseline="actual_apy", calibrate=True),
@@ -195,16 +217,27 @@ MODELS: dict[str, ModelSpec] = {
             },
             # The 30-day mean as a second anchor: where the 7-day mean still carries a recent
             # spike, the 30-day level is where a low-APY pool's next week tends to go.
-            "mean7": {"anchors": MEAN_REVERSION, "bases": TODAY_AND_MONTH, **_TWO_MEMBERS},
-            "7": {"bases": TODAY_AND_MONTH, **_TWO_MEMBERS},
+            # From 7 days on, the pool against its peers (PEERS): a yield far above the market's
+            # or its protocol's is competed away within weeks. At 1 day they only added noise.
+            "mean7": {
+                "anchors": MEAN_REVERSION,
+                "bases": TODAY_AND_MONTH,
+                "features": (*PRODUCTION_FEATURES, *PEERS),
+                **_TWO_MEMBERS,
+            },
+            "7": {
+                "bases": TODAY_AND_MONTH,
+                "features": (*PRODUCTION_FEATURES, *PEERS),
+                **_TWO_MEMBERS,
+            },
             # 30-day residuals drift most between calibration window and future. A month out, the
             # pool's noise regime (size of its daily moves, share of days without a move) says
             # how much of today's distance from its level will still be there.
             "30": {
                 "interval": (0.05, 0.95),
-                "features": (*PRODUCTION_FEATURES, *NOISE_REGIME),
+                "features": (*PRODUCTION_FEATURES, *PEERS, *NOISE_REGIME),
                 "bases": (*TODAY_AND_MONTH, "rolling_apy_7d"),
-                **_THREE_MEMBERS,
+                **_TEN_ROUNDS,
             },
         },
     ),
@@ -259,6 +292,7 @@ def target_column(horizon: Horizon) -> str:
 def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.Table:
     """The panel with one target column per horizon (NULL unless observed) and ``target_tvl_h{h}``
     for the day horizons, plus ``rolling_tvl_7d`` (a TVL baseline). Replaces existing targets.
+    Adds the PEER_MEDIANS the panel lacks (NULL where it lacks their column, e.g. ``project``).
 
     The grid has one row per pool and day, so ``lead(x, h)`` is the value h days later.
     """
@@ -276,6 +310,17 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
         return f"CASE WHEN lead(is_observed, {k}) OVER w THEN lead({col}, {k}) OVER w END"
 
     exprs = ["avg(actual_tvl) OVER (w ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS rolling_tvl_7d"]
+    for name, (column, groups) in PEER_MEDIANS.items():
+        if name in base.column_names:
+            continue
+        if not {column, *groups} <= set(base.column_names):
+            exprs.append(f"CAST(NULL AS DOUBLE) AS {name}")
+            continue
+        by_day = ", ".join(("date", *groups))
+        exprs.append(
+            f"median(CASE WHEN is_observed THEN {column} END) "
+            f"OVER (PARTITION BY {by_day}) AS {name}"
+        )
     for h in horizons:
         if h == "mean7":
             leads = [observed(k, "actual_apy") for k in range(1, 8)]
@@ -314,6 +359,11 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
         if op == "sub":
             return np.round(x - y, 9)
         return np.round(x / (np.nan_to_num(y, nan=0.0) + 1e-3), 9)
+    if name in PEER_MEDIANS and name not in table.column_names:
+        raise ValueError(
+            f"{name} is a median over every pool of a day: pass the whole panel through "
+            "add_targets before selecting rows from it"
+        )
     values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)
     return np.round(values.astype(np.float64), 9)
 
@@ -810,7 +860,7 @@ def forecast_table(model: Forecaster | ForecastModel, panel: pa.Table) -> pa.Tab
     """One next-day forecast per pool: pool_id, date (latest observed day + horizon),
     forecasted_apy, forecasted_tvl (the TVL forecast that backtested better; TVL carried from that
     day, the plan's baseline, for a single :class:`Forecaster`)."""
-    if isinstance(model, ForecastModel) and "rolling_tvl_7d" not in panel.column_names:
+    if not {"rolling_tvl_7d", *PEER_MEDIANS} <= set(panel.column_names):
         panel = add_targets(panel, [1])
     rows = latest_rows(panel)
     if isinstance(model, ForecastModel):
@@ -1021,6 +1071,7 @@ class ForecastModel:
                 for k, v in DERIVED.items()
                 if any(k in f.features_ for f in self.horizons_.values())
             },
+            "peer_medians": {k: [c, list(g)] for k, (c, g) in PEER_MEDIANS.items()},
             "lightgbm": lgb.__version__,
             "horizons": {horizon_key(h): f.metadata() for h, f in self.horizons_.items()},
             "tvl": self.tvl_,

@@ -327,10 +327,9 @@ def _forecast_tables(
 
 def read_all_metrics(store: object) -> pa.Table:
     """Every stored metric row of the active pools (the holdout needs more than a panel)."""
-    return store.fetch_arrow(  # type: ignore[attr-defined]
-        "SELECT m.* FROM pool_daily_metrics AS m JOIN pools AS p ON p.pool_id = m.pool_id "
-        "WHERE p.is_active"
-    )
+    from poolcast.backtest import HISTORY_SQL
+
+    return store.fetch_arrow(HISTORY_SQL)  # type: ignore[attr-defined]
 
 
 def holdout_cutoff(panel: pa.Table, holdout_days: int) -> object:

@@ -28,7 +28,7 @@ METRIC_UPDATE = (*(c.name for c in METRICS), *(m.name for m in MARKET), "is_obse
 FORECAST_COLUMNS = ("pool_id", "date", "forecasted_apy", "forecasted_tvl")
 
 PANEL_SQL = """
-SELECT m.*
+SELECT m.*, p.project  -- the project: peers for forecast.PEER_MEDIANS
 FROM pool_daily_metrics AS m
 JOIN (
     SELECT pool_id, max(date) AS last_day
