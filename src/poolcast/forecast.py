@@ -310,16 +310,24 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
         return f"CASE WHEN lead(is_observed, {k}) OVER w THEN lead({col}, {k}) OVER w END"
 
     exprs = ["avg(actual_tvl) OVER (w ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS rolling_tvl_7d"]
+    # Peer medians: one GROUP BY per grouping, joined back on the day (and group).
+    joins, by_groups = [], {}
     for name, (column, groups) in PEER_MEDIANS.items():
         if name in base.column_names:
             continue
         if not {column, *groups} <= set(base.column_names):
             exprs.append(f"CAST(NULL AS DOUBLE) AS {name}")
             continue
-        by_day = ", ".join(("date", *groups))
-        exprs.append(
-            f"median(CASE WHEN is_observed THEN {column} END) "
-            f"OVER (PARTITION BY {by_day}) AS {name}"
+        by_groups.setdefault(groups, []).append(
+            f"median(CASE WHEN is_observed THEN {column} END) AS {name}"
+        )
+        exprs.append(f"g{list(by_groups).index(groups)}.{name}")
+    for i, (groups, medians) in enumerate(by_groups.items()):
+        keys = ", ".join(("date", *groups))
+        joins.append(
+            # Fixed names from PEER_MEDIANS only, never user text.
+            f"LEFT JOIN (SELECT {keys}, {', '.join(medians)} FROM panel "  # noqa: S608
+            f"GROUP BY {keys}) AS g{i} USING ({keys})"
         )
     for h in horizons:
         if h == "mean7":
@@ -338,7 +346,7 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
         con.register("panel", base)
         # Built only from fixed column names and integer horizons, never from user text.
         sql = (
-            f"SELECT *, {', '.join(exprs)} FROM panel "  # noqa: S608
+            f"SELECT panel.*, {', '.join(exprs)} FROM panel {' '.join(joins)} "  # noqa: S608
             f"WINDOW w AS ({by_pool}) ORDER BY pool_id, date"
         )
         return con.sql(sql).to_arrow_table()
