@@ -311,7 +311,8 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
 
     exprs = ["avg(actual_tvl) OVER (w ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS rolling_tvl_7d"]
     # Peer medians: one GROUP BY per grouping, joined back on the day (and group).
-    joins, by_groups = [], {}
+    joins: list[str] = []
+    by_groups: dict[tuple[str, ...], list[str]] = {}
     for name, (column, groups) in PEER_MEDIANS.items():
         if name in base.column_names:
             continue
