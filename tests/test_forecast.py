@@ -289,6 +289,37 @@ def test_an_ensemble_forecast_is_the_mean_of_its_members(
     assert np.abs(members[0] - members[1]).max() > 0.01
 
 
+def test_the_7_day_mean_averages_its_own_and_the_1_and_7_day_forecasts(
+    sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
+) -> None:
+    import json
+
+    mean7, one, seven = (fitted.horizons_[h] for h in ("mean7", 1, 7))
+    rows = latest_rows(sample_panel)
+    # the model's stacked horizons are the very forecasters it saves, not refits
+    assert mean7.stacked_ == {1: one, 7: seven}
+    own = mean7._own_predict(rows)
+    expected = (own + one.predict(rows) + seven.predict(rows)) / 3
+    np.testing.assert_allclose(mean7.predict(rows), expected, rtol=1e-12)
+    assert np.abs(own - expected).max() > 0.01  # the average moves the forecast
+    # the interval keeps the width calibrated on the model's own forecasts
+    point, lower, upper = mean7.predict_interval(rows)
+    scl = mean7._scale(rows)
+    np.testing.assert_allclose(point - lower, -mean7.quantiles_[0] * scl, rtol=1e-9)
+    # fitted alone (as the backtest does) it fits its own 1- and 7-day models: the same numbers
+    alone = Forecaster("production", horizon="mean7", num_threads=1).fit(sample_panel)
+    np.testing.assert_allclose(alone.predict(rows), mean7.predict(rows), rtol=1e-9)
+    # an artifact from before stacking forecasts with the model's own numbers
+    path = Path(fitted.save(tmp_path))
+    meta = json.loads((path / "metadata.json").read_text())
+    del meta["horizons"]["mean7"]["stack"]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    old = ForecastModel.load(path).horizons_["mean7"]
+    np.testing.assert_allclose(old.predict(rows), own, rtol=1e-12)
+    with pytest.raises(ValueError, match="averages horizons"):
+        ForecastModel("production", horizons=(1, "mean7"))._check_stacks()
+
+
 def test_every_pool_gets_every_horizon_with_an_interval(
     sample_panel: pa.Table, fitted: ForecastModel
 ) -> None:

@@ -28,7 +28,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -161,6 +161,9 @@ class ModelSpec:
     # before calibration is their mean): from today's APY and from the 30-day mean, two models
     # that read the pool's level differently and err differently.
     bases: tuple[str, ...] = ("actual_apy",)
+    # The point forecast is the mean of this model's own and these horizons' forecasts (fitted on
+    # the same rows up to the same day); the interval keeps its calibrated width around it.
+    stack: tuple[Horizon, ...] = ()
     per_horizon: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_horizon(self, horizon: Horizon) -> ModelSpec:
@@ -219,10 +222,13 @@ MODELS: dict[str, ModelSpec] = {
             # spike, the 30-day level is where a low-APY pool's next week tends to go.
             # From 7 days on, the pool against its peers (PEERS): a yield far above the market's
             # or its protocol's is competed away within weeks. At 1 day they only added noise.
+            # The mean of the next 7 days lies between tomorrow's APY and day 7's: the 1- and
+            # 7-day forecasts averaged with this model's own err less than it does alone.
             "mean7": {
                 "anchors": MEAN_REVERSION,
                 "bases": TODAY_AND_MONTH,
                 "features": (*PRODUCTION_FEATURES, *PEERS),
+                "stack": (1, 7),
                 **_TWO_MEMBERS,
             },
             "7": {
@@ -641,10 +647,21 @@ class Forecaster:
             params, data, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks
         )
 
-    def fit(self, panel: pa.Table, *, end: dt.date | None = None) -> Forecaster:
-        """Train on the last ``train_days`` of observed targets (up to ``end`` when given)."""
+    def fit(
+        self,
+        panel: pa.Table,
+        *,
+        end: dt.date | None = None,
+        stacked: Mapping[Horizon, Forecaster] | None = None,
+    ) -> Forecaster:
+        """Train on the last ``train_days`` of observed targets (up to ``end`` when given).
+
+        ``stacked``: forecasters of the spec's ``stack`` horizons already fitted on the same panel
+        and ``end`` (a :class:`ForecastModel`'s); the others are fitted here.
+        """
         spec = self._spec()
         started = time.perf_counter()
+        self.stacked_: dict[Horizon, Forecaster] = {}
         rows = training_rows(panel, self.train_days, self.horizon, end=end)
         if rows.num_rows < 10:
             raise ValueError(
@@ -680,6 +697,17 @@ class Forecaster:
             self.members_ = self._train_members(rows, rounds)
         self.member_rounds_ = rounds if spec.baseline is None else [0] * len(rounds)
         self.rounds_ = self.member_rounds_[0]
+        # After calibration, which judged this model's own forecasts.
+        for h in spec.stack:
+            given = (stacked or {}).get(h)
+            self.stacked_[h] = given if given is not None else type(self)(
+                self.model,
+                horizon=h,
+                train_days=self.train_days,
+                seed=self.seed,
+                num_threads=self.num_threads,
+                params=self.params,
+            ).fit(panel, end=end)
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
@@ -754,6 +782,13 @@ class Forecaster:
 
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Point forecasts for the given origin rows."""
+        own = self._own_predict(rows)
+        stacked = getattr(self, "stacked_", {})
+        if not stacked:
+            return own
+        return np.mean([own, *(f.predict(rows) for f in stacked.values())], axis=0)
+
+    def _own_predict(self, rows: pa.Table) -> np.ndarray:
         model = self._raw_predict(rows)
         spec = self._spec()
         if spec.baseline is not None or not spec.calibrate:
@@ -802,10 +837,16 @@ class Forecaster:
             "dead_zone": self.dead_zone_,
             "interval_quantiles": list(self.quantiles_) if self.quantiles_ else None,
             "calibration": self.calibration_,
+            "stack": [horizon_key(h) for h in getattr(self, "stacked_", {})],
         }
 
     def save(self, directory: str | Path) -> Path:
         """Native LightGBM text plus metadata; the folder is named by the model's content hash."""
+        if getattr(self, "stacked_", {}):
+            raise ValueError(
+                f"the {self.horizon} forecast averages other horizons' models: save its "
+                "ForecastModel, which holds them all"
+            )
         text = self.model_text()
         version = hashlib.sha256(text.encode()).hexdigest()[:16]
         out = Path(directory) / f"{self.model}-h{self.horizon}-{version}"
@@ -848,6 +889,7 @@ class Forecaster:
         self.calibration_ = meta["calibration"]
         texts = [text, *members] if text else []
         self.members_ = [lgb.Booster(model_str=t) for t in texts]
+        self.stacked_ = {}  # ForecastModel.load wires the saved ``stack`` horizons
         return self
 
 
@@ -958,6 +1000,7 @@ class ForecastModel:
         called after each horizon (a progress bar's ``advance``)."""
         if 1 not in self.horizons:
             raise ValueError("the horizons must include 1: forecasted_apy is the next-day forecast")
+        self._check_stacks()
         panel = add_targets(panel, self.horizons)
         self.horizons_: dict[Horizon, Forecaster] = {}
         self.tvl_: dict[str, dict[str, Any]] = {}
@@ -972,7 +1015,7 @@ class ForecastModel:
                 params=self.params,
             )
             try:
-                self.horizons_[h] = forecaster.fit(panel, end=end)
+                self.horizons_[h] = forecaster.fit(panel, end=end, stacked=self.horizons_)
             except ValueError as exc:
                 if h == 1:
                     raise
@@ -989,6 +1032,17 @@ class ForecastModel:
                 on_horizon()
         self.version_ = self._version()
         return self
+
+    def _check_stacks(self) -> None:
+        """A horizon that averages others' forecasts needs them fitted (and saved) before it."""
+        for h in self.horizons:
+            spec = MODELS[self.model].for_horizon(h) if self.model in MODELS else None
+            before = self.horizons[: self.horizons.index(h)]
+            if spec is not None and not set(spec.stack) <= set(before):
+                raise ValueError(
+                    f"horizon {h} of {self.model} averages horizons {list(spec.stack)}: list them "
+                    f"before it (horizons {list(self.horizons)})"
+                )
 
     def _version(self) -> str:
         digest = hashlib.sha256()
@@ -1153,6 +1207,14 @@ class ForecastModel:
             )
             for k, m in meta["horizons"].items()
         }
+        for k, m in meta["horizons"].items():
+            # Artifacts from before stacking have no ``stack``: each horizon forecasts alone.
+            for s in m.get("stack", []):
+                if parse_horizon(s) not in self.horizons_:
+                    raise ValueError(f"{base}: horizon {k} averages horizon {s}, which is missing")
+                self.horizons_[parse_horizon(k)].stacked_[parse_horizon(s)] = self.horizons_[
+                    parse_horizon(s)
+                ]
         self.tvl_ = meta["tvl"]
         self.version_ = meta["version"]
         self.backtest_ = meta.get("backtest")
