@@ -289,7 +289,7 @@ def test_an_ensemble_forecast_is_the_mean_of_its_members(
     assert np.abs(members[0] - members[1]).max() > 0.01
 
 
-def test_the_7_day_mean_averages_its_own_and_the_1_and_7_day_forecasts(
+def test_stacked_horizons_average_their_own_and_the_other_horizons_forecasts(
     sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
 ) -> None:
     import json
@@ -298,6 +298,7 @@ def test_the_7_day_mean_averages_its_own_and_the_1_and_7_day_forecasts(
     rows = latest_rows(sample_panel)
     # the model's stacked horizons are the very forecasters it saves, not refits
     assert mean7.stacked_ == {1: one, 7: seven}
+    assert fitted.horizons_[30].stacked_ == {7: seven}
     own = mean7._own_predict(rows)
     expected = (own + one.predict(rows) + seven.predict(rows)) / 3
     np.testing.assert_allclose(mean7.predict(rows), expected, rtol=1e-12)

@@ -239,8 +239,11 @@ MODELS: dict[str, ModelSpec] = {
             # 30-day residuals drift most between calibration window and future. A month out, the
             # pool's noise regime (size of its daily moves, share of days without a move) says
             # how much of today's distance from its level will still be there.
+            # Averaged with the 7-day forecast: the 30-day calibration days end a month before
+            # the fit, the 7-day model's three weeks later; alone the 30-day model overshoots.
             "30": {
                 "interval": (0.05, 0.95),
+                "stack": (7,),
                 "features": (*PRODUCTION_FEATURES, *PEERS, *NOISE_REGIME),
                 "bases": (*TODAY_AND_MONTH, "rolling_apy_7d"),
                 **_TEN_ROUNDS,
