@@ -703,14 +703,7 @@ class Forecaster:
         # After calibration, which judged this model's own forecasts.
         for h in spec.stack:
             given = (stacked or {}).get(h)
-            self.stacked_[h] = given if given is not None else type(self)(
-                self.model,
-                horizon=h,
-                train_days=self.train_days,
-                seed=self.seed,
-                num_threads=self.num_threads,
-                params=self.params,
-            ).fit(panel, end=end)
+            self.stacked_[h] = given or _forecaster(type(self), self, h).fit(panel, end=end)
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
@@ -896,6 +889,20 @@ class Forecaster:
         return self
 
 
+def _forecaster(
+    cls: type[Forecaster], like: Forecaster | ForecastModel, horizon: Horizon
+) -> Forecaster:
+    """An unfitted ``cls`` for ``horizon`` with the model, window, seed and threads of ``like``."""
+    return cls(
+        like.model,
+        horizon=horizon,
+        train_days=like.train_days,
+        seed=like.seed,
+        num_threads=like.num_threads,
+        params=like.params,
+    )
+
+
 def _fingerprint(rows: pa.Table, features: Sequence[str], target: str) -> str:
     """A hash of exactly the data the model saw (store-independent: no schema metadata)."""
     cols = [
@@ -1009,14 +1016,7 @@ class ForecastModel:
         self.tvl_: dict[str, dict[str, Any]] = {}
         self.skipped_: dict[str, str] = {}
         for h in self.horizons:
-            forecaster = self.forecaster_cls(
-                self.model,
-                horizon=h,
-                train_days=self.train_days,
-                seed=self.seed,
-                num_threads=self.num_threads,
-                params=self.params,
-            )
+            forecaster = _forecaster(self.forecaster_cls, self, h)
             try:
                 self.horizons_[h] = forecaster.fit(panel, end=end, stacked=self.horizons_)
             except ValueError as exc:
