@@ -779,7 +779,7 @@ class Forecaster:
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Point forecasts for the given origin rows."""
         own = self._own_predict(rows)
-        stacked = getattr(self, "stacked_", {})
+        stacked = self.stacked_
         if not stacked:
             return own
         return np.mean([own, *(f.predict(rows) for f in stacked.values())], axis=0)
@@ -833,12 +833,12 @@ class Forecaster:
             "dead_zone": self.dead_zone_,
             "interval_quantiles": list(self.quantiles_) if self.quantiles_ else None,
             "calibration": self.calibration_,
-            "stack": [horizon_key(h) for h in getattr(self, "stacked_", {})],
+            "stack": [horizon_key(h) for h in self.stacked_],
         }
 
     def save(self, directory: str | Path) -> Path:
         """Native LightGBM text plus metadata; the folder is named by the model's content hash."""
-        if getattr(self, "stacked_", {}):
+        if self.stacked_:
             raise ValueError(
                 f"the {self.horizon} forecast averages other horizons' models: save its "
                 "ForecastModel, which holds them all"
