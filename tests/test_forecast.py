@@ -260,6 +260,44 @@ def test_a_scaled_change_target_inverts_exactly(sample_panel: pa.Table, power: f
         del MODELS["_scaled"]
 
 
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({}, 0.0),  # every row alike: the L1 fit follows the majority (no move)
+        ({"weight_power": 1.0}, 10.0),  # rows weighed by scale: the loud pool's APY points win
+        ({"half_life": 5.0}, 10.0),  # the recent rows win over the older majority
+    ],
+)
+def test_row_weights_set_what_the_loss_counts(spec: dict[str, float], expected: float) -> None:
+    from poolcast.forecast import PRODUCTION_PARAMS, ModelSpec
+
+    # 60 old rows of a quiet pool that did not move, 40 recent rows of a loud one that rose 10.
+    quiet, loud = 60, 40
+    rows = pa.table(
+        {
+            "pool_id": ["quiet"] * quiet + ["loud"] * loud,
+            "actual_apy": pa.array([5.0] * 100, pa.float64()),
+            "stddev_apy_30d": pa.array([0.01] * quiet + [10.0] * loud, pa.float64()),
+            "age": pa.array([30 + i % 20 for i in range(quiet)] + [i % 10 for i in range(loud)]),
+            "target_h1": pa.array([5.0] * quiet + [15.0] * loud, pa.float64()),
+            "one": pa.array([1.0] * 100, pa.float64()),
+        }
+    )
+    params = {**PRODUCTION_PARAMS, "learning_rate": 1.0, "min_data_in_leaf": 1}
+    MODELS["_weighted"] = ModelSpec("_weighted", ("one",), "change", params, **spec)
+    try:
+        f = Forecaster("_weighted")
+        f.fit_threads_, f.bases_ = 1, ("actual_apy",)
+        weights = f._weights(rows)
+        assert (weights is None) == (not spec)
+        if weights is not None:
+            assert weights.mean() == pytest.approx(1.0)
+        booster = f._train(rows, 1)
+        assert booster.predict(np.ones((1, 1)))[0] == pytest.approx(expected)
+    finally:
+        del MODELS["_weighted"]
+
+
 def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(
     sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
 ) -> None:

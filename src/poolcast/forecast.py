@@ -164,6 +164,11 @@ class ModelSpec:
     # The point forecast is the mean of this model's own and these horizons' forecasts (fitted on
     # the same rows up to the same day); the interval keeps its calibrated width around it.
     stack: tuple[Horizon, ...] = ()
+    # Each training row weighs scale ** weight_power in the loss, halved every half_life days back
+    # (0: off). With a scaled change and power 1 the L1 loss is in APY points again while the
+    # trees still split on moves in the pool's own units.
+    weight_power: float = 0.0
+    half_life: float = 0.0
     per_horizon: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_horizon(self, horizon: Horizon) -> ModelSpec:
@@ -231,9 +236,12 @@ MODELS: dict[str, ModelSpec] = {
                 "stack": (1, 7),
                 **_TWO_MEMBERS,
             },
+            # Weighted by the pool's scale: the loss counts APY points, as the backtest does, so
+            # a quiet pool's tiny scaled wiggles no longer pull its forecast off today's APY.
             "7": {
                 "bases": TODAY_AND_MONTH,
                 "features": (*PRODUCTION_FEATURES, *PEERS),
+                "weight_power": 1.0,
                 **_TWO_MEMBERS,
             },
             # 30-day residuals drift most between calibration window and future. A month out, the
@@ -241,8 +249,10 @@ MODELS: dict[str, ModelSpec] = {
             # how much of today's distance from its level will still be there.
             # Averaged with the 7-day forecast: the 30-day calibration days end a month before
             # the fit, the 7-day model's three weeks later; alone the 30-day model overshoots.
+            # For the same reason its training rows halve in weight every 15 days back.
             "30": {
                 "interval": (0.05, 0.95),
+                "half_life": 15.0,
                 "stack": (7,),
                 "features": (*PRODUCTION_FEATURES, *PEERS, *NOISE_REGIME),
                 "bases": (*TODAY_AND_MONTH, "rolling_apy_7d"),
@@ -561,6 +571,18 @@ class Forecaster:
     # Binned training sets shared by the members of one _train_members call, by (rows, valid).
     _binned: dict[tuple[int, int | None], tuple[lgb.Dataset, lgb.Dataset | None]] | None = None
 
+    def _weights(self, rows: pa.Table) -> np.ndarray | None:
+        """Row weights in the loss (mean 1), or None where every row counts alike."""
+        spec = self._spec()
+        if not (spec.weight_power or spec.half_life) or rows.num_rows == 0:
+            return None
+        weight = np.ones(rows.num_rows)
+        if spec.weight_power:
+            weight *= self._scale(rows) ** spec.weight_power
+        if spec.half_life:
+            weight *= 0.5 ** (_column(rows, "age") / spec.half_life)
+        return np.round(weight / weight.mean(), 9)
+
     def _base(self, rows: pa.Table) -> np.ndarray:
         """The member's starting point: its base column, today's APY where that is missing."""
         naive = _column(rows, "actual_apy")
@@ -627,6 +649,7 @@ class Forecaster:
             data = lgb.Dataset(
                 _matrix(rows, spec.features, dtype),
                 label=y,
+                weight=self._weights(rows),
                 feature_name=list(spec.features),
                 free_raw_data=True,
                 params={"max_bin": spec.params.get("max_bin", 255)},
@@ -634,7 +657,10 @@ class Forecaster:
             valid_data = None
             if valid is not None and use_valid:
                 valid_data = lgb.Dataset(
-                    _matrix(valid, spec.features, dtype), label=yv, reference=data
+                    _matrix(valid, spec.features, dtype),
+                    label=yv,
+                    weight=self._weights(valid),
+                    reference=data,
                 )
             if self._binned is not None:
                 self._binned[key] = (data, valid_data)

@@ -463,18 +463,23 @@ def _forecaster_class() -> Any:
             use_valid = valid is not None and valid.num_rows > 0 and bool(spec.early_stopping)
             parts = [(rows, False)] + ([(valid, True)] if use_valid else [])
             columns: dict[str, list[np.ndarray]] = {f"f{i}": [] for i in range(len(features))}
-            labels, flags = [], []
+            labels, flags, weights = [], [], []
             for part, is_valid in parts:
-                # The local model's own matrix (derived features, float32 rounding) and target.
+                # The local model's own matrix (derived features, float32 rounding), target and
+                # row weights (each part weighed on its own, as the local engine's datasets).
                 matrix = _matrix(part, features, dtype).astype(np.float64)
                 for i in range(len(features)):
                     columns[f"f{i}"].append(matrix[:, i])
                 labels.append(self._to_target(part, _column(part, target)))
                 flags.append(np.full(part.num_rows, is_valid))
+                weight = self._weights(part)
+                weights.append(np.ones(part.num_rows) if weight is None else weight)
+            weighted = self._weights(rows) is not None
             table = pa.table(
                 {
                     **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()},
                     "label": pa.array(np.concatenate(labels), pa.float64()),
+                    "weight": pa.array(np.concatenate(weights), pa.float64()),
                     "is_valid": pa.array(np.concatenate(flags), pa.bool_()),
                     "row": pa.array(np.arange(sum(p.num_rows for p, _ in parts)), pa.int64()),
                 }
@@ -487,7 +492,7 @@ def _forecaster_class() -> Any:
                 handleInvalid="keep",
             ).transform(frame)
             # Fixed order and partitioning: determinism, and no empty partitions (SynapseML #1556).
-            frame = frame.select("row", "features", "label", "is_valid")
+            frame = frame.select("row", "features", "label", "weight", "is_valid")
             if self.partitions == 1:
                 # One Parquet file is one ordered partition: no shuffle, no sampling job.
                 frame = frame.coalesce(1).sortWithinPartitions("row")
@@ -504,6 +509,8 @@ def _forecaster_class() -> Any:
                 params["validationIndicatorCol"] = "is_valid"
             else:
                 frame = frame.where(~F.col("is_valid"))
+            if weighted:
+                params["weightCol"] = "weight"
             estimator = LightGBMRegressor(
                 labelCol="label", featuresCol="features", predictionCol="prediction", **params
             )
