@@ -261,14 +261,16 @@ def test_a_scaled_change_target_inverts_exactly(sample_panel: pa.Table, power: f
 
 
 @pytest.mark.parametrize(
-    ("spec", "expected"),
+    ("weight_power", "half_life", "expected"),
     [
-        ({}, 0.0),  # every row alike: the L1 fit follows the majority (no move)
-        ({"weight_power": 1.0}, 10.0),  # rows weighed by scale: the loud pool's APY points win
-        ({"half_life": 5.0}, 10.0),  # the recent rows win over the older majority
+        (0.0, 0.0, 0.0),  # every row alike: the L1 fit follows the majority (no move)
+        (1.0, 0.0, 10.0),  # rows weighed by scale: the loud pool's APY points win
+        (0.0, 5.0, 10.0),  # the recent rows win over the older majority
     ],
 )
-def test_row_weights_set_what_the_loss_counts(spec: dict[str, float], expected: float) -> None:
+def test_row_weights_set_what_the_loss_counts(
+    weight_power: float, half_life: float, expected: float
+) -> None:
     from poolcast.forecast import PRODUCTION_PARAMS, ModelSpec
 
     # 60 old rows of a quiet pool that did not move, 40 recent rows of a loud one that rose 10.
@@ -284,12 +286,14 @@ def test_row_weights_set_what_the_loss_counts(spec: dict[str, float], expected: 
         }
     )
     params = {**PRODUCTION_PARAMS, "learning_rate": 1.0, "min_data_in_leaf": 1}
-    MODELS["_weighted"] = ModelSpec("_weighted", ("one",), "change", params, **spec)
+    MODELS["_weighted"] = ModelSpec(
+        "_weighted", ("one",), "change", params, weight_power=weight_power, half_life=half_life
+    )
     try:
         f = Forecaster("_weighted")
         f.fit_threads_, f.bases_ = 1, ("actual_apy",)
         weights = f._weights(rows)
-        assert (weights is None) == (not spec)
+        assert (weights is None) == (not weight_power and not half_life)
         if weights is not None:
             assert weights.mean() == pytest.approx(1.0)
         booster = f._train(rows, 1)
