@@ -294,8 +294,8 @@ def test_row_weights_set_what_the_loss_counts(
         f.fit_threads_, f.bases_ = 1, ("actual_apy",)
         weights = f._weights(rows)
         assert (weights is None) == (not weight_power and not half_life)
-        if weights is not None:
-            assert weights.mean() == pytest.approx(1.0)
+        if weights is not None:  # under 1: LightGBM then takes the weighted median row itself
+            assert 0 < weights.min() and weights.max() < 1
         booster = f._train(rows, 1)
         assert booster.predict(np.ones((1, 1)))[0] == pytest.approx(expected)
     finally:
