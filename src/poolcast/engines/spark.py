@@ -473,8 +473,8 @@ def _forecaster_class() -> Any:
                 labels.append(self._to_target(part, _column(part, target)))
                 flags.append(np.full(part.num_rows, is_valid))
                 weight = self._weights(part)
+                weighted = weight is not None  # the spec's choice: the same for every part
                 weights.append(np.ones(part.num_rows) if weight is None else weight)
-            weighted = self._weights(rows) is not None
             table = pa.table(
                 {
                     **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()},
