@@ -59,6 +59,8 @@ class BacktestConfig:
     seed: int = 42
     num_threads: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    # Also score the bounds of poolcast.headroom (they cheat on purpose) on the same targets.
+    headroom: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= self.spacing_days:
@@ -137,6 +139,9 @@ class Backtest:
             for day in self.cutoffs_:
                 for h in cfg.horizons:
                     parts.extend(self._one(split, train, score, day, h))
+        if cfg.headroom:
+            for h in cfg.horizons:
+                parts.extend(self._headroom(panel, h))
         self.predictions_ = _concat(parts)
         return self
 
@@ -144,23 +149,10 @@ class Backtest:
         self, split: str, train: pa.Table, score: pa.Table, day: dt.date, h: Horizon
     ) -> list[dict[str, Any]]:
         cfg = self.config
-        target = target_column(h)
-        date = score.column("date")
-        until = day + dt.timedelta(days=cfg.window)
-        mask = pc.and_(
-            pc.and_(
-                pc.and_(
-                    pc.greater_equal(date, pa.scalar(day, pa.date32())),
-                    pc.less(date, pa.scalar(until, pa.date32())),
-                ),
-                pc.fill_null(score.column("is_observed"), False),
-            ),
-            pc.is_valid(score.column(target)),
-        )
-        rows = score.filter(mask)
+        rows = self._origins(score, day, h)
         if rows.num_rows == 0:
             return []
-        y = _column(rows, target)
+        y = _column(rows, target_column(h))
         out = []
         for name in cfg.models:
             model = Forecaster(
@@ -195,6 +187,62 @@ class Backtest:
         if h != "mean7":
             out.extend(self._tvl(split, train, rows, day, int(h)))
         return out
+
+    def _origins(self, score: pa.Table, day: dt.date, h: Horizon) -> pa.Table:
+        """The rows a model fitted at ``day`` forecasts from: observed days of its window whose
+        ``h`` target was observed."""
+        date = score.column("date")
+        until = day + dt.timedelta(days=self.config.window)
+        mask = pc.and_(
+            pc.and_(
+                pc.and_(
+                    pc.greater_equal(date, pa.scalar(day, pa.date32())),
+                    pc.less(date, pa.scalar(until, pa.date32())),
+                ),
+                pc.fill_null(score.column("is_observed"), False),
+            ),
+            pc.is_valid(score.column(target_column(h))),
+        )
+        return score.filter(mask)
+
+    def _headroom(self, panel: pa.Table, h: Horizon) -> list[dict[str, Any]]:
+        """The headroom bounds on the targets the models' ``all`` split scored."""
+        from poolcast.headroom import hindsight, oracle_linear
+
+        windows = [(day, self._origins(panel, day, h)) for day in self.cutoffs_]
+        windows = [(day, rows) for day, rows in windows if rows.num_rows]
+        if not windows:
+            return []
+        rows = pa.concat_tables([r for _, r in windows])
+        cutoff = np.concatenate([np.full(r.num_rows, day, dtype=object) for day, r in windows])
+        nan = np.full(rows.num_rows, np.nan)
+        values = {
+            "oracle_linear": oracle_linear(rows, h),
+            "hindsight": hindsight(
+                panel,
+                windows,
+                h,
+                train_days=self.config.train_days,
+                seed=self.config.seed,
+                num_threads=self.config.num_threads,
+            ),
+        }
+        return [
+            _scored(
+                rows,
+                split="all",
+                metric="apy",
+                cutoff=cutoff,
+                horizon=horizon_key(h),
+                model=name,
+                y=_column(rows, target_column(h)),
+                value=value,
+                lower=nan,
+                upper=nan,
+                naive=_column(rows, "actual_apy"),
+            )
+            for name, value in values.items()
+        ]
 
     def _tvl(
         self, split: str, train: pa.Table, rows: pa.Table, day: dt.date, h: int
@@ -275,6 +323,7 @@ class Backtest:
                 "models": list(self.config.models),
                 "horizons": [_horizon_out(horizon_key(h)) for h in self.config.horizons],
                 "unseen_folds": self.config.unseen_folds,
+                "headroom": self.config.headroom,
             },
             "summary": self.summary(),
             "pools": self.pools(),

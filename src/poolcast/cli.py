@@ -388,6 +388,14 @@ def backtest(
             "--unseen-folds", min=0, help="Also score pools held out of training, in N folds"
         ),
     ] = 0,
+    headroom: Annotated[
+        bool,
+        typer.Option(
+            "--headroom",
+            help="Also score two bounds that cheat on purpose (oracle_linear, hindsight): how "
+            "much these data hold at best",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help='{"summary": [...], "pools": [...]} for machines')
     ] = False,
@@ -408,7 +416,7 @@ def backtest(
             train_days=settings.train_days,
             horizons=tuple(parse_horizon(h.strip()) for h in horizons.split(",") if h.strip()),
             models=names, last_cutoff=last.date() if last else None,
-            unseen_folds=unseen_folds, seed=settings.seed,
+            unseen_folds=unseen_folds, seed=settings.seed, headroom=headroom,
         )
         with _open(settings) as s:
             result = backtest_store(s, config)

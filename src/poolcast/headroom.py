@@ -1,0 +1,109 @@
+"""How much a forecast could gain on these data at best: two bounds that cheat on purpose.
+
+``poolcast backtest --headroom`` scores them on the backtest's own targets, beside the models:
+
+* ``oracle_linear``: per pool, today's APY moved toward its 7- and 30-day means and against
+  yesterday's move, ``apy + a (mean7 - apy) + b (mean30 - apy) + r delta``, with ``a``, ``b``
+  and ``r`` chosen on the very targets it is scored on (least absolute error on a grid). No
+  per-pool linear mean-reversion model fitted on the past can beat it on the same targets.
+* ``hindsight``: production itself (features, ensembles, calibration, stacks), refitted at each
+  cutoff as in the backtest, but on the other pools' targets up to the last day its window
+  scores, and scored on the pools held out (5 folds of pools). It has seen how every other pool
+  moved over the very days it forecasts, and is calibrated on them: it knows the market's near
+  future, which no forecast does.
+
+Where production is close to both, a target below them asks more than these features hold; where
+``hindsight`` is far below production, more data or a better learner may still pay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from poolcast.forecast import Forecaster, Horizon, _column, horizon_days, target_column
+
+HEADROOM_MODELS: tuple[str, ...] = ("oracle_linear", "hindsight")
+HINDSIGHT_FOLDS = 5
+
+_STEPS = np.round(np.arange(0.0, 1.01, 0.1), 1)
+# (a, b, r): shares of the way to the 7- and 30-day means (a + b <= 1), and of yesterday's
+# move taken back.
+_GRID = np.array(
+    [(a, b, r) for a in _STEPS for b in _STEPS if a + b <= 1.0 for r in -_STEPS[:9]]
+)
+
+
+def oracle_linear(rows: pa.Table, horizon: Horizon) -> np.ndarray:
+    """Per pool, the best linear reversion on its own scored targets (see the module doc)."""
+    y = _column(rows, target_column(horizon))
+    apy = _column(rows, "actual_apy")
+    moves = np.column_stack(
+        [
+            np.nan_to_num(_column(rows, "rolling_apy_7d") - apy),
+            np.nan_to_num(_column(rows, "rolling_apy_30d") - apy),
+            np.nan_to_num(_column(rows, "apy_delta_today_yesterday")),
+        ]
+    )
+    value = apy.copy()
+    pools = np.asarray(rows.column("pool_id").to_pylist(), dtype=object)
+    for pool in np.unique(pools):
+        idx = np.flatnonzero(pools == pool)
+        shifts = moves[idx] @ _GRID.T  # rows x grid points
+        errors = np.abs(y[idx, None] - apy[idx, None] - shifts).sum(axis=0)
+        value[idx] = apy[idx] + shifts[:, int(np.argmin(errors))]
+    return value
+
+
+def hindsight(
+    panel: pa.Table,
+    windows: Sequence[tuple[dt.date, pa.Table]],
+    horizon: Horizon,
+    *,
+    train_days: int = 60,
+    seed: int = 42,
+    num_threads: int = 0,
+) -> np.ndarray:
+    """Production refitted at each cutoff as in the backtest, but on the other pools' targets up
+    to the last one its window scores (see the module doc); one array over all ``windows``.
+
+    ``panel``: the backtest's panel (with targets and peer medians); ``windows``: each cutoff with
+    the origin rows its model forecasts.
+    """
+    panel_fold = _folds(panel)
+    values = []
+    for day, rows in windows:
+        # The last target day the window scores: every earlier target of other pools is known.
+        last_origin = pc.max(rows.column("date")).as_py()
+        end = last_origin + dt.timedelta(days=horizon_days(horizon))
+        score_fold = _folds(rows)
+        value = _column(rows, "actual_apy").copy()
+        for k in np.unique(score_fold):
+            model = Forecaster(
+                "production",
+                horizon=horizon,
+                train_days=train_days + (end - day).days,
+                seed=seed,
+                num_threads=num_threads,
+            )
+            try:
+                model.fit(panel.filter(pa.array(panel_fold != k)), end=end)
+            except ValueError:
+                continue  # too few other pools: naive stands
+            value[score_fold == k] = model.predict(rows.filter(pa.array(score_fold == k)))
+        values.append(value)
+    return np.concatenate(values)
+
+
+def _folds(rows: pa.Table) -> np.ndarray:
+    return np.array(
+        [
+            int(hashlib.sha256(p.encode()).hexdigest()[8:16], 16) % HINDSIGHT_FOLDS
+            for p in rows.column("pool_id").to_pylist()
+        ]
+    )
