@@ -6,20 +6,17 @@ import datetime as dt
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
+from panels import START, mean_reverting, metrics_of, random_walk
 from typer.testing import CliRunner
 
 from poolcast.backtest import BacktestConfig, _ratio_interval, cutoff_days, run_backtest
 from poolcast.cli import app
-from poolcast.engines.local import compute_metrics
 from poolcast.forecast import add_targets
 from poolcast.pipeline import metrics_stage
 from poolcast.settings import Settings
 from poolcast.store import Store
 
-START = dt.date(2025, 1, 1)
-DAYS = 170
 CONFIG = BacktestConfig(
     cutoffs=5,
     spacing_days=7,
@@ -27,49 +24,6 @@ CONFIG = BacktestConfig(
     horizons=(1, 7, "mean7"),
     num_threads=1,
 )
-
-
-def _metrics(apy: np.ndarray, observed: np.ndarray | None = None) -> pa.Table:
-    """pool_daily_metrics of synthetic pools: ``apy[pool, day]``; days not ``observed`` have no
-    snapshot (the grid carries the last APY forward, as it does for real pools)."""
-    pools, days = apy.shape
-    observed = np.ones_like(apy, dtype=bool) if observed is None else observed
-    pi, di = np.nonzero(observed)
-    snapshots = pa.table(
-        {
-            "pool_id": [f"pool-{p:03d}" for p in pi],
-            "timestamp": [
-                dt.datetime.combine(START + dt.timedelta(days=int(d)), dt.time(23)) for d in di
-            ],
-            "apy": apy[pi, di],
-            "tvl_usd": np.full(pi.size, 1e6),
-        }
-    )
-    dates = [START + dt.timedelta(days=d) for d in range(days)]
-    market = pa.table(
-        {
-            "source": ["ETH"] * days + ["BTC"] * days + ["gas"] * days,
-            "date": dates * 3,
-            "value": [3000.0] * days + [90000.0] * days + [5.0] * days,
-        }
-    )
-    return compute_metrics(snapshots, market, dates[-1], threads=1)
-
-
-def _random_walk(pools: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    level = rng.uniform(3, 30, size=(pools, 1))
-    return level + np.cumsum(rng.normal(0, 0.5, size=(pools, DAYS)), axis=1)
-
-
-def _mean_reverting(pools: int, seed: int, phi: float = 0.5) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    mean = rng.uniform(3, 30, size=pools)
-    x = np.empty((pools, DAYS))
-    x[:, 0] = mean
-    for t in range(1, DAYS):
-        x[:, t] = mean + phi * (x[:, t - 1] - mean) + rng.normal(0, 1.0, size=pools)
-    return x
 
 
 def _summary(bt) -> dict[tuple[str, object], dict]:  # type: ignore[no-untyped-def]
@@ -81,8 +35,8 @@ def _summary(bt) -> dict[tuple[str, object], dict]:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_nothing_beats_naive_on_a_random_walk(seed: int) -> None:
-    scores = _summary(run_backtest(_metrics(_random_walk(50, seed)), CONFIG))
+def test_nothing_beats_naive_on_arandom_walk(seed: int) -> None:
+    scores = _summary(run_backtest(metrics_of(random_walk(50, seed)), CONFIG))
     for h in (1, 7, "mean7"):
         # the calibrated blend falls back to today's APY: no edge, no bet
         assert scores[("production", h)]["ratio"] > 0.98, scores[("production", h)]
@@ -92,7 +46,7 @@ def test_nothing_beats_naive_on_a_random_walk(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_model_beats_naive_on_mean_reverting_pools(seed: int) -> None:
-    scores = _summary(run_backtest(_metrics(_mean_reverting(50, seed)), CONFIG))
+    scores = _summary(run_backtest(metrics_of(mean_reverting(50, seed)), CONFIG))
     # the best possible forecast has MAE ratios of about 0.87 at 1 day and 0.71 at 7 days
     assert scores[("production", 1)]["ratio"] < 0.92
     assert scores[("production", 7)]["ratio"] < 0.85
@@ -105,10 +59,10 @@ def test_the_model_beats_naive_on_mean_reverting_pools(seed: int) -> None:
 
 def test_only_observed_targets_are_scored() -> None:
     rng = np.random.default_rng(3)
-    apy = _mean_reverting(30, 3)
+    apy = mean_reverting(30, 3)
     observed = rng.random(apy.shape) > 0.2
     observed[:, :40] = True
-    bt = run_backtest(_metrics(apy, observed), CONFIG)
+    bt = run_backtest(metrics_of(apy, observed), CONFIG)
     scores = _summary(bt)
     pi, di = np.nonzero(observed)
     obs = {
@@ -145,14 +99,14 @@ def test_one_origin_per_cutoff_when_the_window_is_one_day() -> None:
     config = BacktestConfig(
         cutoffs=3, spacing_days=7, window_days=1, models=("naive",), horizons=(1,), num_threads=1
     )
-    bt = run_backtest(_metrics(_mean_reverting(10, 6)), config)
+    bt = run_backtest(metrics_of(mean_reverting(10, 6)), config)
     assert set(bt.predictions_["origin"]) == set(bt.cutoffs_)
     with pytest.raises(ValueError, match="window_days must be between 1 and spacing_days"):
         BacktestConfig(spacing_days=7, window_days=8)
 
 
 def test_the_ratio_interval_brackets_the_ratio_and_narrows_with_more_pools() -> None:
-    rows = _summary(run_backtest(_metrics(_mean_reverting(40, 7)), CONFIG))
+    rows = _summary(run_backtest(metrics_of(mean_reverting(40, 7)), CONFIG))
     prod = rows[("production", 1)]
     assert prod["ratio_lo"] < prod["ratio"] < prod["ratio_hi"]
     assert rows[("naive", 1)]["ratio_lo"] == rows[("naive", 1)]["ratio_hi"] == 1.0
@@ -173,7 +127,7 @@ def test_pools_never_seen_are_scored_by_models_trained_without_them() -> None:
         unseen_folds=3,
         num_threads=1,
     )
-    bt = run_backtest(_metrics(_mean_reverting(30, 4)), config)
+    bt = run_backtest(metrics_of(mean_reverting(30, 4)), config)
     rows = [r for r in bt.summary() if r["metric"] == "apy" and r["subset"] == "all"]
     assert {r["split"] for r in rows} == {"all", "unseen"}
     unseen = next(r for r in rows if r["split"] == "unseen" and r["model"] == "production")
@@ -183,11 +137,11 @@ def test_pools_never_seen_are_scored_by_models_trained_without_them() -> None:
 
 
 def test_default_cutoffs_end_a_longest_horizon_before_most_pools_stop() -> None:
-    apy = _random_walk(5, 5)
+    apy = random_walk(5, 5)
     observed = np.ones_like(apy, dtype=bool)
     observed[0, 100:] = False  # one pool stops early, one reports months longer than the rest
     observed[1:4, 150:] = False
-    panel = add_targets(_metrics(apy, observed), (1, 30))
+    panel = add_targets(metrics_of(apy, observed), (1, 30))
     days = cutoff_days(panel, BacktestConfig(horizons=(1, 30)))
     median_last = START + dt.timedelta(days=149)
     # the last window's last origin (13 days after the cutoff) is 30 days before that day
