@@ -206,7 +206,7 @@ class Backtest:
         return score.filter(mask)
 
     def _headroom(self, panel: pa.Table, h: Horizon) -> list[dict[str, Any]]:
-        """The headroom bounds on the targets the models' ``all`` split scored."""
+        """The headroom bounds on the targets the models scored (every pool, every window)."""
         from poolcast.headroom import hindsight, oracle_linear
 
         windows = [(day, self._origins(panel, day, h)) for day in self.cutoffs_]
@@ -216,21 +216,26 @@ class Backtest:
         rows = pa.concat_tables([r for _, r in windows])
         cutoff = np.concatenate([np.full(r.num_rows, day, dtype=object) for day, r in windows])
         nan = np.full(rows.num_rows, np.nan)
+        # (split, values): the oracle is fitted on each pool's own targets, hindsight never sees
+        # the pools it scores, so its rows sit beside the models' never-seen ones.
         values = {
-            "oracle_linear": oracle_linear(rows, h),
-            "hindsight": hindsight(
-                panel,
-                windows,
-                h,
-                train_days=self.config.train_days,
-                seed=self.config.seed,
-                num_threads=self.config.num_threads,
+            "oracle_linear": ("all", oracle_linear(rows, h)),
+            "hindsight": (
+                "unseen",
+                hindsight(
+                    panel,
+                    windows,
+                    h,
+                    train_days=self.config.train_days,
+                    seed=self.config.seed,
+                    num_threads=self.config.num_threads,
+                ),
             ),
         }
         return [
             _scored(
                 rows,
-                split="all",
+                split=split,
                 metric="apy",
                 cutoff=cutoff,
                 horizon=horizon_key(h),
@@ -241,7 +246,7 @@ class Backtest:
                 upper=nan,
                 naive=_column(rows, "actual_apy"),
             )
-            for name, value in values.items()
+            for name, (split, value) in values.items()
         ]
 
     def _tvl(

@@ -34,9 +34,7 @@ HINDSIGHT_FOLDS = 5
 _STEPS = np.round(np.arange(0.0, 1.01, 0.1), 1)
 # (a, b, r): shares of the way to the 7- and 30-day means (a + b <= 1), and of yesterday's
 # move taken back.
-_GRID = np.array(
-    [(a, b, r) for a in _STEPS for b in _STEPS if a + b <= 1.0 for r in -_STEPS[:9]]
-)
+_GRID = np.array([(a, b, r) for a in _STEPS for b in _STEPS if a + b <= 1.0 for r in -_STEPS[:9]])
 
 
 def oracle_linear(rows: pa.Table, horizon: Horizon) -> np.ndarray:
