@@ -195,7 +195,8 @@ def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_pat
     # the next day and the 7-day mean blend the 30-day mean too; 7 and 30 days the 7-day mean only
     assert one["blend_anchors"] == list(MEAN_REVERSION) and len(one["blend_weights"]) == 3
     assert meta["horizons"]["mean7"]["blend_anchors"] == list(MEAN_REVERSION)
-    assert meta["horizons"]["7"]["blend_anchors"] == ["rolling_apy_7d"]
+    assert meta["horizons"]["7"]["blend_anchors"] == list(MEAN_REVERSION)
+    assert meta["horizons"]["30"]["blend_anchors"] == ["rolling_apy_7d"]
     assert one["dead_zone"] <= 0.05  # a wider zone at 1 day only makes ties with naive
     assert set(meta["derived_features"]) <= set(meta["features"])
     # the noise regime feeds the 30-day model only, and the top level lists every horizon's
@@ -216,11 +217,11 @@ def test_an_artifact_from_before_blend_anchors_loads_with_the_7_day_mean(
 
     path = Path(fitted.save(tmp_path))
     meta = json.loads((path / "metadata.json").read_text())
-    for h in ("7", "30"):
-        del meta["horizons"][h]["blend_anchors"]
+    # the 30-day model blends with the 7-day mean alone, as every model did before anchors
+    del meta["horizons"]["30"]["blend_anchors"]
     (path / "metadata.json").write_text(json.dumps(meta))
     loaded = ForecastModel.load(path)
-    for h in (7, 30):
+    for h in (30,):
         assert loaded.horizons_[h].anchors_ == ("rolling_apy_7d",)
         origins = latest_rows(sample_panel)
         np.testing.assert_array_equal(
@@ -392,16 +393,16 @@ def test_a_flat_pool_keeps_its_apy(sample_panel: pa.Table, fitted: ForecastModel
 
 
 def test_a_short_history_still_gets_its_next_day_forecast() -> None:
-    from test_backtest import _mean_reverting, _metrics
+    from panels import mean_reverting, metrics_of
 
-    metrics = _metrics(_mean_reverting(5, 6)[:, :31])  # 30 days ahead: 5 targets
+    metrics = metrics_of(mean_reverting(5, 6)[:, :31])  # 30 days ahead: 5 targets
     panel = compute_features(metrics)
     fitted = ForecastModel("production", num_threads=1).fit(panel)
     assert set(fitted.horizons_) == {1, 7, "mean7"} and set(fitted.skipped_) == {"30"}
     rows = fitted.forecasts(panel)
     assert set(rows.column("horizon").to_pylist()) == {"1", "7", "mean7"}
     with pytest.raises(ValueError, match="training rows"):
-        ForecastModel("production").fit(compute_features(_metrics(_mean_reverting(2, 6)[:, :5])))
+        ForecastModel("production").fit(compute_features(metrics_of(mean_reverting(2, 6)[:, :5])))
 
 
 def test_the_plan_model_is_a_named_option_without_intervals(sample_panel: pa.Table) -> None:
