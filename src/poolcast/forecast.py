@@ -241,10 +241,7 @@ MODELS: dict[str, ModelSpec] = {
             # A weighted L1 round costs LightGBM about 5x an unweighted one at 20,000 pools (each
             # leaf's weighted median sorts its rows; the plain median only selects): 30 rounds
             # per member keep issue 5's time; on the sample the cap moved the backtest <= 0.006.
-            # The 30-day mean as a second blend anchor, as at 1 day and for the 7-day mean: on
-            # both origin sets it lowered the 7-day ratio in 7 of 8 cells (by up to 0.008).
             "7": {
-                "anchors": MEAN_REVERSION,
                 "bases": TODAY_AND_MONTH,
                 "features": (*PRODUCTION_FEATURES, *PEERS),
                 "weight_power": 1.0,
