@@ -195,8 +195,7 @@ def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_pat
     # the next day and the 7-day mean blend the 30-day mean too; 7 and 30 days the 7-day mean only
     assert one["blend_anchors"] == list(MEAN_REVERSION) and len(one["blend_weights"]) == 3
     assert meta["horizons"]["mean7"]["blend_anchors"] == list(MEAN_REVERSION)
-    assert meta["horizons"]["7"]["blend_anchors"] == list(MEAN_REVERSION)
-    assert meta["horizons"]["30"]["blend_anchors"] == ["rolling_apy_7d"]
+    assert meta["horizons"]["7"]["blend_anchors"] == ["rolling_apy_7d"]
     assert one["dead_zone"] <= 0.05  # a wider zone at 1 day only makes ties with naive
     assert set(meta["derived_features"]) <= set(meta["features"])
     # the noise regime feeds the 30-day model only, and the top level lists every horizon's
@@ -217,11 +216,11 @@ def test_an_artifact_from_before_blend_anchors_loads_with_the_7_day_mean(
 
     path = Path(fitted.save(tmp_path))
     meta = json.loads((path / "metadata.json").read_text())
-    # the 30-day model blends with the 7-day mean alone, as every model did before anchors
-    del meta["horizons"]["30"]["blend_anchors"]
+    for h in ("7", "30"):
+        del meta["horizons"][h]["blend_anchors"]
     (path / "metadata.json").write_text(json.dumps(meta))
     loaded = ForecastModel.load(path)
-    for h in (30,):
+    for h in (7, 30):
         assert loaded.horizons_[h].anchors_ == ("rolling_apy_7d",)
         origins = latest_rows(sample_panel)
         np.testing.assert_array_equal(
