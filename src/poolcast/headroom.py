@@ -99,9 +99,9 @@ def hindsight(
 
 
 def _folds(rows: pa.Table) -> np.ndarray:
-    return np.array(
-        [
-            int(hashlib.sha256(p.encode()).hexdigest()[8:16], 16) % HINDSIGHT_FOLDS
-            for p in rows.column("pool_id").to_pylist()
-        ]
+    """Each row's fold, by a hash of its pool id (one hash per pool, not per row)."""
+    pools, index = np.unique(
+        np.asarray(rows.column("pool_id").to_pylist(), dtype=object), return_inverse=True
     )
+    fold = [int(hashlib.sha256(p.encode()).hexdigest()[8:16], 16) % HINDSIGHT_FOLDS for p in pools]
+    return np.asarray(fold, dtype=np.int64)[index]
