@@ -108,6 +108,18 @@ def _scored(rows: pa.Table, **columns: Any) -> dict[str, Any]:
     return out
 
 
+def _apy_scored(rows: pa.Table, h: Horizon, **columns: Any) -> dict[str, Any]:
+    """An APY forecast's rows against their ``h`` target and naive."""
+    return _scored(
+        rows,
+        metric="apy",
+        horizon=horizon_key(h),
+        y=_column(rows, target_column(h)),
+        naive=_column(rows, "actual_apy"),
+        **columns,
+    )
+
+
 class Backtest:
     """Forecasts of every model at every cutoff, and their scores."""
 
@@ -152,7 +164,6 @@ class Backtest:
         rows = self._origins(score, day, h)
         if rows.num_rows == 0:
             return []
-        y = _column(rows, target_column(h))
         out = []
         for name in cfg.models:
             model = Forecaster(
@@ -170,18 +181,15 @@ class Backtest:
             self.fit_seconds_.setdefault(name, []).append(model.fit_seconds_)
             value, lower, upper = model.predict_interval(rows)
             out.append(
-                _scored(
+                _apy_scored(
                     rows,
+                    h,
                     split=split,
-                    metric="apy",
                     cutoff=day,
-                    horizon=horizon_key(h),
                     model=name,
-                    y=y,
                     value=value,
                     lower=lower,
                     upper=upper,
-                    naive=_column(rows, "actual_apy"),
                 )
             )
         if h != "mean7":
@@ -233,18 +241,8 @@ class Backtest:
             ),
         }
         return [
-            _scored(
-                rows,
-                split=split,
-                metric="apy",
-                cutoff=cutoff,
-                horizon=horizon_key(h),
-                model=name,
-                y=_column(rows, target_column(h)),
-                value=value,
-                lower=nan,
-                upper=nan,
-                naive=_column(rows, "actual_apy"),
+            _apy_scored(
+                rows, h, split=split, cutoff=cutoff, model=name, value=value, lower=nan, upper=nan
             )
             for name, (split, value) in values.items()
         ]
