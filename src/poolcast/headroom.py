@@ -19,13 +19,13 @@ Where production is close to both, a target below them asks more than these feat
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from poolcast.backtest import _fold
 from poolcast.forecast import Forecaster, Horizon, _column, horizon_days, target_column
 
 HEADROOM_MODELS: tuple[str, ...] = ("oracle_linear", "hindsight")
@@ -99,9 +99,8 @@ def hindsight(
 
 
 def _folds(rows: pa.Table) -> np.ndarray:
-    """Each row's fold, by a hash of its pool id (one hash per pool, not per row)."""
+    """Each row's fold: the backtest's hash of its pool id (once per pool, not per row)."""
     pools, index = np.unique(
         np.asarray(rows.column("pool_id").to_pylist(), dtype=object), return_inverse=True
     )
-    fold = [int(hashlib.sha256(p.encode()).hexdigest()[8:16], 16) % HINDSIGHT_FOLDS for p in pools]
-    return np.asarray(fold, dtype=np.int64)[index]
+    return np.asarray([_fold(p, HINDSIGHT_FOLDS) for p in pools], dtype=np.int64)[index]
