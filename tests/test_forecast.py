@@ -193,10 +193,16 @@ def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_pat
     assert meta["backtest"]["1"]["n"] > 0 and meta["backtest"]["1"]["naive_mae"] > 0
     assert set(meta["tvl"]) == {"1", "7", "30"}
     # the next day and the 7-day mean blend the 30-day mean too; 7 and 30 days the 7-day mean only
-    assert one["blend_anchors"] == list(MEAN_REVERSION) and len(one["blend_weights"]) == 3
+    assert one["blend_anchors"] == list(MEAN_REVERSION)
     assert meta["horizons"]["mean7"]["blend_anchors"] == list(MEAN_REVERSION)
     assert meta["horizons"]["7"]["blend_anchors"] == ["rolling_apy_7d"]
-    assert one["dead_zone"] <= 0.05  # a wider zone at 1 day only makes ties with naive
+    # one blend at 1 and 30 days; at 7 days and for the 7-day mean one per half of today's APY
+    assert one["blend_edges"] == [] and [len(w) for w in one["blend_weights"]] == [3]
+    for h, groups in (("7", 2), ("mean7", 2), ("30", 1)):
+        horizon = meta["horizons"][h]
+        assert len(horizon["blend_edges"]) == groups - 1
+        assert len(horizon["blend_weights"]) == len(horizon["dead_zone"]) == groups
+    assert max(one["dead_zone"]) <= 0.05  # a wider zone at 1 day only makes ties with naive
     assert set(meta["derived_features"]) <= set(meta["features"])
     # the noise regime feeds the 30-day model only, and the top level lists every horizon's
     thirty = meta["horizons"]["30"]["features"]
@@ -209,7 +215,7 @@ def test_artifact_metadata_says_what_the_model_is(fitted: ForecastModel, tmp_pat
     ]
 
 
-def test_an_artifact_from_before_blend_anchors_loads_with_the_7_day_mean(
+def test_an_artifact_from_before_blend_anchors_and_groups_loads_as_it_was(
     sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
 ) -> None:
     import json
@@ -218,6 +224,11 @@ def test_an_artifact_from_before_blend_anchors_loads_with_the_7_day_mean(
     meta = json.loads((path / "metadata.json").read_text())
     for h in ("7", "30"):
         del meta["horizons"][h]["blend_anchors"]
+    # one blend, saved as a flat weight list and one dead zone, without edges
+    thirty = meta["horizons"]["30"]
+    thirty["blend_weights"] = thirty["blend_weights"][0]
+    thirty["dead_zone"] = thirty["dead_zone"][0]
+    del thirty["blend_edges"]
     (path / "metadata.json").write_text(json.dumps(meta))
     loaded = ForecastModel.load(path)
     for h in (7, 30):
@@ -243,6 +254,59 @@ def test_the_blend_leans_on_the_anchor_that_forecasts() -> None:
     # with no anchor at all, the model alone
     weights, _ = _fit_blend(model, model, naive, np.empty((400, 0)), scl)
     assert weights == (1.0,)
+
+
+@given(
+    st.lists(st.floats(0, 500, allow_nan=False), max_size=400),
+    st.integers(1, 4),
+    st.integers(0, 5),
+)
+@hsettings(max_examples=200, deadline=None)
+def test_blend_groups_are_equal_quantiles_of_todays_apy_or_one(
+    apy: list[float], groups: int, decimals: int
+) -> None:
+    from poolcast.forecast import MIN_BLEND_GROUP_ROWS, _blend_edges, _blend_group
+
+    values = np.round(np.asarray(apy, dtype=np.float64), decimals)  # few decimals: many ties
+    edges = _blend_edges(values, groups)
+    if not edges:
+        return
+    assert len(edges) == groups - 1 and list(edges) == sorted(edges)
+    counts = np.bincount(_blend_group(values, edges), minlength=groups)
+    assert counts.size == groups and counts.min() >= MIN_BLEND_GROUP_ROWS
+    # every row at or above an edge lies in a group above it
+    assert np.all(_blend_group(values, edges) == np.sum(values[:, None] >= np.asarray(edges), 1))
+
+
+def test_blend_groups_too_small_or_tied_fall_back_to_one_blend() -> None:
+    from poolcast.forecast import MIN_BLEND_GROUP_ROWS, _blend_edges
+
+    assert _blend_edges(np.arange(2 * MIN_BLEND_GROUP_ROWS - 1, dtype=float), 2) == ()
+    assert _blend_edges(np.arange(2 * MIN_BLEND_GROUP_ROWS, dtype=float), 2) != ()
+    assert _blend_edges(np.full(400, 5.0), 2) == ()  # one value: no second group
+    assert _blend_edges(np.arange(400, dtype=float), 1) == ()
+
+
+def test_low_apy_pools_where_the_model_has_no_edge_get_their_own_blend() -> None:
+    """Low-APY random walks (naive is right) and high-APY mean-reverting pools (the model is):
+    one blend would be the high pools'; split at the median APY, the low half leans on naive."""
+    from panels import mean_reverting, metrics_of, random_walk
+
+    low_pools, high_pools = 0.2 * random_walk(16, 3), 40.0 + mean_reverting(16, 4, phi=0.6)
+    panel = add_targets(compute_features(metrics_of(np.vstack([low_pools, high_pools]))))
+    model = Forecaster("production", horizon=7).fit(panel)
+    (edge,) = model.blend_edges_
+    assert low_pools.max() < edge < high_pools.min()
+    (low_weights, _), (high_weights, _) = model.blends_
+    assert low_weights[0] < high_weights[0]  # the model's own weight over naive
+    origins = latest_rows(panel)
+    low = origins.column("actual_apy").to_numpy() < edge
+    one_blend = Forecaster("production", horizon=7)
+    one_blend.__dict__.update(model.__dict__)
+    one_blend.blend_edges_, one_blend.blends_ = (), [model.blends_[1]]
+    # the high half forecasts as it did under one blend, the low half as its own blend says
+    np.testing.assert_array_equal(model.predict(origins)[~low], one_blend.predict(origins)[~low])
+    assert np.any(model.predict(origins)[low] != one_blend.predict(origins)[low])
 
 
 @pytest.mark.parametrize("power", [1.0, 0.5])

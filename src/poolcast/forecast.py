@@ -169,6 +169,9 @@ class ModelSpec:
     # trees still split on moves in the pool's own units.
     weight_power: float = 0.0
     half_life: float = 0.0
+    # The calibration rows split at quantiles of today's APY into this many groups, each with its
+    # own blend weights and dead zone (see _blend_edges).
+    blend_groups: int = 1
     per_horizon: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_horizon(self, horizon: Horizon) -> ModelSpec:
@@ -234,8 +237,12 @@ MODELS: dict[str, ModelSpec] = {
                 "bases": TODAY_AND_MONTH,
                 "features": (*PRODUCTION_FEATURES, *PEERS),
                 "stack": (1, 7),
+                "blend_groups": 2,
                 **_TWO_MEMBERS,
             },
+            # One blend for the pools under the calibration days' median APY, one for those over
+            # it: the low half's own blend leans on naive (often wholly), the high half's on the
+            # model. At 1 day a second blend lost never-seen pools; at 30 days it was mixed.
             # Weighted by the pool's scale: the loss counts APY points, as the backtest does, so
             # a quiet pool's tiny scaled wiggles no longer pull its forecast off today's APY.
             # A weighted L1 round costs LightGBM about 5x an unweighted one at 20,000 pools (each
@@ -245,6 +252,7 @@ MODELS: dict[str, ModelSpec] = {
                 "bases": TODAY_AND_MONTH,
                 "features": (*PRODUCTION_FEATURES, *PEERS),
                 "weight_power": 1.0,
+                "blend_groups": 2,
                 "params": {"learning_rate": 0.1, "num_iterations": 30},
             },
             # 30-day residuals drift most between calibration window and future. A month out, the
@@ -475,6 +483,8 @@ def _conformal(residuals: np.ndarray, levels: tuple[float, float]) -> tuple[floa
 
 
 BLEND_GRID = np.round(np.arange(0.0, 1.0001, 0.1), 2)
+# Fewer calibration rows per blend group than this and the calibration fits one blend for all.
+MIN_BLEND_GROUP_ROWS = 50
 # Widen the dead zone only while it costs no calibration MAE: a wider zone that costs 0.5% turned
 # 60 of 88 pools into ties with naive at 1 day (a win for no pool).
 DEAD_ZONE_TOLERANCE = 1.0
@@ -523,6 +533,25 @@ def _fit_blend(
         if mae <= mae0 * DEAD_ZONE_TOLERANCE:
             zone = dz
     return weights, zone
+
+
+def _blend_edges(apy: np.ndarray, groups: int) -> tuple[float, ...]:
+    """Today's-APY edges between ``groups`` equal-sized blend groups of calibration rows.
+
+    One blend fitted in APY points is the high-APY pools' blend: their moves carry the MAE. On
+    a low-APY pool the model's edge is smaller, and its own blend leans on naive more (often all
+    the way). Quantile edges need no threshold of their own, and every group gets enough rows.
+    """
+    apy = apy[np.isfinite(apy)]
+    if groups <= 1 or apy.size < groups * MIN_BLEND_GROUP_ROWS:
+        return ()
+    edges = tuple(float(e) for e in np.quantile(apy, np.arange(1, groups) / groups))
+    counts = np.bincount(np.searchsorted(edges, apy, side="right"), minlength=groups)
+    return edges if counts.min() >= MIN_BLEND_GROUP_ROWS else ()
+
+
+def _blend_group(apy: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), apy, side="right")
 
 
 class Forecaster:
@@ -720,8 +749,11 @@ class Forecaster:
         self.bases_ = spec.bases
         self.members_: list[lgb.Booster] = []
         self.anchors_ = spec.anchors
-        self.weights_: tuple[float, ...] = (1.0,) + (0.0,) * len(spec.anchors)
-        self.dead_zone_ = 0.0
+        # (weights, dead zone) per blend group; the groups split today's APY at blend_edges_.
+        self.blend_edges_: tuple[float, ...] = ()
+        self.blends_: list[tuple[tuple[float, ...], float]] = [
+            ((1.0,) + (0.0,) * len(spec.anchors), 0.0)
+        ]
         self.quantiles_: tuple[float, float] | None = None
         self.calibration_: dict[str, Any] = {}
         rounds = [int(self.lgb_params().get("num_iterations", 100))] * len(self.bases_)
@@ -754,14 +786,15 @@ class Forecaster:
             ]
             model = self._raw_predict(calib, self.best_iterations_)
             y = _column(calib, target_column(self.horizon))
-            self.weights_, self.dead_zone_ = _fit_blend(
-                y,
-                model,
-                _column(calib, "actual_apy"),
-                self._anchors(calib),
-                self._scale(calib),
-                spec.dead_zones,
-            )
+            naive = _column(calib, "actual_apy")
+            anchors = self._anchors(calib)
+            scl = self._scale(calib)
+            self.blend_edges_ = _blend_edges(naive, spec.blend_groups)
+            group = _blend_group(naive, self.blend_edges_)
+            self.blends_ = [
+                _fit_blend(y[m], model[m], naive[m], anchors[m], scl[m], spec.dead_zones)
+                for m in (group == k for k in range(len(self.blend_edges_) + 1))
+            ]
         point = self.predict(calib)
         y = _column(calib, target_column(self.horizon))
         naive = _column(calib, "actual_apy")
@@ -771,8 +804,9 @@ class Forecaster:
             "n": int(calib.num_rows),
             "mae": float(np.mean(np.abs(y - point))),
             "naive_mae": float(np.mean(np.abs(y - naive))),
-            "weights": list(self.weights_),
-            "dead_zone": self.dead_zone_,
+            "blend_edges": list(self.blend_edges_),
+            "weights": [list(w) for w, _ in self.blends_],
+            "dead_zone": [z for _, z in self.blends_],
             "best_iteration": self.best_iterations_[0] if self.best_iterations_ else None,
             "quantiles": list(self.quantiles_),
         }
@@ -826,9 +860,13 @@ class Forecaster:
         if spec.baseline is not None or not spec.calibrate:
             return model  # a baseline, or a model as trained (the plan's)
         naive = _column(rows, "actual_apy")
-        value = _blend(
-            model, naive, self._anchors(rows), self._scale(rows), self.weights_, self.dead_zone_
-        )
+        anchors = self._anchors(rows)
+        scl = self._scale(rows)
+        group = _blend_group(naive, self.blend_edges_)
+        value = np.empty_like(model)
+        for k, (weights, zone) in enumerate(self.blends_):
+            m = group == k
+            value[m] = _blend(model[m], naive[m], anchors[m], scl[m], weights, zone)
         # A pool whose APY has not moved for 30 days gives no evidence of a move: keep it.
         flat = _column(rows, "stddev_apy_30d") == 0.0
         return np.where(flat, naive, value)
@@ -864,9 +902,10 @@ class Forecaster:
                 for b, r in zip(self.bases_, self.member_rounds_, strict=True)
             ],
             "data_fingerprint": self.fingerprint_,
-            "blend_weights": list(self.weights_),
             "blend_anchors": list(self.anchors_),
-            "dead_zone": self.dead_zone_,
+            "blend_edges": list(self.blend_edges_),
+            "blend_weights": [list(w) for w, _ in self.blends_],
+            "dead_zone": [z for _, z in self.blends_],
             "interval_quantiles": list(self.quantiles_) if self.quantiles_ else None,
             "calibration": self.calibration_,
             "stack": [horizon_key(h) for h in self.stacked_],
@@ -912,10 +951,16 @@ class Forecaster:
         saved = meta.get("members") or [{"base": "actual_apy", "rounds": self.rounds_}]
         self.bases_ = tuple(m["base"] for m in saved)
         self.member_rounds_ = [m["rounds"] for m in saved]
-        self.weights_ = tuple(float(w) for w in meta["blend_weights"])
         # Artifacts from before the anchors were a setting blended the 7-day mean only.
         self.anchors_ = tuple(meta.get("blend_anchors", ["rolling_apy_7d"]))
-        self.dead_zone_ = meta["dead_zone"]
+        # Artifacts from before blend groups held one blend: a flat weight list and one zone.
+        weights, zones = meta["blend_weights"], meta["dead_zone"]
+        if not isinstance(zones, list):
+            weights, zones = [weights], [zones]
+        self.blend_edges_ = tuple(float(e) for e in meta.get("blend_edges", []))
+        self.blends_ = [
+            (tuple(float(w) for w in ws), float(z)) for ws, z in zip(weights, zones, strict=True)
+        ]
         q = meta["interval_quantiles"]
         self.quantiles_ = (q[0], q[1]) if q else None
         self.calibration_ = meta["calibration"]
