@@ -243,6 +243,7 @@ MODELS: dict[str, ModelSpec] = {
             # One blend for the pools under the calibration days' median APY, one for those over
             # it: the low half's own blend leans on naive (often wholly), the high half's on the
             # model. At 1 day a second blend lost never-seen pools; at 30 days it was mixed.
+            # Two blends at 7 days fit on 28 calibration days (14 per blend was noisy).
             # Weighted by the pool's scale: the loss counts APY points, as the backtest does, so
             # a quiet pool's tiny scaled wiggles no longer pull its forecast off today's APY.
             # A weighted L1 round costs LightGBM about 5x an unweighted one at 20,000 pools (each
@@ -253,6 +254,7 @@ MODELS: dict[str, ModelSpec] = {
                 "features": (*PRODUCTION_FEATURES, *PEERS),
                 "weight_power": 1.0,
                 "blend_groups": 2,
+                "calibration_days": 28,
                 "params": {"learning_rate": 0.1, "num_iterations": 30},
             },
             # 30-day residuals drift most between calibration window and future. A month out, the
