@@ -36,6 +36,29 @@ KEY = ("pool_id", "date")
 
 
 # -- no JVM needed -------------------------------------------------------------------------------
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_fit_that_ran_all_its_rounds_gets_lightgbms_best_iteration(weighted: bool) -> None:
+    """SynapseML names a best iteration only when early stopping stopped the fit; the engine then
+    picks it as LightGBM's callback does (else the engines' 7-day models differ in rounds)."""
+    import lightgbm as lgb
+
+    from poolcast.engines.spark import _best_l1_iteration
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 4))
+    y = x[:, 0] + rng.standard_t(2, 600)
+    w = rng.uniform(0.05, 0.5, 600) if weighted else None
+    train = lgb.Dataset(x[:400], y[:400], weight=None if w is None else w[:400])
+    valid = lgb.Dataset(x[400:], y[400:], weight=None if w is None else w[400:], reference=train)
+    params = {"objective": "regression_l1", "learning_rate": 0.3, "num_leaves": 15,
+              "min_data_in_leaf": 5, "verbosity": -1}
+    booster = lgb.train(params, train, num_boost_round=40, valid_sets=[valid],
+                        callbacks=[lgb.early_stopping(40, verbose=False)])
+    assert 1 < booster.best_iteration < 40  # the curve turns inside the run: never stopped
+    best = _best_l1_iteration(booster, x[400:], y[400:], None if w is None else w[400:])
+    assert best == booster.best_iteration
+
+
 def test_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(__import__("os").environ):
         if key.startswith("DATAPROC_") or key == "SPARK_ENVIRONMENT":

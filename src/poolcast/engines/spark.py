@@ -517,6 +517,15 @@ def _forecaster_class() -> Any:
             fitted = estimator.fit(frame)
             booster = lgb.Booster(model_str=fitted.getNativeModel())
             best = int(fitted.getBoosterBestIteration()) if use_valid else 0
+            if use_valid and best <= 0 and valid is not None:
+                # SynapseML names a best iteration only when early stopping stopped the fit;
+                # LightGBM's own callback also names the best of a fit that ran all its rounds.
+                best = _best_l1_iteration(
+                    booster,
+                    _matrix(valid, features, dtype),
+                    self._to_target(valid, _column(valid, target)),
+                    self._weights(valid),
+                )
             booster.best_iteration = best if best > 0 else 0
             self.synapse_fits_.append(
                 {
@@ -543,6 +552,25 @@ def _forecaster_class() -> Any:
 
 
 _SPARK_FORECASTER: Any = None
+
+
+def _best_l1_iteration(booster: Any, matrix: Any, label: Any, weight: Any | None) -> int:
+    """The first iteration with the lowest (weighted) L1 on the validation rows, as LightGBM's
+    early-stopping callback picks it: the score of each prefix of trees, one tree at a time."""
+    import numpy as np
+
+    trees = booster.num_trees()
+    if trees == 0:
+        return 0
+    weight = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
+    score = np.zeros(len(label))
+    best, best_loss = 0, np.inf
+    for i in range(trees):
+        score += booster.predict(matrix, start_iteration=i, num_iteration=1, raw_score=True)
+        loss = float(np.sum(weight * np.abs(label - score)) / np.sum(weight))
+        if loss < best_loss:
+            best, best_loss = i + 1, loss
+    return best
 
 
 def spark_forecast_model(
