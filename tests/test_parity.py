@@ -95,7 +95,7 @@ def test_parity_forecasts_and_holdout(parity_result) -> None:  # type: ignore[no
     names = [t.table for t in parity_result.tables]
     assert names == [
         "pool_daily_metrics", "forecast_panel", "forecasts (next day)",
-        "forecasts (apy, every horizon)",
+        *(f"forecasts (apy, horizon {h})" for h in ("1", "7", "30", "mean7")),
     ]
     panel = parity_result.tables[1]
     assert panel.ok and all(c.max_rel_diff < 1e-9 for c in panel.columns)

@@ -469,13 +469,22 @@ def run_parity(
                 rel_tol=rel_tol, forecast_columns=("forecasted_apy",), forecast_tol=forecast_tol,
             )
         )
-        reports.append(
-            compare_tables(
-                "forecasts (apy, every horizon)", hz_l, hz_s, ("pool_id", "made_on", "horizon"),
-                ["value", "lower", "upper"], rel_tol=rel_tol,
-                forecast_columns=("value", "lower", "upper"), forecast_tol=forecast_tol,
+        # One report per horizon: a horizon whose models differ cannot hide among the others.
+        from poolcast.forecast import HORIZONS, horizon_key
+
+        order = {horizon_key(h): i for i, h in enumerate(HORIZONS)}
+        found = {*hz_l.column("horizon").to_pylist(), *hz_s.column("horizon").to_pylist()}
+        for horizon in sorted(found, key=lambda h: (order.get(h, len(order)), h)):
+            reports.append(
+                compare_tables(
+                    f"forecasts (apy, horizon {horizon})",
+                    hz_l.filter(pc.equal(hz_l.column("horizon"), horizon)),
+                    hz_s.filter(pc.equal(hz_s.column("horizon"), horizon)),
+                    ("pool_id", "made_on"),
+                    ["value", "lower", "upper"], rel_tol=rel_tol,
+                    forecast_columns=("value", "lower", "upper"), forecast_tol=forecast_tol,
+                )
             )
-        )
         if holdout is not None:
             holdout.tolerance = forecast_tol
     return ParityResult(reports, holdout, seconds)
