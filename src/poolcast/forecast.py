@@ -781,16 +781,16 @@ class Forecaster:
         """Fit on the early part, judge on the held-out last days: blend, dead zone, intervals."""
         spec = self._spec()
         self.best_iterations_: list[int] = []
+        y = _column(calib, target_column(self.horizon))
+        naive = _column(calib, "actual_apy")
+        scl = self._scale(calib)
         if spec.baseline is None:
             self.members_ = self._train_members(early, rounds, valid=calib)
             self.best_iterations_ = [
                 b.best_iteration or r for b, r in zip(self.members_, rounds, strict=True)
             ]
             model = self._raw_predict(calib, self.best_iterations_)
-            y = _column(calib, target_column(self.horizon))
-            naive = _column(calib, "actual_apy")
             anchors = self._anchors(calib)
-            scl = self._scale(calib)
             self.blend_edges_ = _blend_edges(naive, spec.blend_groups)
             group = _blend_group(naive, self.blend_edges_)
             self.blends_ = [
@@ -798,9 +798,7 @@ class Forecaster:
                 for m in (group == k for k in range(len(self.blend_edges_) + 1))
             ]
         point = self.predict(calib)
-        y = _column(calib, target_column(self.horizon))
-        naive = _column(calib, "actual_apy")
-        residual = (y - point) / self._scale(calib)
+        residual = (y - point) / scl
         self.quantiles_ = _conformal(residual, spec.interval)
         self.calibration_ = {
             "n": int(calib.num_rows),
