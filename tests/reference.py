@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
-from poolcast.spec import FILL_LIMIT_DAYS, MARKET, METRICS
+from poolcast.spec import FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS
 
 Row = dict[str, Any]
 
@@ -32,9 +32,22 @@ def _apply(kind: str, source: list[Any], window: int) -> list[Any]:
         elif kind == "std":
             vals = _window(source, i, window)
             out.append(statistics.stdev(vals) if len(vals) >= 2 else None)
+        elif kind == "median":
+            vals = _window(source, i, window)
+            out.append(statistics.median(vals) if vals else None)
         elif kind == "delta":
             prev = source[i - 1] if i else None
             out.append(source[i] - prev if source[i] is not None and prev is not None else None)
+        elif kind == "unchanged":
+            out.append(None if source[i] is None else float(abs(source[i]) < 1e-9))
+        elif kind == "lag":
+            out.append(source[i - window] if i >= window else None)
+        elif kind == "dow":
+            out.append(source[i].isoweekday())
+        elif kind == "month":
+            out.append(source[i].month)
+        elif kind == "weekend":
+            out.append(int(source[i].isoweekday() >= 6))
         else:
             raise ValueError(kind)
     return out
@@ -87,3 +100,17 @@ def close(a: Any, b: Any, rel: float = 1e-9) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return abs(a - b) <= rel * max(abs(a), abs(b), 1.0)
     return bool(a == b)
+
+
+def reference_features(metrics: list[Row]) -> list[Row]:
+    """``metrics`` (reference_metrics' rows) with every spec feature added, pool by pool."""
+    out: list[Row] = []
+    for pool in sorted({r["pool_id"] for r in metrics}):
+        rows = [dict(r) for r in metrics if r["pool_id"] == pool]
+        cols: dict[str, list[Any]] = {k: [r[k] for r in rows] for k in rows[0]}
+        for c in FEATURES:
+            cols[c.name] = _apply(c.kind, cols[c.source], c.window)
+            for r, v in zip(rows, cols[c.name], strict=True):
+                r[c.name] = v
+        out.extend(rows)
+    return out

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from poolcast.engines.local import compute_features, compute_metrics
 from poolcast.spec import FILL_LIMIT_DAYS
 
-from reference import close, reference_metrics
+from reference import close, reference_features, reference_metrics
 
 START = dt.date(2024, 1, 1)
 
@@ -83,6 +83,29 @@ def panels(draw: st.DrawFn) -> tuple[list[tuple], list[tuple], dt.date]:
 def test_metrics_match_reference_on_generated_panels(panel: tuple) -> None:
     snaps, market, as_of = panel
     assert_matches_reference(snaps, market, as_of)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(panels())
+def test_features_match_reference_on_generated_panels(panel: tuple) -> None:
+    """Every spec feature (windows over gaps, partial windows, medians of even counts)."""
+    snaps, market, as_of = panel
+    s, m = _tables(snaps, market)
+    got = compute_features(compute_metrics(s, m, as_of)).to_pylist()
+    want = reference_features(reference_metrics(snaps, market, as_of))
+    assert [(r["pool_id"], r["date"]) for r in got] == [(r["pool_id"], r["date"]) for r in want]
+    for g, w in zip(got, want, strict=True):
+        for name, value in w.items():
+            assert close(g[name], value), (g["pool_id"], g["date"], name, g[name], value)
+
+
+def test_median_ignores_one_days_spike() -> None:
+    apy = [5.0, 5.0, 5.0, 80.0, 5.0, 6.0]
+    snaps = [("a", dt.datetime(2024, 1, d + 1, 23), v, 1.0) for d, v in enumerate(apy)]
+    s, m = _tables(snaps, [])
+    rows = compute_features(compute_metrics(s, m, dt.date(2024, 1, 6))).to_pylist()
+    assert [r["median_apy_7d"] for r in rows] == [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
+    assert rows[4]["rolling_apy_7d"] == pytest.approx(20.0)  # the mean carries the spike
 
 
 def test_long_gap_is_not_filled_past_the_limit() -> None:

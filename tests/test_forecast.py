@@ -167,9 +167,9 @@ def test_same_data_and_seed_give_the_same_model_byte_for_byte(
     assert first.name == second.name == f"production-{fitted.version_}"
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
-    # ensemble members beyond the first: 7 days and the 7-day mean two, 30 days three
+    # ensemble members beyond the first: the 7-day mean two, 7 and 30 days three
     assert names == sorted(
-        ["h1.txt", "h7.txt", "h7.b1.txt", "h30.txt", "h30.b1.txt", "h30.b2.txt"]
+        ["h1.txt", "h7.txt", "h7.b1.txt", "h7.b2.txt", "h30.txt", "h30.b1.txt", "h30.b2.txt"]
         + ["hmean7.txt", "hmean7.b1.txt", "metadata.json"]
     )
     for name in names:
@@ -373,7 +373,7 @@ def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(
     assert loaded.version_ == fitted.version_
     assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
     members = {h: len(f.members_) for h, f in loaded.horizons_.items()}
-    assert members == {1: 1, 7: 2, 30: 3, "mean7": 2}
+    assert members == {1: 1, 7: 3, 30: 3, "mean7": 2}
 
 
 def test_an_ensemble_forecast_is_the_mean_of_its_members(
@@ -381,7 +381,7 @@ def test_an_ensemble_forecast_is_the_mean_of_its_members(
 ) -> None:
     seven = fitted.horizons_[7]
     rows = latest_rows(sample_panel)
-    assert seven.bases_ == ("actual_apy", "rolling_apy_30d")
+    assert seven.bases_ == ("actual_apy", "rolling_apy_30d", "median_apy_7d")
     mean = seven._raw_predict(rows)
     members = []
     for i, booster in enumerate(seven.members_):
@@ -391,8 +391,9 @@ def test_an_ensemble_forecast_is_the_mean_of_its_members(
         )
         members.append(alone._raw_predict(rows))
     np.testing.assert_allclose(mean, np.mean(members, axis=0), rtol=1e-12)
-    # the two members read the level differently: they do not agree
-    assert np.abs(members[0] - members[1]).max() > 0.01
+    # the members read the level differently: no two agree
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert np.abs(members[a] - members[b]).max() > 0.01
 
 
 def test_stacked_horizons_average_their_own_and_the_other_horizons_forecasts(
@@ -546,7 +547,7 @@ def test_plantrees_has_the_plans_trees_at_every_horizon() -> None:
         plan, prod = MODELS["plantrees"].for_horizon(h), MODELS["production"].for_horizon(h)
         assert (plan.target, plan.features, plan.bases) == (prod.target, prod.features, prod.bases)
     # production's ensembles get the boosting budget of one model
-    for h, members in ((7, 2), (30, 3), ("mean7", 2)):
+    for h, members in ((7, 3), (30, 3), ("mean7", 2)):
         params = Forecaster("production", horizon=h).lgb_params()
         assert len(MODELS["production"].for_horizon(h).bases) == members
         assert members * params["num_iterations"] <= 300

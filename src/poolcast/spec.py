@@ -7,9 +7,10 @@ Semantics (the same in every engine; `docs/architecture.md` has the long form):
   A day with several snapshots keeps the latest one (DefiLlama's own /chart rule).
 * ``ffill``: the last non-null value within the ``window`` rows up to and including the day
   (a bounded forward fill: a pool that stops reporting is not carried forever).
-* ``mean`` / ``std``: average / sample standard deviation of the non-null values in the trailing
-  ``window`` rows including the day. A partial window (early in a series) uses the rows it has;
-  ``std`` of a single value is NULL.
+* ``mean`` / ``std`` / ``median``: average / sample standard deviation / median (the mean of the
+  middle two for an even count) of the non-null values in the trailing ``window`` rows including
+  the day. A partial window (early in a series) uses the rows it has; ``std`` of a single value is
+  NULL.
 * ``delta``: the value minus the previous day's value (NULL on a pool's first day).
 * ``unchanged``: 1.0 where the value is zero (below 1e-9 in size), else 0.0; NULL stays NULL.
 * ``lag`` / ``lead``: the value ``window`` days before / after on the same pool's grid.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal[
-    "ffill", "mean", "std", "delta", "unchanged", "lag", "lead", "dow", "month", "weekend"
+    "ffill", "mean", "std", "median", "delta", "unchanged", "lag", "lead", "dow", "month", "weekend"
 ]
 
 FILL_LIMIT_DAYS = 30
@@ -85,10 +86,15 @@ FEATURES: tuple[Column, ...] = (
     Column("stddev_apy_delta_30d", "std", "apy_delta_today_yesterday", 30),
     Column("apy_unchanged", "unchanged", "apy_delta_today_yesterday"),
     Column("unchanged_share_30d", "mean", "apy_unchanged", 30),
+    # The pool's usual level of the last week: unlike the 7-day mean, one day's spike does not
+    # move it. An ensemble base of the 7-day model (forecast.MODELS), not a tree feature.
+    Column("median_apy_7d", "median", "actual_apy", 7),
 )
 
 # Rows a forecast needs behind its first training day for every feature window.
-FEATURE_CONTEXT_DAYS = max(c.window for c in FEATURES if c.kind in ("std", "mean", "lag")) + 1
+FEATURE_CONTEXT_DAYS = (
+    max(c.window for c in FEATURES if c.kind in ("std", "mean", "median", "lag")) + 1
+)
 
 # The noise regime, for the 30-day model only (forecast.MODELS): at 1 and 7 days it did not help.
 NOISE_FEATURES: tuple[str, ...] = (
@@ -108,7 +114,11 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "eth_open",
     "btc_open",
     "gas_price_gwei",
-    *(f.name for f in FEATURES if f.name not in NOISE_FEATURES and f.name != "apy_unchanged"),
+    *(
+        f.name
+        for f in FEATURES
+        if f.name not in NOISE_FEATURES and f.name not in ("apy_unchanged", "median_apy_7d")
+    ),
 )
 
 # The plan's FEATURE_COLS exactly, for the plan's model kept as a named option.

@@ -35,6 +35,8 @@ def compile_column(c: Column) -> str:
         return f"list_avg(list({src}) OVER ({_BY_POOL} {_frame(c.window - 1)}))"
     if c.kind == "std":
         return f"list_stddev_samp(list({src}) OVER ({_BY_POOL} {_frame(c.window - 1)}))"
+    if c.kind == "median":
+        return f"list_median(list({src}) OVER ({_BY_POOL} {_frame(c.window - 1)}))"
     if c.kind == "delta":
         return f"{src} - lag({src}, 1) OVER ({_BY_POOL})"
     if c.kind == "unchanged":

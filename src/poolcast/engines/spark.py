@@ -90,6 +90,14 @@ def compile_column(c: Column) -> SparkColumn:
             return F.when(acc["n"] > 1, F.sqrt(acc["d2"] / (acc["n"] - 1)))
 
         return F.aggregate(values, start, step, finish)
+    if c.kind == "median":
+        # collect_list skips NULLs, as list_median does; the middle of the sorted frame, or the
+        # mean of the middle two as (a + b) / 2: list_median's bits (a + (b - a) / 2 differs).
+        ordered = F.array_sort(F.collect_list(src).over(w.rowsBetween(-(c.window - 1), 0)))
+        n = F.size(ordered)
+        lower = F.element_at(ordered, ((n + 1) / 2).cast("int"))
+        upper = F.element_at(ordered, (n / 2).cast("int") + 1)
+        return F.when(n > 0, (lower + upper) / 2)
     if c.kind == "delta":
         return src - F.lag(src, 1).over(w)
     if c.kind == "unchanged":
