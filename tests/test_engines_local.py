@@ -99,13 +99,15 @@ def test_features_match_reference_on_generated_panels(panel: tuple) -> None:
             assert close(g[name], value), (g["pool_id"], g["date"], name, g[name], value)
 
 
-def test_median_ignores_one_days_spike() -> None:
-    apy = [5.0, 5.0, 5.0, 80.0, 5.0, 6.0]
+def test_median_ignores_a_spike_of_a_few_days_and_follows_a_new_level() -> None:
+    apy = [5.0] * 8 + [80.0] * 3 + [6.0] * 9
     snaps = [("a", dt.datetime(2024, 1, d + 1, 23), v, 1.0) for d, v in enumerate(apy)]
     s, m = _tables(snaps, [])
-    rows = compute_features(compute_metrics(s, m, dt.date(2024, 1, 6))).to_pylist()
-    assert [r["median_apy_7d"] for r in rows] == [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
-    assert rows[4]["rolling_apy_7d"] == pytest.approx(20.0)  # the mean carries the spike
+    rows = compute_features(compute_metrics(s, m, dt.date(2024, 1, 20))).to_pylist()
+    median = [r["median_apy_14d"] for r in rows]
+    assert median[:13] == [5.0] * 13  # through the spike and the first new days
+    assert rows[10]["rolling_apy_7d"] == pytest.approx((4 * 5.0 + 3 * 80.0) / 7)  # the mean jumps
+    assert median[-1] == 6.0  # 9 of the last 14 days at the new level
 
 
 def test_long_gap_is_not_filled_past_the_limit() -> None:

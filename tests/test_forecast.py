@@ -381,7 +381,7 @@ def test_an_ensemble_forecast_is_the_mean_of_its_members(
 ) -> None:
     seven = fitted.horizons_[7]
     rows = latest_rows(sample_panel)
-    assert seven.bases_ == ("actual_apy", "rolling_apy_30d", "median_apy_7d")
+    assert seven.bases_ == ("actual_apy", "rolling_apy_30d", "median_apy_14d")
     mean = seven._raw_predict(rows)
     members = []
     for i, booster in enumerate(seven.members_):

@@ -86,9 +86,9 @@ FEATURES: tuple[Column, ...] = (
     Column("stddev_apy_delta_30d", "std", "apy_delta_today_yesterday", 30),
     Column("apy_unchanged", "unchanged", "apy_delta_today_yesterday"),
     Column("unchanged_share_30d", "mean", "apy_unchanged", 30),
-    # The pool's usual level of the last week: unlike the 7-day mean, one day's spike does not
-    # move it. An ensemble base of the 7-day model (forecast.MODELS), not a tree feature.
-    Column("median_apy_7d", "median", "actual_apy", 7),
+    # The pool's usual level of the last two weeks: unlike the 7-day mean, a spike of a few days
+    # does not move it. An ensemble base of the 7-day model (forecast.MODELS), not a tree feature.
+    Column("median_apy_14d", "median", "actual_apy", 14),
 )
 
 # Rows a forecast needs behind its first training day for every feature window.
@@ -117,7 +117,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *(
         f.name
         for f in FEATURES
-        if f.name not in NOISE_FEATURES and f.name not in ("apy_unchanged", "median_apy_7d")
+        if f.name not in NOISE_FEATURES and f.name not in ("apy_unchanged", "median_apy_14d")
     ),
 )
 
