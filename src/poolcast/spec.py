@@ -103,6 +103,9 @@ NOISE_FEATURES: tuple[str, ...] = (
     "unchanged_share_30d",
 )
 
+# Levels an ensemble member learns the move from (forecast.ModelSpec.bases), not tree features.
+BASES_ONLY: tuple[str, ...] = ("median_apy_14d",)
+
 FEATURE_COLUMNS: tuple[str, ...] = (
     "actual_apy",
     "actual_tvl",
@@ -114,11 +117,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "eth_open",
     "btc_open",
     "gas_price_gwei",
-    *(
-        f.name
-        for f in FEATURES
-        if f.name not in NOISE_FEATURES and f.name not in ("apy_unchanged", "median_apy_14d")
-    ),
+    *(f.name for f in FEATURES if f.name not in (*NOISE_FEATURES, *BASES_ONLY, "apy_unchanged")),
 )
 
 # The plan's FEATURE_COLS exactly, for the plan's model kept as a named option.
