@@ -167,10 +167,10 @@ def test_same_data_and_seed_give_the_same_model_byte_for_byte(
     assert first.name == second.name == f"production-{fitted.version_}"
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
-    # ensemble members beyond the first: the 7-day mean two, 7 and 30 days three
+    # ensemble members beyond the first: three members from 7 days on
     assert names == sorted(
         ["h1.txt", "h7.txt", "h7.b1.txt", "h7.b2.txt", "h30.txt", "h30.b1.txt", "h30.b2.txt"]
-        + ["hmean7.txt", "hmean7.b1.txt", "metadata.json"]
+        + ["hmean7.txt", "hmean7.b1.txt", "hmean7.b2.txt", "metadata.json"]
     )
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes()
@@ -373,7 +373,7 @@ def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(
     assert loaded.version_ == fitted.version_
     assert loaded.forecasts(sample_panel).equals(fitted.forecasts(sample_panel))
     members = {h: len(f.members_) for h, f in loaded.horizons_.items()}
-    assert members == {1: 1, 7: 3, 30: 3, "mean7": 2}
+    assert members == {1: 1, 7: 3, 30: 3, "mean7": 3}
 
 
 def test_an_ensemble_forecast_is_the_mean_of_its_members(
@@ -547,7 +547,7 @@ def test_plantrees_has_the_plans_trees_at_every_horizon() -> None:
         plan, prod = MODELS["plantrees"].for_horizon(h), MODELS["production"].for_horizon(h)
         assert (plan.target, plan.features, plan.bases) == (prod.target, prod.features, prod.bases)
     # production's ensembles get the boosting budget of one model
-    for h, members in ((7, 3), (30, 3), ("mean7", 2)):
+    for h, members in ((7, 3), (30, 3), ("mean7", 3)):
         params = Forecaster("production", horizon=h).lgb_params()
         assert len(MODELS["production"].for_horizon(h).bases) == members
         assert members * params["num_iterations"] <= 300

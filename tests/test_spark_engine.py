@@ -460,8 +460,8 @@ def test_forecast_stage_on_spark(spark_forecast_run) -> None:  # type: ignore[no
     result, local, remote = spark_forecast_run
     assert result.engine == "spark"
     assert result.details["forecasts"] == 99
-    # every ensemble member of every horizon (1 + 3 + 3 + 2), calibration fit then final fit
-    assert result.details["synapseml_fits"] == 2 * (1 + 3 + 3 + 2)
+    # every ensemble member of every horizon (1 + 3 + 3 + 3), calibration fit then final fit
+    assert result.details["synapseml_fits"] == 2 * (1 + 3 + 3 + 3)
     # Same pools and days as the local engine's forecasts, values close (different LightGBM
     # builds: SynapseML's lightgbmlib 3.3.5 and the lightgbm package).
     report = compare_tables(
