@@ -87,7 +87,7 @@ FEATURES: tuple[Column, ...] = (
     Column("apy_unchanged", "unchanged", "apy_delta_today_yesterday"),
     Column("unchanged_share_30d", "mean", "apy_unchanged", 30),
     # The pool's usual level of the last two weeks: unlike the 7-day mean, a spike of a few days
-    # does not move it. An ensemble base of the 7-day model (forecast.MODELS), not a tree feature.
+    # does not move it. An ensemble base (forecast.MODELS), not a tree feature.
     Column("median_apy_14d", "median", "actual_apy", 14),
 )
 
