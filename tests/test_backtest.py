@@ -10,7 +10,13 @@ import pytest
 from panels import START, mean_reverting, metrics_of, random_walk
 from typer.testing import CliRunner
 
-from poolcast.backtest import BacktestConfig, _ratio_interval, cutoff_days, run_backtest
+from poolcast.backtest import (
+    BacktestConfig,
+    _ratio_interval,
+    cutoff_days,
+    history_note,
+    run_backtest,
+)
 from poolcast.cli import app
 from poolcast.forecast import add_targets
 from poolcast.pipeline import metrics_stage
@@ -136,6 +142,75 @@ def test_pools_never_seen_are_scored_by_models_trained_without_them() -> None:
     assert unseen["ratio"] < 0.95
 
 
+def test_a_cutoff_before_the_stored_metrics_is_an_error_not_a_silent_skip() -> None:
+    metrics = metrics_of(mean_reverting(10, 6))  # 170 days from START
+    too_early = START + dt.timedelta(days=5)  # its 7-day training origins all lie before START
+    config = BacktestConfig(
+        cutoffs=3,
+        spacing_days=14,
+        models=("naive",),
+        horizons=(1, 7),
+        last_cutoff=too_early + dt.timedelta(days=28),
+        num_threads=1,
+    )
+    with pytest.raises(ValueError) as err:
+        run_backtest(metrics, config)
+    message = str(err.value)
+    assert f"cutoff {too_early}" in message and "7 days" in message
+    assert f"begin on {START}" in message and "--lookback-days" in message
+
+
+def test_fits_that_reach_before_the_stored_metrics_are_reported() -> None:
+    metrics = metrics_of(mean_reverting(10, 6))
+    # a 1-day fit at START + 100 reads from START + 100 - 1 - 59 - 30 = START + 10: whole
+    full = BacktestConfig(
+        cutoffs=1,
+        models=("naive",),
+        horizons=(1,),
+        last_cutoff=START + dt.timedelta(days=100),
+        num_threads=1,
+    )
+    bt = run_backtest(metrics, full)
+    assert bt.history_["short"] == [] and history_note(bt.history_, 1) == ""
+    # 10 days earlier it reads from START - 10 at 7 days, START at 1 day (whole)
+    part = BacktestConfig(
+        cutoffs=2,
+        spacing_days=14,
+        models=("naive",),
+        horizons=(1, 7),
+        last_cutoff=START + dt.timedelta(days=104),
+        num_threads=1,
+    )
+    bt = run_backtest(metrics, part)
+    assert bt.history_["short"] == [
+        {
+            "cutoff": str(START + dt.timedelta(days=90)),
+            "horizon": 7,
+            "needs_from": str(START - dt.timedelta(days=6)),
+            "days_short": 6,
+            "train_days_short": 0,
+        },
+    ]
+    assert bt.history_["metrics_from"] == str(START)
+    last = START + dt.timedelta(days=169)
+    assert bt.history_["lookback_days"] == (last - START).days + 1 + 6
+    note = history_note(bt.history_, 4)
+    assert "1 of the 4 fits" in note and "(up to 6: cutoff" in note
+    assert "fewer days" not in note  # its training days are all there, only feature context is cut
+    # at START + 40 the 1-day fit's oldest training origins (from START - 20) are missing too
+    young = BacktestConfig(
+        cutoffs=1,
+        models=("naive",),
+        horizons=(1,),
+        last_cutoff=START + dt.timedelta(days=40),
+        num_threads=1,
+    )
+    early = run_backtest(metrics, young).history_
+    assert [(s["days_short"], s["train_days_short"]) for s in early["short"]] == [(50, 20)]
+    assert "and 1 of them train on fewer days" in history_note(early, 1)
+    assert f"--lookback-days {bt.history_['lookback_days']}" in note
+
+
 def test_default_cutoffs_end_a_longest_horizon_before_most_pools_stop() -> None:
     apy = random_walk(5, 5)
     observed = np.ones_like(apy, dtype=bool)
@@ -168,6 +243,8 @@ def test_backtest_command_on_the_sample(sample_store: Store, settings: Settings)
     out = json.loads(result.output)
     # the sample: most pools last report on 2025-06-04/05, one runs to 2025-11-13
     assert out["cutoffs"] == ["2025-04-08", "2025-04-22"]
+    # both cutoffs' fits and their feature windows lie inside the stored metrics
+    assert out["history"]["short"] == [] and out["history"]["lookback_days"] is None
     assert out["config"]["window_days"] == 14
     assert {r["horizon"] for r in out["pools"]} == {1, 7, 30, "mean7"}
     assert {r["model"] for r in out["pools"]} == {"naive", "mean7d", "production"}

@@ -38,6 +38,7 @@ from poolcast.forecast import (
     horizon_key,
     target_column,
 )
+from poolcast.spec import FEATURE_CONTEXT_DAYS
 from poolcast.store import Store
 
 DEFAULT_MODELS: tuple[str, ...] = ("naive", "mean7d", "production", "plan")
@@ -92,6 +93,82 @@ def cutoff_days(panel: pa.Table, config: BacktestConfig) -> list[dt.date]:
     return sorted(end - dt.timedelta(days=config.spacing_days * k) for k in range(config.cutoffs))
 
 
+def history_needed(day: dt.date, horizon: Horizon, train_days: int) -> dt.date:
+    """The first metrics day a fit at cutoff ``day`` reads: its oldest training origin, less the
+    days its features look back over."""
+    oldest_origin = day - dt.timedelta(days=horizon_days(horizon) + train_days - 1)
+    return oldest_origin - dt.timedelta(days=FEATURE_CONTEXT_DAYS - 1)
+
+
+def history_check(
+    panel: pa.Table, cutoffs: Sequence[dt.date], config: BacktestConfig
+) -> dict[str, Any]:
+    """How far the fits reach before the first stored metrics day.
+
+    A fit whose every training origin lies before it cannot be fitted: an error that says what to
+    do (such fits used to be skipped, leaving fewer scores without a word). A fit that reaches only
+    partly before it trains on fewer days, with feature windows cut short at that day as on a
+    pool's first days: reported, with the lookback that stores enough history.
+    """
+    dates = panel.column("date")
+    first, last = pc.min(dates).as_py(), pc.max(dates).as_py()
+    short = []
+    for day in cutoffs:
+        for h in config.horizons:
+            need = history_needed(day, h, config.train_days)
+            if day - dt.timedelta(days=horizon_days(h)) < first:
+                raise ValueError(
+                    f"backtest cutoff {day} cannot be fitted at {_horizon_name(h)}: all its "
+                    f"training days lie before the stored metrics, which begin on {first}. Store "
+                    f"more history (`poolcast metrics --lookback-days {_lookback(last, need)}`), "
+                    "or choose a later --last-cutoff or fewer --cutoffs"
+                )
+            if need < first:
+                oldest_origin = need + dt.timedelta(days=FEATURE_CONTEXT_DAYS - 1)
+                short.append(
+                    {
+                        "cutoff": day.isoformat(),
+                        "horizon": _horizon_out(horizon_key(h)),
+                        "needs_from": need.isoformat(),
+                        "days_short": (first - need).days,
+                        "train_days_short": max(0, (first - oldest_origin).days),
+                    }
+                )
+    earliest = min((dt.date.fromisoformat(s["needs_from"]) for s in short), default=None)
+    return {
+        "metrics_from": first.isoformat(),
+        "short": short,
+        "lookback_days": _lookback(last, earliest) if earliest else None,
+    }
+
+
+def _lookback(last: dt.date, need: dt.date) -> int:
+    return (last - need).days + 1
+
+
+def _horizon_name(h: Horizon | str) -> str:
+    key = horizon_key(h) if not isinstance(h, str) or h == "mean7" else h
+    return "the 7-day mean" if key == "mean7" else f"{key} day{'s' if key != '1' else ''}"
+
+
+def history_note(history: dict[str, Any], fits: int) -> str:
+    """One line for the human output ('' when every fit had its whole history)."""
+    short = history["short"]
+    if not short:
+        return ""
+    worst = max(short, key=lambda s: s["days_short"])
+    fewer = sum(1 for s in short if s["train_days_short"])
+    return (
+        f"note: the stored metrics begin on {history['metrics_from']}; {len(short)} of the "
+        f"{fits} fits (cutoff x horizon) read days before it (up to {worst['days_short']}: "
+        f"cutoff {worst['cutoff']}, {_horizon_name(str(worst['horizon']))}), so their oldest "
+        "training rows have feature windows cut short there"
+        + (f", and {fewer} of them train on fewer days" if fewer else "")
+        + f". `poolcast metrics --lookback-days {history['lookback_days']}` stores enough history "
+        "for exact scores."
+    )
+
+
 def _fold(pool_id: str, folds: int) -> int:
     return int(hashlib.sha256(pool_id.encode()).hexdigest()[:8], 16) % folds
 
@@ -133,6 +210,7 @@ class Backtest:
         cfg = self.config
         panel = add_targets(metrics, cfg.horizons)
         self.cutoffs_ = cutoff_days(panel, cfg)
+        self.history_ = history_check(panel, self.cutoffs_, cfg)
         splits: list[tuple[str, pa.Table, pa.Table]] = [("all", panel, panel)]
         if cfg.unseen_folds > 1:
             pools = panel.column("pool_id").to_pylist()
@@ -176,8 +254,9 @@ class Backtest:
             )
             try:
                 model.fit(train, end=day)
-            except ValueError:
-                continue  # too little history before this cutoff for this horizon
+            except ValueError as exc:
+                where = f"{_horizon_name(h)}, model {name}, {split} pools"
+                raise ValueError(f"backtest cutoff {day} ({where}): {exc}") from exc
             self.fit_seconds_.setdefault(name, []).append(model.fit_seconds_)
             value, lower, upper = model.predict_interval(rows)
             out.append(
@@ -328,6 +407,7 @@ class Backtest:
                 "unseen_folds": self.config.unseen_folds,
                 "headroom": self.config.headroom,
             },
+            "history": self.history_,
             "summary": self.summary(),
             "pools": self.pools(),
         }

@@ -401,7 +401,7 @@ def backtest(
     ] = False,
 ) -> None:
     """Rolling-origin backtest of the forecast models against naive and 7-day-mean baselines."""
-    from poolcast.backtest import BacktestConfig, backtest_store, format_summary
+    from poolcast.backtest import BacktestConfig, backtest_store, format_summary, history_note
     from poolcast.forecast import MODELS, parse_horizon
     from poolcast.store import StoreError
 
@@ -432,6 +432,9 @@ def backtest(
         f"{config.train_days} days; {result.seconds_:.1f} s"
     )
     typer.echo(format_summary(result.summary()))
+    note = history_note(result.history_, len(result.cutoffs_) * len(config.horizons))
+    if note:
+        typer.echo(note)
 
 
 @app.command()
