@@ -171,7 +171,7 @@ def test_fits_that_reach_before_the_stored_metrics_are_reported() -> None:
         num_threads=1,
     )
     bt = run_backtest(metrics, full)
-    assert bt.history_["short"] == [] and history_note(bt.history_, 1) == ""
+    assert bt.history_["short"] == [] and history_note(bt.history_) == ""
     # 10 days earlier it reads from START - 10 at 7 days, START at 1 day (whole)
     part = BacktestConfig(
         cutoffs=2,
@@ -194,7 +194,7 @@ def test_fits_that_reach_before_the_stored_metrics_are_reported() -> None:
     assert bt.history_["metrics_from"] == str(START)
     last = START + dt.timedelta(days=169)
     assert bt.history_["lookback_days"] == (last - START).days + 1 + 6
-    note = history_note(bt.history_, 4)
+    note = history_note(bt.history_)
     assert "1 of the 4 fits" in note and "(up to 6: cutoff" in note
     assert "fewer days" not in note  # its training days are all there, only feature context is cut
     # at START + 40 the 1-day fit's oldest training origins (from START - 20) are missing too
@@ -207,7 +207,7 @@ def test_fits_that_reach_before_the_stored_metrics_are_reported() -> None:
     )
     early = run_backtest(metrics, young).history_
     assert [(s["days_short"], s["train_days_short"]) for s in early["short"]] == [(50, 20)]
-    assert "and 1 of them train on fewer days" in history_note(early, 1)
+    assert "and 1 of them train on fewer days" in history_note(early)
     assert f"--lookback-days {bt.history_['lookback_days']}" in note
 
 
@@ -245,6 +245,7 @@ def test_backtest_command_on_the_sample(sample_store: Store, settings: Settings)
     assert out["cutoffs"] == ["2025-04-08", "2025-04-22"]
     # both cutoffs' fits and their feature windows lie inside the stored metrics
     assert out["history"]["short"] == [] and out["history"]["lookback_days"] is None
+    assert out["history"]["fits"] == 2 * 4
     assert out["config"]["window_days"] == 14
     assert {r["horizon"] for r in out["pools"]} == {1, 7, 30, "mean7"}
     assert {r["model"] for r in out["pools"]} == {"naive", "mean7d", "production"}

@@ -117,8 +117,9 @@ def history_check(
         for h in config.horizons:
             need = history_needed(day, h, config.train_days)
             if day - dt.timedelta(days=horizon_days(h)) < first:
+                name = _horizon_name(horizon_key(h))
                 raise ValueError(
-                    f"backtest cutoff {day} cannot be fitted at {_horizon_name(h)}: all its "
+                    f"backtest cutoff {day} cannot be fitted at {name}: all its "
                     f"training days lie before the stored metrics, which begin on {first}. Store "
                     f"more history (`poolcast metrics --lookback-days {_lookback(last, need)}`), "
                     "or choose a later --last-cutoff or fewer --cutoffs"
@@ -137,6 +138,7 @@ def history_check(
     earliest = min((dt.date.fromisoformat(s["needs_from"]) for s in short), default=None)
     return {
         "metrics_from": first.isoformat(),
+        "fits": len(cutoffs) * len(config.horizons),
         "short": short,
         "lookback_days": _lookback(last, earliest) if earliest else None,
     }
@@ -146,12 +148,11 @@ def _lookback(last: dt.date, need: dt.date) -> int:
     return (last - need).days + 1
 
 
-def _horizon_name(h: Horizon | str) -> str:
-    key = horizon_key(h) if not isinstance(h, str) or h == "mean7" else h
+def _horizon_name(key: str) -> str:
     return "the 7-day mean" if key == "mean7" else f"{key} day{'s' if key != '1' else ''}"
 
 
-def history_note(history: dict[str, Any], fits: int) -> str:
+def history_note(history: dict[str, Any]) -> str:
     """One line for the human output ('' when every fit had its whole history)."""
     short = history["short"]
     if not short:
@@ -160,8 +161,9 @@ def history_note(history: dict[str, Any], fits: int) -> str:
     fewer = sum(1 for s in short if s["train_days_short"])
     return (
         f"note: the stored metrics begin on {history['metrics_from']}; {len(short)} of the "
-        f"{fits} fits (cutoff x horizon) read days before it (up to {worst['days_short']}: "
-        f"cutoff {worst['cutoff']}, {_horizon_name(str(worst['horizon']))}), so their oldest "
+        f"{history['fits']} fits (cutoff x horizon) read days before it (up to "
+        f"{worst['days_short']}: cutoff {worst['cutoff']}, {_horizon_name(str(worst['horizon']))}"
+        "), so their oldest "
         "training rows have feature windows cut short there"
         + (f", and {fewer} of them train on fewer days" if fewer else "")
         + f". `poolcast metrics --lookback-days {history['lookback_days']}` stores enough history "
@@ -255,7 +257,7 @@ class Backtest:
             try:
                 model.fit(train, end=day)
             except ValueError as exc:
-                where = f"{_horizon_name(h)}, model {name}, {split} pools"
+                where = f"{_horizon_name(horizon_key(h))}, model {name}, {split} pools"
                 raise ValueError(f"backtest cutoff {day} ({where}): {exc}") from exc
             self.fit_seconds_.setdefault(name, []).append(model.fit_seconds_)
             value, lower, upper = model.predict_interval(rows)

@@ -432,7 +432,7 @@ def backtest(
         f"{config.train_days} days; {result.seconds_:.1f} s"
     )
     typer.echo(format_summary(result.summary()))
-    note = history_note(result.history_, len(result.cutoffs_) * len(config.horizons))
+    note = history_note(result.history_)
     if note:
         typer.echo(note)
 
