@@ -21,6 +21,7 @@ from poolcast.forecast import (
     PEER_MEDIANS,
     Forecaster,
     ForecastModel,
+    _stack_weight,
     add_targets,
     forecast_table,
     latest_rows,
@@ -426,6 +427,45 @@ def test_stacked_horizons_average_their_own_and_the_other_horizons_forecasts(
     np.testing.assert_allclose(old.predict(rows), own, rtol=1e-12)
     with pytest.raises(ValueError, match="averages horizons"):
         ForecastModel("production", horizons=(1, "mean7"))._check_stacks()
+
+
+@pytest.mark.parametrize(
+    ("ratio", "weight"), [(0.5, 1.0), (0.7, 1.0), (0.8, 0.5), (0.85, 0.25), (0.9, 0.0), (1.3, 0.0)]
+)
+def test_the_own_model_gives_way_to_the_stack_as_its_calibration_edge_fades(
+    ratio: float, weight: float
+) -> None:
+    assert _stack_weight(ratio, (0.7, 0.9)) == pytest.approx(weight)
+    assert _stack_weight(ratio, None) == 1.0
+    assert _stack_weight(None, (0.7, 0.9)) == 1.0  # not calibrated: nothing says it has no edge
+
+
+def test_the_30_day_forecast_weighs_its_own_model_by_its_calibration_edge(
+    sample_panel: pa.Table, fitted: ForecastModel, tmp_path: Path
+) -> None:
+    import json
+
+    thirty, seven = fitted.horizons_[30], fitted.horizons_[7]
+    assert MODELS["production"].for_horizon(30).stack_edge == (0.7, 0.9)
+    ratio = thirty.calibration_["ratio"]
+    assert thirty.stack_weight_ == _stack_weight(ratio, (0.7, 0.9))
+    rows = latest_rows(sample_panel)
+    own, other = thirty._own_predict(rows), seven.predict(rows)
+    w = thirty.stack_weight_
+    assert 0.0 < w < 1.0  # on the sample its edge is a little past full (ratio about 0.72)
+    np.testing.assert_allclose(thirty.predict(rows), (w * own + other) / (w + 1), rtol=1e-12)
+    # a weight of its own, or none at all, moves the forecast
+    thirty.stack_weight_ = 0.0
+    np.testing.assert_allclose(thirty.predict(rows), other, rtol=1e-12)
+    thirty.stack_weight_ = w
+    # saved and loaded with the model; an artifact from before weighs its own model fully
+    path = Path(fitted.save(tmp_path))
+    assert ForecastModel.load(path).horizons_[30].stack_weight_ == w
+    meta = json.loads((path / "metadata.json").read_text())
+    del meta["horizons"]["30"]["stack_weight"]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    old = ForecastModel.load(path).horizons_[30]
+    np.testing.assert_allclose(old.predict(rows), (own + other) / 2, rtol=1e-12)
 
 
 def test_every_pool_gets_every_horizon_with_an_interval(

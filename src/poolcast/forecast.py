@@ -164,6 +164,10 @@ class ModelSpec:
     # The point forecast is the mean of this model's own and these horizons' forecasts (fitted on
     # the same rows up to the same day); the interval keeps its calibrated width around it.
     stack: tuple[Horizon, ...] = ()
+    # (full, none): the own model's share of that mean falls linearly from whole at the first
+    # calibration MAE ratio (vs naive) to nothing at the second, so where the model had little
+    # edge on its calibration days the stacked horizons carry the forecast (None: always whole).
+    stack_edge: tuple[float, float] | None = None
     # Each training row weighs scale ** weight_power in the loss, halved every half_life days back
     # (0: off). With a scaled change and power 1 the L1 loss is in APY points again while the
     # trees still split on moves in the pool's own units.
@@ -270,10 +274,14 @@ MODELS: dict[str, ModelSpec] = {
             # the fit, the 7-day model's three weeks later; alone the 30-day model overshoots.
             # For the same reason its training rows halve in weight every 10 days back (15 left
             # the typical pool's median error just over naive's; 7 lost pools seen on one set).
+            # Where its own model had little edge on those stale days (calibration MAE ratio over
+            # 0.7), the 7-day forecast takes over, wholly from 0.9: in late 2024 (set E,
+            # docs/forecasting.md) the own model had lost the edge it showed in 2025.
             "30": {
                 "interval": (0.05, 0.95),
                 "half_life": 10.0,
                 "stack": (7,),
+                "stack_edge": (0.7, 0.9),
                 "features": (*PRODUCTION_FEATURES, *PEERS, *NOISE_REGIME),
                 "bases": (*TODAY_AND_MONTH, "rolling_apy_7d"),
                 **_TEN_ROUNDS,
@@ -543,6 +551,15 @@ def _fit_blend(
     return weights, zone
 
 
+def _stack_weight(ratio: float | None, edge: tuple[float, float] | None) -> float:
+    """The own model's weight in a stacked mean (each stacked horizon weighs 1); see
+    ``ModelSpec.stack_edge``."""
+    if edge is None or ratio is None:
+        return 1.0
+    full, none = edge
+    return float(np.clip((none - ratio) / (none - full), 0.0, 1.0))
+
+
 def _blend_edges(apy: np.ndarray, groups: int) -> tuple[float, ...]:
     """Today's-APY edges between ``groups`` equal-sized blend groups of calibration rows.
 
@@ -776,6 +793,7 @@ class Forecaster:
             self.members_ = self._train_members(rows, rounds)
         self.member_rounds_ = rounds if spec.baseline is None else [0] * len(rounds)
         self.rounds_ = self.member_rounds_[0]
+        self.stack_weight_ = _stack_weight(self.calibration_.get("ratio"), spec.stack_edge)
         # After calibration, which judged this model's own forecasts.
         for h in spec.stack:
             given = (stacked or {}).get(h)
@@ -858,7 +876,11 @@ class Forecaster:
         stacked = self.stacked_
         if not stacked:
             return own
-        return np.mean([own, *(f.predict(rows) for f in stacked.values())], axis=0)
+        others = [f.predict(rows) for f in stacked.values()]
+        w = self.stack_weight_
+        if w == 1.0:
+            return np.mean([own, *others], axis=0)
+        return (w * own + np.sum(others, axis=0)) / (w + len(others))
 
     def _own_predict(self, rows: pa.Table) -> np.ndarray:
         model = self._raw_predict(rows)
@@ -915,6 +937,7 @@ class Forecaster:
             "interval_quantiles": list(self.quantiles_) if self.quantiles_ else None,
             "calibration": self.calibration_,
             "stack": [horizon_key(h) for h in self.stacked_],
+            "stack_weight": self.stack_weight_,
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -970,6 +993,8 @@ class Forecaster:
         q = meta["interval_quantiles"]
         self.quantiles_ = (q[0], q[1]) if q else None
         self.calibration_ = meta["calibration"]
+        # Artifacts from before stack_edge weighed their own model like each stacked horizon.
+        self.stack_weight_ = float(meta.get("stack_weight", 1.0))
         texts = [text, *members] if text else []
         self.members_ = [lgb.Booster(model_str=t) for t in texts]
         self.stacked_ = {}  # ForecastModel.load wires the saved ``stack`` horizons
