@@ -878,7 +878,7 @@ class Forecaster:
             return own
         others = [f.predict(rows) for f in stacked.values()]
         w = self.stack_weight_
-        if w == 1.0:
+        if w == 1.0:  # the plain mean: the same bits as before stack weights
             return np.mean([own, *others], axis=0)
         return (w * own + np.sum(others, axis=0)) / (w + len(others))
 
