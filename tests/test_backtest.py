@@ -142,19 +142,25 @@ def test_pools_never_seen_are_scored_by_models_trained_without_them() -> None:
     assert unseen["ratio"] < 0.95
 
 
+def _naive_until(
+    last_day: int, cutoffs: int = 1, horizons: tuple[int, ...] = (1,)
+) -> BacktestConfig:
+    """Naive only (no fit to wait for), cutoffs 14 days apart, the last ``last_day`` after START."""
+    return BacktestConfig(
+        cutoffs=cutoffs,
+        spacing_days=14,
+        models=("naive",),
+        horizons=horizons,
+        last_cutoff=START + dt.timedelta(days=last_day),
+        num_threads=1,
+    )
+
+
 def test_a_cutoff_before_the_stored_metrics_is_an_error_not_a_silent_skip() -> None:
     metrics = metrics_of(mean_reverting(10, 6))  # 170 days from START
     too_early = START + dt.timedelta(days=5)  # its 7-day training origins all lie before START
-    config = BacktestConfig(
-        cutoffs=3,
-        spacing_days=14,
-        models=("naive",),
-        horizons=(1, 7),
-        last_cutoff=too_early + dt.timedelta(days=28),
-        num_threads=1,
-    )
     with pytest.raises(ValueError) as err:
-        run_backtest(metrics, config)
+        run_backtest(metrics, _naive_until(5 + 28, cutoffs=3, horizons=(1, 7)))
     message = str(err.value)
     assert f"cutoff {too_early}" in message and "7 days" in message
     assert f"begin on {START}" in message and "--lookback-days" in message
@@ -163,25 +169,10 @@ def test_a_cutoff_before_the_stored_metrics_is_an_error_not_a_silent_skip() -> N
 def test_fits_that_reach_before_the_stored_metrics_are_reported() -> None:
     metrics = metrics_of(mean_reverting(10, 6))
     # a 1-day fit at START + 100 reads from START + 100 - 1 - 59 - 30 = START + 10: whole
-    full = BacktestConfig(
-        cutoffs=1,
-        models=("naive",),
-        horizons=(1,),
-        last_cutoff=START + dt.timedelta(days=100),
-        num_threads=1,
-    )
-    bt = run_backtest(metrics, full)
+    bt = run_backtest(metrics, _naive_until(100))
     assert bt.history_["short"] == [] and history_note(bt.history_) == ""
     # 10 days earlier it reads from START - 10 at 7 days, START at 1 day (whole)
-    part = BacktestConfig(
-        cutoffs=2,
-        spacing_days=14,
-        models=("naive",),
-        horizons=(1, 7),
-        last_cutoff=START + dt.timedelta(days=104),
-        num_threads=1,
-    )
-    bt = run_backtest(metrics, part)
+    bt = run_backtest(metrics, _naive_until(104, cutoffs=2, horizons=(1, 7)))
     assert bt.history_["short"] == [
         {
             "cutoff": str(START + dt.timedelta(days=90)),
@@ -196,19 +187,12 @@ def test_fits_that_reach_before_the_stored_metrics_are_reported() -> None:
     assert bt.history_["lookback_days"] == (last - START).days + 1 + 6
     note = history_note(bt.history_)
     assert "1 of the 4 fits" in note and "(up to 6: cutoff" in note
+    assert f"--lookback-days {bt.history_['lookback_days']}" in note
     assert "fewer days" not in note  # its training days are all there, only feature context is cut
     # at START + 40 the 1-day fit's oldest training origins (from START - 20) are missing too
-    young = BacktestConfig(
-        cutoffs=1,
-        models=("naive",),
-        horizons=(1,),
-        last_cutoff=START + dt.timedelta(days=40),
-        num_threads=1,
-    )
-    early = run_backtest(metrics, young).history_
+    early = run_backtest(metrics, _naive_until(40)).history_
     assert [(s["days_short"], s["train_days_short"]) for s in early["short"]] == [(50, 20)]
     assert "and 1 of them train on fewer days" in history_note(early)
-    assert f"--lookback-days {bt.history_['lookback_days']}" in note
 
 
 def test_default_cutoffs_end_a_longest_horizon_before_most_pools_stop() -> None:
