@@ -296,7 +296,7 @@ class Backtest:
 
     def _headroom(self, panel: pa.Table, h: Horizon) -> list[dict[str, Any]]:
         """The headroom bounds on the targets the models scored (every pool, every window)."""
-        from poolcast.headroom import hindsight, oracle_linear
+        from poolcast.headroom import hindsight, in_sample, oracle_linear
 
         windows = [(day, self._origins(panel, day, h)) for day in self.cutoffs_]
         windows = [(day, rows) for day, rows in windows if rows.num_rows]
@@ -305,21 +305,18 @@ class Backtest:
         rows = pa.concat_tables([r for _, r in windows])
         cutoff = np.concatenate([np.full(r.num_rows, day, dtype=object) for day, r in windows])
         nan = np.full(rows.num_rows, np.nan)
-        # (split, values): the oracle is fitted on each pool's own targets, hindsight never sees
-        # the pools it scores, so its rows sit beside the models' never-seen ones.
+        # (split, values): the oracle and in_sample are fitted on the scored pools' own targets,
+        # hindsight never sees the pools it scores, so its rows sit beside the models' never-seen
+        # ones.
+        refit = {
+            "train_days": self.config.train_days,
+            "seed": self.config.seed,
+            "num_threads": self.config.num_threads,
+        }
         values = {
             "oracle_linear": ("all", oracle_linear(rows, h)),
-            "hindsight": (
-                "unseen",
-                hindsight(
-                    panel,
-                    windows,
-                    h,
-                    train_days=self.config.train_days,
-                    seed=self.config.seed,
-                    num_threads=self.config.num_threads,
-                ),
-            ),
+            "hindsight": ("unseen", hindsight(panel, windows, h, **refit)),
+            "in_sample": ("all", in_sample(panel, windows, h, **refit)),
         }
         return [
             _apy_scored(

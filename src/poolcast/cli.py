@@ -392,8 +392,8 @@ def backtest(
         bool,
         typer.Option(
             "--headroom",
-            help="Also score two bounds that cheat on purpose (oracle_linear, hindsight): how "
-            "much these data hold at best",
+            help="Also score three bounds that cheat on purpose (oracle_linear, hindsight, "
+            "in_sample): how much these data hold at best",
         ),
     ] = False,
     as_json: Annotated[

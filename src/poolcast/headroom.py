@@ -1,4 +1,4 @@
-"""How much a forecast could gain on these data at best: two bounds that cheat on purpose.
+"""How much a forecast could gain on these data at best: three bounds that cheat on purpose.
 
 ``poolcast backtest --headroom`` scores them on the backtest's own targets, beside the models:
 
@@ -11,6 +11,10 @@
   scores, and scored on the pools held out (5 folds of pools). It has seen how every other pool
   moved over the very days it forecasts, and is calibrated on them: it knows the market's near
   future, which no forecast does.
+* ``in_sample``: the same refit, on every pool's targets up to the last day the window scores,
+  the scored pools' own included. It has seen the very targets it is scored on: what
+  production's features and tree budget can fit of them. A target it misses asks more than
+  this model can express on these data, even told the answers.
 
 Where production is close to both, a target below them asks more than these features hold; where
 ``hindsight`` is far below production, more data or a better learner may still pay.
@@ -28,7 +32,7 @@ import pyarrow.compute as pc
 from poolcast.backtest import _fold
 from poolcast.forecast import Forecaster, Horizon, _column, horizon_days, target_column
 
-HEADROOM_MODELS: tuple[str, ...] = ("oracle_linear", "hindsight")
+HEADROOM_MODELS: tuple[str, ...] = ("oracle_linear", "hindsight", "in_sample")
 HINDSIGHT_FOLDS = 5
 
 _STEPS = np.round(np.arange(0.0, 1.01, 0.1), 1)
@@ -73,13 +77,40 @@ def hindsight(
     ``panel``: the backtest's panel (with targets and peer medians); ``windows``: each cutoff with
     the origin rows its model forecasts.
     """
-    panel_fold = _folds(panel)
+    return _refit(panel, windows, horizon, HINDSIGHT_FOLDS, train_days, seed, num_threads)
+
+
+def in_sample(
+    panel: pa.Table,
+    windows: Sequence[tuple[dt.date, pa.Table]],
+    horizon: Horizon,
+    *,
+    train_days: int = 60,
+    seed: int = 42,
+    num_threads: int = 0,
+) -> np.ndarray:
+    """As :func:`hindsight`, but fitted on every pool, the scored ones included."""
+    return _refit(panel, windows, horizon, 1, train_days, seed, num_threads)
+
+
+def _refit(
+    panel: pa.Table,
+    windows: Sequence[tuple[dt.date, pa.Table]],
+    horizon: Horizon,
+    folds: int,
+    train_days: int,
+    seed: int,
+    num_threads: int,
+) -> np.ndarray:
+    """Each window forecast by production fitted on targets up to its last scored day; with
+    ``folds`` > 1 each fold of pools by a model that never saw it, with 1 by one that saw all."""
+    panel_fold = _folds(panel, folds)
     values = []
     for day, rows in windows:
         # The last target day the window scores: every earlier target of other pools is known.
         last_origin = pc.max(rows.column("date")).as_py()
         end = last_origin + dt.timedelta(days=horizon_days(horizon))
-        score_fold = _folds(rows)
+        score_fold = _folds(rows, folds)
         value = _column(rows, "actual_apy").copy()
         for k in np.unique(score_fold):
             model = Forecaster(
@@ -89,18 +120,21 @@ def hindsight(
                 seed=seed,
                 num_threads=num_threads,
             )
+            train = panel.filter(pa.array(panel_fold != k)) if folds > 1 else panel
             try:
-                model.fit(panel.filter(pa.array(panel_fold != k)), end=end)
+                model.fit(train, end=end)
             except ValueError:
+                if folds == 1:
+                    raise
                 continue  # too few other pools: naive stands
             value[score_fold == k] = model.predict(rows.filter(pa.array(score_fold == k)))
         values.append(value)
     return np.concatenate(values)
 
 
-def _folds(rows: pa.Table) -> np.ndarray:
+def _folds(rows: pa.Table, folds: int) -> np.ndarray:
     """Each row's fold: the backtest's hash of its pool id (once per pool, not per row)."""
     pools, index = np.unique(
         np.asarray(rows.column("pool_id").to_pylist(), dtype=object), return_inverse=True
     )
-    return np.asarray([_fold(p, HINDSIGHT_FOLDS) for p in pools], dtype=np.int64)[index]
+    return np.asarray([_fold(p, folds) for p in pools], dtype=np.int64)[index]
