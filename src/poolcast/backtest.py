@@ -20,6 +20,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -296,7 +297,7 @@ class Backtest:
 
     def _headroom(self, panel: pa.Table, h: Horizon) -> list[dict[str, Any]]:
         """The headroom bounds on the targets the models scored (every pool, every window)."""
-        from poolcast.headroom import hindsight, in_sample, oracle_linear
+        from poolcast.headroom import hindsight, oracle_linear
 
         windows = [(day, self._origins(panel, day, h)) for day in self.cutoffs_]
         windows = [(day, rows) for day, rows in windows if rows.num_rows]
@@ -308,15 +309,19 @@ class Backtest:
         # (split, values): the oracle and in_sample are fitted on the scored pools' own targets,
         # hindsight never sees the pools it scores, so its rows sit beside the models' never-seen
         # ones.
-        refit = {
-            "train_days": self.config.train_days,
-            "seed": self.config.seed,
-            "num_threads": self.config.num_threads,
-        }
+        refit = partial(
+            hindsight,
+            panel,
+            windows,
+            h,
+            train_days=self.config.train_days,
+            seed=self.config.seed,
+            num_threads=self.config.num_threads,
+        )
         values = {
             "oracle_linear": ("all", oracle_linear(rows, h)),
-            "hindsight": ("unseen", hindsight(panel, windows, h, **refit)),
-            "in_sample": ("all", in_sample(panel, windows, h, **refit)),
+            "hindsight": ("unseen", refit()),
+            "in_sample": ("all", refit(held_out=False)),
         }
         return [
             _apy_scored(

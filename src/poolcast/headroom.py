@@ -67,43 +67,20 @@ def hindsight(
     windows: Sequence[tuple[dt.date, pa.Table]],
     horizon: Horizon,
     *,
+    held_out: bool = True,
     train_days: int = 60,
     seed: int = 42,
     num_threads: int = 0,
 ) -> np.ndarray:
-    """Production refitted at each cutoff as in the backtest, but on the other pools' targets up
-    to the last one its window scores (see the module doc); one array over all ``windows``.
+    """Production refitted at each cutoff as in the backtest, but on targets up to the last one
+    its window scores (see the module doc); one array over all ``windows``. ``held_out``: each
+    fold of pools forecast by a model fitted on the other pools (``hindsight``); otherwise by
+    one fitted on every pool, the scored ones included (``in_sample``).
 
     ``panel``: the backtest's panel (with targets and peer medians); ``windows``: each cutoff with
     the origin rows its model forecasts.
     """
-    return _refit(panel, windows, horizon, HINDSIGHT_FOLDS, train_days, seed, num_threads)
-
-
-def in_sample(
-    panel: pa.Table,
-    windows: Sequence[tuple[dt.date, pa.Table]],
-    horizon: Horizon,
-    *,
-    train_days: int = 60,
-    seed: int = 42,
-    num_threads: int = 0,
-) -> np.ndarray:
-    """As :func:`hindsight`, but fitted on every pool, the scored ones included."""
-    return _refit(panel, windows, horizon, 1, train_days, seed, num_threads)
-
-
-def _refit(
-    panel: pa.Table,
-    windows: Sequence[tuple[dt.date, pa.Table]],
-    horizon: Horizon,
-    folds: int,
-    train_days: int,
-    seed: int,
-    num_threads: int,
-) -> np.ndarray:
-    """Each window forecast by production fitted on targets up to its last scored day; with
-    ``folds`` > 1 each fold of pools by a model that never saw it, with 1 by one that saw all."""
+    folds = HINDSIGHT_FOLDS if held_out else 1
     panel_fold = _folds(panel, folds)
     values = []
     for day, rows in windows:
@@ -120,11 +97,11 @@ def _refit(
                 seed=seed,
                 num_threads=num_threads,
             )
-            train = panel.filter(pa.array(panel_fold != k)) if folds > 1 else panel
+            train = panel.filter(pa.array(panel_fold != k)) if held_out else panel
             try:
                 model.fit(train, end=end)
             except ValueError:
-                if folds == 1:
+                if not held_out:
                     raise
                 continue  # too few other pools: naive stands
             value[score_fold == k] = model.predict(rows.filter(pa.array(score_fold == k)))
