@@ -16,8 +16,9 @@
   production's features and tree budget can fit of them. A target it misses asks more than
   this model can express on these data, even told the answers.
 
-Where production is close to both, a target below them asks more than these features hold; where
-``hindsight`` is far below production, more data or a better learner may still pay.
+Where production is close to ``oracle_linear`` and ``hindsight``, a target below them asks more
+than these features hold; where ``hindsight`` is far below production, more data or a better
+learner may still pay.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def hindsight(
     panel_fold = _folds(panel, folds)
     values = []
     for day, rows in windows:
-        # The last target day the window scores: every earlier target of other pools is known.
+        # The last target day the window scores: every earlier target of the training pools is
+        # known.
         last_origin = pc.max(rows.column("date")).as_py()
         end = last_origin + dt.timedelta(days=horizon_days(horizon))
         score_fold = _folds(rows, folds)
