@@ -97,7 +97,7 @@ def _cached_inputs(args: dict[str, Any]) -> tuple[pa.Table, pa.Table, dt.date]:
 
 
 def task_generate(args: dict[str, Any]) -> None:
-    from poolcast.generate import generate
+    from poolcast.ops.generate import generate
 
     with _store(args) as store:
         store.init_schema()
@@ -183,7 +183,7 @@ def task_metrics_spark(args: dict[str, Any]) -> None:
 
 def task_metrics_write(args: dict[str, Any]) -> None:
     from poolcast.engines.local import compute_metrics
-    from poolcast.pipeline import METRIC_KEY, METRIC_UPDATE
+    from poolcast.store.queries import METRIC_KEY, METRIC_UPDATE
 
     snapshots, market, as_of = _cached_inputs(args)
     metrics = compute_metrics(snapshots, market, as_of)
@@ -199,14 +199,16 @@ def task_metrics_write(args: dict[str, Any]) -> None:
 def task_forecast(args: dict[str, Any]) -> None:
     """The forecast stage as pipeline.forecast_stage runs it, section by section."""
     from poolcast.engines.local import compute_features
-    from poolcast.forecast import FORECASTS_KEY, Forecaster, ForecastModel, forecast_table
-    from poolcast.pipeline import new_run_id, read_panel, write_forecasts
+    from poolcast.evaluation.research import ALL_MODELS
+    from poolcast.model import FORECASTS_KEY, Forecaster, ForecastModel, forecast_table
     from poolcast.settings import Settings
+    from poolcast.stages import new_run_id
+    from poolcast.store.queries import read_panel, write_forecasts
 
     settings = Settings(model_dir=args.get("model_dir", "/tmp/poolcast-bench-models"))
     with _store(args) as store:
         with timed("panel_read"):
-            metrics = read_panel(store, settings, horizon=30)
+            metrics = read_panel(store, settings.train_days, horizon=30)
         with timed("panel_features"):
             panel = compute_features(metrics)
         with timed("train_all_horizons"):
@@ -227,7 +229,9 @@ def task_forecast(args: dict[str, Any]) -> None:
                 ("plan", "train_h1_plan"),
             ):
                 with timed(section):
-                    one = Forecaster(name, train_days=settings.train_days).fit(panel)
+                    one = Forecaster(
+                        name, train_days=settings.train_days, models=ALL_MODELS
+                    ).fit(panel)
                 INFO[f"{section}_params"] = {
                     k: one.lgb_params().get(k)
                     for k in ("objective", "num_iterations", "num_leaves", "max_bin")

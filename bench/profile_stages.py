@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pyinstrument import Profiler
 
-from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
+from poolcast.stages import forecast_stage, metrics_stage
 from poolcast.store import open_store
 
 ADD_DAY_SQL = """

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
-from poolcast.ingest import ingest
 from poolcast.settings import Settings
+from poolcast.stages.ingest import ingest
 from poolcast.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,8 +84,8 @@ def _pg_schema_url(base: str, schema: str) -> str:
 def _demo_run(url: str, settings: Settings, as_ofs: tuple[dt.date | None, ...]) -> None:
     """Ingest the sample, then `poolcast run` once per as-of (None: the latest data day), with
     run records, as the CLI does."""
-    from poolcast.observe import observed_stage
-    from poolcast.pipeline import forecast_stage, metrics_stage, new_run_id
+    from poolcast.runs import observed_stage
+    from poolcast.stages import forecast_stage, metrics_stage, new_run_id
 
     with open_store(url) as s:
         s.init_schema()

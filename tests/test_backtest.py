@@ -10,17 +10,12 @@ import pytest
 from panels import START, mean_reverting, metrics_of, random_walk
 from typer.testing import CliRunner
 
-from poolcast.backtest import (
-    BacktestConfig,
-    _ratio_interval,
-    cutoff_days,
-    history_note,
-    run_backtest,
-)
 from poolcast.cli import app
-from poolcast.forecast import add_targets
-from poolcast.pipeline import metrics_stage
+from poolcast.evaluation.backtest import BacktestConfig, cutoff_days, history_note, run_backtest
+from poolcast.evaluation.scoring import _ratio_interval
+from poolcast.model import add_targets
 from poolcast.settings import Settings
+from poolcast.stages import metrics_stage
 from poolcast.store import Store
 
 CONFIG = BacktestConfig(

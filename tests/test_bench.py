@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from poolcast.engines.local import compute_metrics
-from poolcast.generate import generate
+from poolcast.ops.generate import generate
 from poolcast.store import open_store
 from poolcast.store.queries import latest_data_day, read_market, read_snapshots
 

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from fault_inputs import small_history
 
-from poolcast import observe
-from poolcast.checksums import row_count, store_checksums, table_checksum
-from poolcast.ingest import ingest
-from poolcast.pipeline import forecast_stage, metrics_stage
-from poolcast.retry import is_transient
+from poolcast import log, runs
 from poolcast.settings import Settings
+from poolcast.stages import forecast_stage, metrics_stage
+from poolcast.stages.ingest import ingest
+from poolcast.stages.retry import is_transient
 from poolcast.store import Store, StoreUnavailable, open_store
+from poolcast.store.checksums import row_count, store_checksums, table_checksum
 from poolcast.store.postgres import PostgresStore
 
 from conftest import fresh_pg_schema_url
@@ -116,7 +116,7 @@ def test_restart_mid_merge_is_retried_and_completes(
     pg_store: Store, fast: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _fault_before_merge(monkeypatch, pg_restart, times=1, source="_stage_")
-    result = observe.observed_stage(pg_store, "metrics", fast, metrics_stage, run_id="restart1")
+    result = runs.observed_stage(pg_store, "metrics", fast, metrics_stage, run_id="restart1")
     assert calls == [1] and result.rows_written > 0
     assert _record(pg_store, "restart1")["status"] == "succeeded"
     # The retried run wrote the whole result: a clean rerun changes nothing.
@@ -133,7 +133,7 @@ def test_restart_on_every_attempt_fails_cleanly_without_half_written_forecasts(
     before = store_checksums(pg_store)
     calls = _fault_before_merge(monkeypatch, pg_restart, times=99, source="pool_forecasts_staging")
     with pytest.raises(StoreUnavailable, match=r"unreachable on 3 attempt\(s\).*Nothing"):
-        observe.observed_stage(pg_store, "forecast", fast, forecast_stage, run_id="restart3")
+        runs.observed_stage(pg_store, "forecast", fast, forecast_stage, run_id="restart3")
     assert len(calls) == 3
     monkeypatch.undo()
     pg_store.reconnect()
@@ -169,21 +169,21 @@ class _Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
-        self.setFormatter(observe._JsonFormatter())
+        self.setFormatter(log._JsonFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
 
 def test_unreachable_at_start_is_retried_then_reported(fast: Settings) -> None:
-    from poolcast.retry import open_with_retry
+    from poolcast.store import open_configured
 
     dead = fast.model_copy(update={"store": "postgresql://nobody:s3cret-pw@127.0.0.1:1/none"})
     logger, lines = logging.getLogger("poolcast"), _Lines()
     logger.addHandler(lines)
     try:
         with pytest.raises(StoreUnavailable, match="cannot connect") as err:
-            open_with_retry(dead)
+            open_configured(dead)
     finally:
         logger.removeHandler(lines)
     assert "s3cret-pw" not in str(err.value) and "nobody:***@" in str(err.value)
@@ -199,7 +199,7 @@ def test_bad_sql_is_not_retried(pg_store: Store, fast: Settings) -> None:
         calls.append(1)
         store.fetch_arrow("SELECT no_such_column FROM pools")
 
-    from poolcast.retry import call_with_retry
+    from poolcast.stages.retry import call_with_retry
 
     with pytest.raises(Exception, match="no_such_column") as err:
         call_with_retry(broken, pg_store, fast)

@@ -218,7 +218,6 @@ def emulator(monkeypatch):
         "DB_PASSWORD_SECRET": f"projects/{PROJECT}/secrets/poolcast-db-password/versions/latest",
         "TRAIN_DAYS": "60",
         "SEED": "42",
-        "SHUFFLE_PARTITIONS": "8",
         "FORECAST_EXECUTORS": "2",
         "MODEL_DIR": f"gs://{PROJECT}-poolcast-models/models",
     }

@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poolcast.engines.local import compute_features, compute_metrics
+from poolcast.ops.reference import close, reference_features, reference_metrics
 from poolcast.spec import FILL_LIMIT_DAYS
-
-from reference import close, reference_features, reference_metrics
 
 START = dt.date(2024, 1, 1)
 

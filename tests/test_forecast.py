@@ -13,22 +13,23 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from poolcast.engines.local import compute_features
-from poolcast.forecast import (
+from poolcast.evaluation.research import ALL_MODELS
+from poolcast.model import (
     FORECASTS_KEY,
-    MEAN_REVERSION,
     MODELS,
-    NOISE_REGIME,
-    PEER_MEDIANS,
     Forecaster,
     ForecastModel,
-    _stack_weight,
     add_targets,
     forecast_table,
     latest_rows,
     training_rows,
 )
-from poolcast.pipeline import forecast_stage, metrics_stage
+from poolcast.model.calibration import _stack_weight
+from poolcast.model.features import NOISE_REGIME
+from poolcast.model.specs import MEAN_REVERSION
 from poolcast.settings import Settings
+from poolcast.spec import PEER_MEDIANS
+from poolcast.stages import forecast_stage, metrics_stage
 from poolcast.store import Store
 
 DAY0 = dt.date(2025, 1, 1)
@@ -141,9 +142,9 @@ def test_training_rows_up_to_a_cutoff_never_see_later_targets() -> None:
 @pytest.fixture(scope="module")
 def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> pa.Table:
     """The forecast panel of the shipped sample (embedded store, computed once)."""
-    from poolcast.ingest import ingest
-    from poolcast.pipeline import read_panel
+    from poolcast.stages.ingest import ingest
     from poolcast.store import open_store
+    from poolcast.store.queries import read_panel
 
     path = tmp_path_factory.mktemp("panel") / "s.duckdb"
     with open_store(str(path)) as s:
@@ -152,7 +153,7 @@ def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> 
         settings = Settings(store=str(path))
         metrics_stage(s, settings)
         # with the peer medians, as the forecast stage's panel gets them before any row is picked
-        return add_targets(compute_features(read_panel(s, settings, horizon=30)))
+        return add_targets(compute_features(read_panel(s, settings.train_days, horizon=30)))
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +242,7 @@ def test_an_artifact_from_before_blend_anchors_and_groups_loads_as_it_was(
 
 
 def test_the_blend_leans_on_the_anchor_that_forecasts() -> None:
-    from poolcast.forecast import _blend, _fit_blend
+    from poolcast.model.calibration import _blend, _fit_blend
 
     rng = np.random.default_rng(0)
     naive = rng.uniform(1, 10, 400)
@@ -266,7 +267,7 @@ def test_the_blend_leans_on_the_anchor_that_forecasts() -> None:
 def test_blend_groups_are_equal_quantiles_of_todays_apy_or_one(
     apy: list[float], groups: int, decimals: int
 ) -> None:
-    from poolcast.forecast import MIN_BLEND_GROUP_ROWS, _blend_edges, _blend_group
+    from poolcast.model.calibration import MIN_BLEND_GROUP_ROWS, _blend_edges, _blend_group
 
     values = np.round(np.asarray(apy, dtype=np.float64), decimals)  # few decimals: many ties
     edges = _blend_edges(values, groups)
@@ -280,7 +281,7 @@ def test_blend_groups_are_equal_quantiles_of_todays_apy_or_one(
 
 
 def test_blend_groups_too_small_or_tied_fall_back_to_one_blend() -> None:
-    from poolcast.forecast import MIN_BLEND_GROUP_ROWS, _blend_edges
+    from poolcast.model.calibration import MIN_BLEND_GROUP_ROWS, _blend_edges
 
     assert _blend_edges(np.arange(2 * MIN_BLEND_GROUP_ROWS - 1, dtype=float), 2) == ()
     assert _blend_edges(np.arange(2 * MIN_BLEND_GROUP_ROWS, dtype=float), 2) != ()
@@ -314,15 +315,12 @@ def test_low_apy_pools_where_the_model_has_no_edge_get_their_own_blend() -> None
 def test_a_scaled_change_target_inverts_exactly(sample_panel: pa.Table, power: float) -> None:
     from dataclasses import replace
 
-    MODELS["_scaled"] = replace(MODELS["production"], name="_scaled", scale_power=power)
-    try:
-        f = Forecaster("_scaled", horizon=7)
-        rows = latest_rows(sample_panel)
-        y = rows.column("actual_apy").to_numpy() * 1.1 + 0.3
-        back = f._from_target(rows, f._to_target(rows, y))
-        np.testing.assert_allclose(back, y, atol=1e-6)
-    finally:
-        del MODELS["_scaled"]
+    scaled = replace(MODELS["production"], name="_scaled", scale_power=power)
+    f = Forecaster("_scaled", horizon=7, models={"_scaled": scaled})
+    rows = latest_rows(sample_panel)
+    y = rows.column("actual_apy").to_numpy() * 1.1 + 0.3
+    back = f._from_target(rows, f._to_target(rows, y))
+    np.testing.assert_allclose(back, y, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -336,7 +334,7 @@ def test_a_scaled_change_target_inverts_exactly(sample_panel: pa.Table, power: f
 def test_row_weights_set_what_the_loss_counts(
     weight_power: float, half_life: float, expected: float
 ) -> None:
-    from poolcast.forecast import PRODUCTION_PARAMS, ModelSpec
+    from poolcast.model.specs import PRODUCTION_PARAMS, ModelSpec
 
     # 60 old rows of a quiet pool that did not move, 40 recent rows of a loud one that rose 10.
     quiet, loud = 60, 40
@@ -351,20 +349,17 @@ def test_row_weights_set_what_the_loss_counts(
         }
     )
     params = {**PRODUCTION_PARAMS, "learning_rate": 1.0, "min_data_in_leaf": 1}
-    MODELS["_weighted"] = ModelSpec(
+    weighted = ModelSpec(
         "_weighted", ("one",), "change", params, weight_power=weight_power, half_life=half_life
     )
-    try:
-        f = Forecaster("_weighted")
-        f.fit_threads_, f.bases_ = 1, ("actual_apy",)
-        weights = f._weights(rows)
-        assert (weights is None) == (not weight_power and not half_life)
-        if weights is not None:  # under 1: LightGBM then takes the weighted median row itself
-            assert 0 < weights.min() and weights.max() < 1
-        booster = f._train(rows, 1)
-        assert booster.predict(np.ones((1, 1)))[0] == pytest.approx(expected)
-    finally:
-        del MODELS["_weighted"]
+    f = Forecaster("_weighted", models={"_weighted": weighted})
+    f.fit_threads_, f.bases_ = 1, ("actual_apy",)
+    weights = f._weights(rows)
+    assert (weights is None) == (not weight_power and not half_life)
+    if weights is not None:  # under 1: LightGBM then takes the weighted median row itself
+        assert 0 < weights.min() and weights.max() < 1
+    booster = f._train(rows, 1)
+    assert booster.predict(np.ones((1, 1)))[0] == pytest.approx(expected)
 
 
 def test_loaded_artifact_forecasts_exactly_like_the_fitted_model(
@@ -510,11 +505,16 @@ def test_a_short_history_still_gets_its_next_day_forecast() -> None:
 
 
 def test_the_plan_model_is_a_named_option_without_intervals(sample_panel: pa.Table) -> None:
-    plan = Forecaster("plan", params={"num_iterations": 20}, num_threads=1).fit(sample_panel)
+    plan = Forecaster("plan", params={"num_iterations": 20}, num_threads=1, models=ALL_MODELS).fit(
+        sample_panel
+    )
     value, lower, upper = plan.predict_interval(sample_panel.slice(0, 5))
     assert np.isfinite(value).all() and np.isnan(lower).all() and np.isnan(upper).all()
     with pytest.raises(ValueError, match="unknown model"):
         Forecaster("nope").fit(sample_panel)
+    # a research model is no production model: the model knows it only when it is passed
+    with pytest.raises(ValueError, match="unknown model 'plan'"):
+        Forecaster("plan").fit(sample_panel)
 
 
 def test_forecast_stage_writes_every_horizon_and_reruns_change_nothing(
@@ -577,14 +577,14 @@ def test_fit_reports_each_horizon_done(sample_panel: pa.Table) -> None:
 
 def test_plantrees_has_the_plans_trees_at_every_horizon() -> None:
     for h in (1, 7, 30, "mean7"):
-        params = Forecaster("plantrees", horizon=h).lgb_params()
+        params = Forecaster("plantrees", horizon=h, models=ALL_MODELS).lgb_params()
         assert (params["learning_rate"], params["num_iterations"], params["num_leaves"]) == (
             0.03,
             800,
             64,
         )
         # same target, features and ensembles as production: only the trees differ
-        plan, prod = MODELS["plantrees"].for_horizon(h), MODELS["production"].for_horizon(h)
+        plan, prod = ALL_MODELS["plantrees"].for_horizon(h), MODELS["production"].for_horizon(h)
         assert (plan.target, plan.features, plan.bases) == (prod.target, prod.features, prod.bases)
     # production's ensembles get the boosting budget of one model
     for h, members in ((7, 3), (30, 3), ("mean7", 3)):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from poolcast.generate import _chunks, _pool_ids, generate
+from poolcast.ops.generate import _chunks, _pool_ids, generate
 from poolcast.store import Store
 from poolcast.store.queries import latest_data_day, read_snapshots
 

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from panels import START, mean_reverting, metrics_of, random_walk
 from typer.testing import CliRunner
 
-from poolcast.backtest import BacktestConfig, run_backtest
 from poolcast.cli import app
-from poolcast.headroom import HEADROOM_MODELS, oracle_linear
-from poolcast.pipeline import metrics_stage
+from poolcast.evaluation.backtest import BacktestConfig, run_backtest
+from poolcast.evaluation.headroom import HEADROOM_MODELS, oracle_linear
 from poolcast.settings import Settings
+from poolcast.stages import metrics_stage
 from poolcast.store import Store
 
 CONFIG = BacktestConfig(

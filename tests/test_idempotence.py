@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from poolcast.checksums import store_checksums
-from poolcast.ingest import ingest
-from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
+from poolcast.stages import forecast_stage, metrics_stage
+from poolcast.stages.ingest import ingest
 from poolcast.store import Store, open_store
+from poolcast.store.checksums import store_checksums
 
 # Run bookkeeping differs by design between two runs (ids, times); everything else must not.
 BOOKKEEPING = {"pipeline_runs", "schema_migrations"}

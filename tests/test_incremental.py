@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spark_support import spark_fixture  # noqa: F401 - the `spark` session fixture
 
-from poolcast.incremental import recompute_window
-from poolcast.pipeline import metrics_stage
 from poolcast.settings import Settings
 from poolcast.spec import HISTORY_DAYS
+from poolcast.stages import metrics_stage
+from poolcast.stages.incremental import recompute_window
 from poolcast.store import Store, open_store
 
 from conftest import fresh_pg_schema_url
@@ -262,8 +262,8 @@ def _count(store: Store) -> int:
 
 def test_recent_model_is_found_under_a_gs_model_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Dataproc jobs save models under gs://: the daily mode's reuse rule lists them there."""
-    import poolcast.forecast
-    from poolcast.pipeline import _recent_model
+    import poolcast.model.artifacts
+    from poolcast.stages.forecast import recent_model
 
     def meta(end: str, model: str = "production") -> bytes:
         return json.dumps(
@@ -291,12 +291,12 @@ def test_recent_model_is_found_under_a_gs_model_dir(monkeypatch: pytest.MonkeyPa
             assert bucket == "bkt"
             return [b for b in blobs if b.name.startswith(prefix)]
 
-    monkeypatch.setattr(poolcast.forecast, "_gcs_client", Client)
+    monkeypatch.setattr(poolcast.model.artifacts, "_gcs_client", Client)
     panel = pa.table(
         {"date": pa.array([dt.date(2025, 6, 5)], pa.date32()), "is_observed": [True]}
     )
     daily = Settings(incremental=True, retrain_days=7)
-    found = _recent_model(daily, "production", panel, "gs://bkt/m/spark/")
+    found = recent_model(daily, "production", panel, "gs://bkt/m/spark/")
     assert found == "gs://bkt/m/spark/production-b"
-    assert _recent_model(daily, "plan", panel, "gs://bkt/m/spark") is None
-    assert _recent_model(Settings(retrain_days=7), "production", panel, "gs://bkt/m/spark") is None
+    assert recent_model(daily, "plan", panel, "gs://bkt/m/spark") is None
+    assert recent_model(Settings(retrain_days=7), "production", panel, "gs://bkt/m/spark") is None

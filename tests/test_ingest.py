@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from poolcast.ingest import IngestError, ingest
+from poolcast.stages.ingest import IngestError, ingest
 from poolcast.store import Store
 
 RAW_TABLES = ("pools", "raw_defillama_pool_history", "raw_coinmarketcap_ohlcv", "gas_fees_daily")

@@ -24,12 +24,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from poolcast.checksums import row_count, store_checksums
-from poolcast.ingest import IngestError, ingest
-from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
 from poolcast.spec import FILL_LIMIT_DAYS
+from poolcast.stages import forecast_stage, metrics_stage
+from poolcast.stages.ingest import IngestError, ingest
 from poolcast.store import Store, StoreError
+from poolcast.store.checksums import row_count, store_checksums
 
 
 @pytest.fixture

@@ -17,17 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-from poolcast.checksums import table_checksum
-from poolcast.pipeline import metrics_stage
 from poolcast.settings import Settings
+from poolcast.stages import metrics_stage
 from poolcast.store import Store, open_store
+from poolcast.store.checksums import table_checksum
 from poolcast.store.queries import latest_data_day
 
 KILLS_PER_STORE = int(os.environ.get("POOLCAST_TEST_KILLS", "4"))
 
 _CHILD = """
 import datetime as dt, sys, time
-from poolcast.pipeline import metrics_stage
+from poolcast.stages import metrics_stage
 from poolcast.settings import Settings
 from poolcast.store import open_store
 from poolcast.store._base import Store

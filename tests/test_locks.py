@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from fault_inputs import small_history
 
-from poolcast.checksums import row_count, table_checksum
-from poolcast.locks import LockBusy, stage_lock
-from poolcast.pipeline import metrics_stage
 from poolcast.settings import Settings
+from poolcast.stages import metrics_stage
+from poolcast.stages.locks import LockBusy, stage_lock
 from poolcast.store import Store, open_store
+from poolcast.store.checksums import row_count, table_checksum
 
 
 @pytest.fixture
 def small_store(store: Store, tmp_path: Path) -> Store:
-    from poolcast.ingest import ingest
+    from poolcast.stages.ingest import ingest
 
     ingest(store, [small_history(tmp_path / "small")])
     return store
@@ -131,7 +131,7 @@ def test_two_threads_racing_give_the_same_table_as_one_run(
 
 _HOLDER = """
 import sys
-from poolcast.locks import stage_lock
+from poolcast.stages.locks import stage_lock
 from poolcast.store import open_store
 store = open_store(sys.argv[1])
 with stage_lock(store, "metrics", wait=False):

@@ -10,7 +10,7 @@ import pytest
 from spark_support import spark_fixture  # noqa: F401 - the `spark` session fixture
 from typer.testing import CliRunner
 
-from poolcast.parity import compare_tables, format_report
+from poolcast.evaluation.parity import compare_tables, format_report
 
 KEY = ("pool_id", "date")
 
@@ -70,7 +70,7 @@ def test_forecast_columns_compare_as_forecasts() -> None:
 @pytest.fixture(scope="module")
 def parity_result(spark, demo_template):  # type: ignore[no-untyped-def]
     """`run_parity` (metrics, forecasts, holdout) on the demo store of each kind."""
-    from poolcast.parity import run_parity
+    from poolcast.evaluation.parity import run_parity
     from poolcast.store import open_store
 
     url, settings = demo_template["demo"]

@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
+from poolcast.stages import forecast_stage, metrics_stage
 from poolcast.store import Store
 
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from poolcast.cli import app
-from poolcast.report import backtest_from_file, collect, write_report
+from poolcast.ops.report import backtest_from_file, collect, write_report
 from poolcast.settings import Settings
 from poolcast.store import Store
 
@@ -181,8 +181,8 @@ def test_reads_the_model_where_the_run_saved_it_on_gcs(
 ) -> None:
     """On Dataproc the forecast run records a ``gs://`` model: the report reads it from there."""
     from poolcast.deploy.gcs import make_client
-    from poolcast.forecast import ForecastModel
-    from poolcast.report import _model
+    from poolcast.model import ForecastModel
+    from poolcast.ops.report import _model
 
     store, settings = daily_store
     data = collect(store, settings)

@@ -18,12 +18,12 @@ import typer
 from fault_inputs import POOLS, pools_file, small_history, snap, write
 from typer.testing import CliRunner
 
-from poolcast.checksums import DATA_TABLES, row_count, store_checksums
 from poolcast.cli import app
-from poolcast.ingest import ingest
-from poolcast.pipeline import forecast_stage, metrics_stage
 from poolcast.settings import Settings
+from poolcast.stages import forecast_stage, metrics_stage
+from poolcast.stages.ingest import ingest
 from poolcast.store import Store, StoreError, open_store, redact_url
+from poolcast.store.checksums import DATA_TABLES, row_count, store_checksums
 
 from conftest import fresh_pg_schema_url
 
@@ -357,9 +357,9 @@ def test_db_grant_gives_the_job_least_privilege(
         # The job's own work succeeds: metrics, forecast (staging + merge), run records.
         assert metrics_stage(job, settings).rows_written > 0
         assert forecast_stage(job, settings).rows_written > 0
-        from poolcast import observe
+        from poolcast import runs
 
-        observe.observed_stage(job, "metrics", settings, metrics_stage, run_id="as-job")
+        runs.observed_stage(job, "metrics", settings, metrics_stage, run_id="as-job")
         before = store_checksums(job, RAW_TABLES)
         for statement in (
             "INSERT INTO pools (pool_id) VALUES ('evil')",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from spark_support import spark_fixture  # noqa: F401 - the `spark` session fixture
 
 from poolcast.engines import _spark_session as session_mod
-from poolcast.parity import compare_tables
+from poolcast.evaluation.parity import compare_tables
 from poolcast.settings import Settings
 from poolcast.spec import metric_names
 from poolcast.store import Store
@@ -42,7 +42,7 @@ def test_a_fit_that_ran_all_its_rounds_gets_lightgbms_best_iteration(weighted: b
     picks it as LightGBM's callback does (else the engines' 7-day models differ in rounds)."""
     import lightgbm as lgb
 
-    from poolcast.engines.spark import _best_l1_iteration
+    from poolcast.engines._synapse import _best_l1_iteration
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, 4))
@@ -97,7 +97,7 @@ def test_no_session_at_import() -> None:
     import sys
 
     code = (
-        "import poolcast.engines.spark, poolcast.parity, poolcast.pipeline\n"
+        "import poolcast.engines.spark, poolcast.evaluation.parity, poolcast.stages\n"
         "from pyspark import SparkContext\n"
         "assert SparkContext._active_spark_context is None\n"
         "assert SparkContext._gateway is None\n"
@@ -138,7 +138,7 @@ def test_pool_hash_predicates_cover_every_hash() -> None:
 
 
 def test_listen_ports_differ_and_are_free() -> None:
-    from poolcast.engines.spark import _port_free, choose_listen_port
+    from poolcast.engines._synapse import _port_free, choose_listen_port
 
     ports = {choose_listen_port() for _ in range(20)}
     assert len(ports) > 15
@@ -146,8 +146,8 @@ def test_listen_ports_differ_and_are_free() -> None:
 
 
 def test_synapseml_params_come_from_the_local_model() -> None:
-    from poolcast.engines.spark import synapseml_params
-    from poolcast.forecast import Forecaster
+    from poolcast.engines._synapse import synapseml_params
+    from poolcast.model import Forecaster
 
     lgb_params = Forecaster("production", seed=7).lgb_params()
     p = synapseml_params(lgb_params, rounds=123, threads=1, port=23456)
@@ -167,7 +167,7 @@ def _spark_exchange(spark, store: Store | None = None):  # type: ignore[no-untyp
 
 
 def _metrics_both(store: Store, settings: Settings) -> tuple[pa.Table, pa.Table]:
-    from poolcast.parity import _metric_tables
+    from poolcast.evaluation.parity import _metric_tables
 
     local, remote, _ = _metric_tables(store, settings)
     return local, remote
@@ -318,15 +318,15 @@ def test_metrics_match_local_on_generated_panels(spark, panel) -> None:  # type:
 def test_features_match_local(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
     from poolcast.engines import spark as engine
     from poolcast.engines.local import compute_features
-    from poolcast.pipeline import read_panel
     from poolcast.spec import FEATURES
+    from poolcast.store.queries import read_panel
 
     store, settings = demo_store
-    metrics = read_panel(store, settings, horizon=30)
+    metrics = read_panel(store, settings.train_days, horizon=30)
     local = compute_features(metrics)
     with _spark_exchange(spark, store) as ex:
-        remote, n = engine.forecast_panel(ex, settings)
-    assert n == local.num_rows
+        remote = engine.forecast_panel(ex, settings.train_days)
+    assert remote.num_rows == local.num_rows
     columns = [f.name for f in FEATURES] + ["target_h1"]
     _assert_same(compare_tables("panel", local, remote, KEY, columns))
 
@@ -340,7 +340,7 @@ def _metric_checksum(store: Store) -> list[dict]:
 
 def test_metrics_stage_on_spark_writes_the_local_rows(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
     from poolcast.engines.local import compute_metrics
-    from poolcast.pipeline import metrics_stage, resolve_as_of
+    from poolcast.stages import metrics_stage, resolve_as_of
     from poolcast.store.queries import read_market, read_snapshots
 
     store, settings = demo_store
@@ -373,7 +373,7 @@ def test_metrics_stage_on_spark_writes_the_local_rows(spark, demo_store) -> None
 def test_failed_jdbc_write_leaves_target_unchanged(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
     from pyspark.sql import functions as F
 
-    from poolcast.pipeline import METRIC_KEY
+    from poolcast.store.queries import METRIC_KEY
 
     store, _ = demo_store
     assert store.dialect == "postgres"
@@ -404,7 +404,7 @@ def test_failed_training_leaves_tables_unchanged(spark, demo_store, monkeypatch)
     from synapse.ml.lightgbm import LightGBMRegressor
 
     from poolcast.engines.spark import SparkStageError
-    from poolcast.pipeline import forecast_stage
+    from poolcast.stages import forecast_stage
 
     store, settings = demo_store
     before = _metric_checksum(store)
@@ -425,7 +425,7 @@ def test_failed_training_leaves_tables_unchanged(spark, demo_store, monkeypatch)
 @pytest.fixture(scope="module")
 def spark_forecast_run(spark, demo_template, tmp_path_factory):  # type: ignore[no-untyped-def]
     """`poolcast forecast --engine spark` once on a copy of each demo store."""
-    from poolcast.pipeline import forecast_stage
+    from poolcast.stages import forecast_stage
     from poolcast.store import open_store
 
     from conftest import _copy_store
@@ -487,7 +487,7 @@ def test_forecast_through_the_driver_trains_the_same_model(  # type: ignore[no-u
 ) -> None:
     """Dataproc's exchange (Arrow batches through the driver, no shared disk) gives SynapseML
     the same training rows: the same model, byte for byte, as the Parquet files in local mode."""
-    from poolcast.pipeline import forecast_stage
+    from poolcast.stages import forecast_stage
 
     store, settings = demo_store
     driver = settings.model_copy(
@@ -532,7 +532,7 @@ def test_dataproc_entry_point(spark, demo_store, monkeypatch, capsys) -> None:  
 @pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)  # JDBC path
 def test_metrics_jdbc_failure(spark, demo_store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from poolcast.engines.spark import SparkStageError
-    from poolcast.pipeline import metrics_stage
+    from poolcast.stages import metrics_stage
     from poolcast.store.spark_io import SparkExchange
 
     store, settings = demo_store
@@ -585,7 +585,7 @@ def test_daily_forecast_on_spark_reuses_a_recent_model(spark, demo_store, tmp_pa
     """`run --engine spark --incremental`: the forecast stage loads the newest Spark model trained
     at most retrain_days before the data (pipeline._recent_model's rule) instead of training."""
     from poolcast.engines.spark import spark_model_dir
-    from poolcast.pipeline import forecast_stage
+    from poolcast.stages import forecast_stage
 
     store, settings = demo_store
     run = settings.model_copy(update={"model_dir": str(tmp_path / "models")})

@@ -12,11 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from poolcast.cli import app
-from poolcast.observe import observed_stage
-from poolcast.pipeline import metrics_stage
+from poolcast.ops.reference import reference_metrics
+from poolcast.ops.validate import format_checks, run_checks
+from poolcast.runs import observed_stage
 from poolcast.settings import Settings
+from poolcast.stages import metrics_stage
 from poolcast.store import Store
-from poolcast.validate import format_checks, reference_metrics, run_checks
 
 LATEST = dt.date(2025, 11, 13)  # the sample's latest data day
 LIVE_POOL = "aa70268e-4b52-42bf-a116-608b370f9501"  # the one pool reporting up to LATEST
@@ -177,12 +178,12 @@ def test_as_of_moves_today(demo: Store, settings: Settings) -> None:
 def test_reference_semantics_on_a_small_series() -> None:
     t = dt.datetime(2024, 1, 1, 23)
     snaps = [
-        {"timestamp": t, "apy": 1.0, "tvl_usd": 10.0},
-        {"timestamp": t.replace(hour=1), "apy": 9.0, "tvl_usd": 90.0},  # earlier that day: ignored
-        {"timestamp": t + dt.timedelta(days=2), "apy": 3.0, "tvl_usd": 30.0},
+        ("p", t, 1.0, 10.0),
+        ("p", t.replace(hour=1), 9.0, 90.0),  # earlier that day: ignored
+        ("p", t + dt.timedelta(days=2), 3.0, 30.0),
     ]
-    market = [{"source": "ETH", "date": dt.date(2023, 12, 31), "ts": t, "value": 2000.0}]
-    rows = reference_metrics(snaps, market, dt.date(2024, 1, 3))
+    market = [("ETH", dt.date(2023, 12, 31), 2000.0, t)]
+    rows = {r["date"]: r for r in reference_metrics(snaps, market, dt.date(2024, 1, 3))}
     assert list(rows) == [dt.date(2024, 1, d) for d in (1, 2, 3)]
     day2, day3 = rows[dt.date(2024, 1, 2)], rows[dt.date(2024, 1, 3)]
     assert day2["actual_apy"] == 1.0 and day2["is_observed"] is False  # forward-filled

@@ -298,7 +298,6 @@ resource "google_workflows_workflow" "pipeline" {
     TRAIN_DAYS               = tostring(var.train_days)
     SEED                     = tostring(var.seed)
     MODEL_DIR                = "gs://${google_storage_bucket.poolcast_models.name}/models"
-    SHUFFLE_PARTITIONS       = tostring(var.shuffle_partitions)
     FORECAST_EXECUTORS       = tostring(var.forecast_executors)
   }
 

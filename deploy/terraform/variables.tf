@@ -68,12 +68,6 @@ variable "seed" {
   default     = 42
 }
 
-variable "shuffle_partitions" {
-  description = "spark.sql.shuffle.partitions of both batches (adaptive execution coalesces them)."
-  type        = number
-  default     = 200
-}
-
 variable "forecast_executors" {
   description = "Fixed spark.executor.instances of the forecast batch (dynamic allocation is off for SynapseML LightGBM)."
   type        = number

@@ -20,9 +20,13 @@ class SparkSettings(BaseModel):
     """The plan's `config_spark` values (Task 2.4), with the ERRATA's versions."""
 
     environment: Literal["local", "dataproc"] | None = None
+    # Where a session started by poolcast runs: `local[N]`, `local-cluster[N,cores,MB]`,
+    # `spark://host:7077`, ... (--spark-master, POOLCAST_SPARK_MASTER). A process started by
+    # spark-submit (Dataproc) keeps the master it was submitted with.
     master: str = "local[2]"
     driver_memory: str = "4g"
-    shuffle_partitions: int = 8
+    # None: twice the cores the session has (at least 8), with AQE coalescing small partitions.
+    shuffle_partitions: int | None = None
     packages: list[str] = [
         "com.microsoft.azure:synapseml-lightgbm_2.12:1.1.3",
         "org.postgresql:postgresql:42.7.4",
@@ -35,6 +39,10 @@ class SparkSettings(BaseModel):
     # executors must share the driver's disk), Arrow batches through the driver ("driver"), or
     # "auto": files in local mode, the driver on a cluster (Dataproc). POOLCAST_SPARK_EXCHANGE.
     exchange: Literal["auto", "files", "driver"] = "auto"
+    # Where "files" stages Parquet: a folder (local modes: the executors share the driver's disk)
+    # or a bucket every executor reads (Dataproc: gs://<project>-spark-staging/exchange, the
+    # plan's staging bucket, used by "auto" there). POOLCAST_SPARK_STAGING.
+    staging_dir: str | None = None
 
 
 class GcpSettings(BaseModel):
@@ -135,7 +143,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         """A repr lands in logs and tracebacks: the store URL's password is masked there."""
-        from poolcast.store._base import redact_url
+        from poolcast.log import redact_url
 
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "store" and isinstance(value, str) else value
@@ -162,13 +170,19 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment with CLI overrides (``None`` means "not given")."""
     import os
 
+    master = overrides.pop("spark_master", None) or os.environ.get("POOLCAST_SPARK_MASTER")
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = Settings(**given)  # type: ignore[arg-type]
+    if master:
+        settings.spark.master = str(master).strip()
     exchange = os.environ.get("POOLCAST_SPARK_EXCHANGE")
     if exchange:  # validated: a typo is an error naming the allowed values
         settings.spark = SparkSettings.model_validate(
             {**settings.spark.model_dump(), "exchange": exchange}
         )
+    staging = os.environ.get("POOLCAST_SPARK_STAGING")
+    if staging:
+        settings.spark.staging_dir = staging.strip()
     spark_env = os.environ.get("SPARK_ENVIRONMENT")
     if spark_env in ("local", "dataproc") and settings.spark.environment is None:
         settings.spark.environment = spark_env  # type: ignore[assignment]

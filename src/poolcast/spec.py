@@ -13,7 +13,7 @@ Semantics (the same in every engine; `docs/architecture.md` has the long form):
   NULL.
 * ``delta``: the value minus the previous day's value (NULL on a pool's first day).
 * ``unchanged``: 1.0 where the value is zero (below 1e-9 in size), else 0.0; NULL stays NULL.
-* ``lag`` / ``lead``: the value ``window`` days before / after on the same pool's grid.
+* ``lag``: the value ``window`` days before on the same pool's grid.
 * Market columns (``eth_open``, ``btc_open``, ``gas_price_gwei``) live on a global calendar:
   the source's last value on or before the day minus ``shift`` days.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal[
-    "ffill", "mean", "std", "median", "delta", "unchanged", "lag", "lead", "dow", "month", "weekend"
+    "ffill", "mean", "std", "median", "delta", "unchanged", "lag", "dow", "month", "weekend"
 ]
 
 FILL_LIMIT_DAYS = 30
@@ -87,7 +87,7 @@ FEATURES: tuple[Column, ...] = (
     Column("apy_unchanged", "unchanged", "apy_delta_today_yesterday"),
     Column("unchanged_share_30d", "mean", "apy_unchanged", 30),
     # The pool's usual level of the last two weeks: unlike the 7-day mean, a spike of a few days
-    # does not move it. An ensemble base (forecast.MODELS), not a tree feature.
+    # does not move it. An ensemble base (model.specs.MODELS), not a tree feature.
     Column("median_apy_14d", "median", "actual_apy", 14),
 )
 
@@ -96,14 +96,16 @@ FEATURE_CONTEXT_DAYS = (
     max(c.window for c in FEATURES if c.kind in ("std", "mean", "median", "lag")) + 1
 )
 
-# The noise regime, for the 30-day model only (forecast.MODELS): at 1 and 7 days it did not help.
+# The noise regime, for the 30-day model only (model.specs.MODELS): at 1 and 7 days it did not
+# help.
 NOISE_FEATURES: tuple[str, ...] = (
     "stddev_apy_delta_7d",
     "stddev_apy_delta_30d",
     "unchanged_share_30d",
 )
 
-# Levels an ensemble member learns the move from (forecast.ModelSpec.bases), not tree features.
+# Levels an ensemble member learns the move from (model.specs.ModelSpec.bases), not tree
+# features.
 BASES_ONLY: tuple[str, ...] = ("median_apy_14d",)
 
 FEATURE_COLUMNS: tuple[str, ...] = (
@@ -139,8 +141,73 @@ PLAN_FEATURE_COLUMNS: tuple[str, ...] = (
     "tvl_lag_1",
 )
 
-# Forecast target: APY `horizon` days later, counted only where a snapshot was observed that day.
-TARGET_SOURCE = "actual_apy"
+
+@dataclass(frozen=True)
+class Target:
+    """``column(h)`` = ``source`` ``h`` days after the row's day on the same pool's grid, counted
+    only where a snapshot was observed that day (NULL otherwise: a carried-forward value is no
+    observation). The engines compile it as ``CASE WHEN lead(is_observed, h) THEN lead(source, h)
+    END`` over the pool's rows in date order."""
+
+    prefix: str
+    source: str
+
+    def column(self, horizon: int) -> str:
+        return f"{self.prefix}{horizon}"
+
+
+@dataclass(frozen=True)
+class MeanTarget:
+    """``name`` = the mean of ``target``'s values 1..``days`` days later, where at least
+    ``min_observed`` of them were observed (NULL otherwise)."""
+
+    name: str
+    target: Target
+    days: int
+    min_observed: int
+
+
+# Step 11's forecast target: APY ``h`` days later, observed that day (``target_h{h}``).
+APY_TARGET = Target("target_h", "actual_apy")
+# The TVL a day-``h`` TVL baseline is scored against (``target_tvl_h{h}``).
+TVL_TARGET = Target("target_tvl_h", "actual_tvl")
+# The mean of the next 7 days' APY (``target_mean7``), from at least 4 observed days.
+MEAN7_TARGET = MeanTarget("target_mean7", APY_TARGET, 7, 4)
+
+# Model-side features: plain arithmetic on spec columns (any engine can compute them; the model
+# computes them, poolcast.model.features). How far today's APY is from its own recent past is what
+# mean reversion needs; trees find it poorly. ``sub``: a - b; ``zscore``: a / (b + 1e-3).
+DERIVED: dict[str, tuple[str, str, Literal["sub", "zscore"]]] = {
+    "apy_minus_7d": ("actual_apy", "rolling_apy_7d", "sub"),
+    "apy_minus_30d": ("actual_apy", "rolling_apy_30d", "sub"),
+    "apy_change_7d": ("actual_apy", "apy_lag_7", "sub"),
+    "apy_z_30d": ("apy_minus_30d", "stddev_apy_30d", "zscore"),
+    # The last days' moves in the pool's own units: a one-day spike tends to revert tomorrow.
+    "apy_change_3d": ("actual_apy", "apy_lag_3", "sub"),
+    "apy_delta_z_7d": ("apy_delta_today_yesterday", "stddev_apy_7d", "zscore"),
+    "apy_delta_z_30d": ("apy_delta_today_yesterday", "stddev_apy_30d", "zscore"),
+    "apy_z_7d": ("apy_minus_7d", "stddev_apy_7d", "zscore"),
+    "lag1_minus_7d": ("apy_lag_1", "rolling_apy_7d", "sub"),
+    # Daily moves against the 30-day spread: about 1.4 for noise around a level, small for a
+    # drifting (random-walk) APY.
+    "delta_to_level_30d": ("stddev_apy_delta_30d", "stddev_apy_30d", "zscore"),
+    # A pool against its peers on the same day (PEER_MEDIANS): capital moves to the better yield,
+    # so an APY far above its market's or its protocol's tends to come down within weeks, and the
+    # market's own level drifts back toward its month.
+    "apy_minus_market": ("actual_apy", "market_apy", "sub"),
+    "market_minus_30d": ("market_apy", "market_apy_30d", "sub"),
+    "apy_minus_project": ("actual_apy", "project_apy", "sub"),
+}
+
+# ``name`` = the median of ``column`` over the pools observed on a day (in a group of these
+# ``pools`` columns, if any): the peers of the PEERS features. They must see every pool of the
+# day, so the model computes them once on the whole panel and never again on a subset (a backtest
+# fold, one pool's rows) that already carries them.
+PEER_MEDIANS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "market_apy": ("actual_apy", ()),
+    "market_apy_30d": ("rolling_apy_30d", ()),
+    "project_apy": ("actual_apy", ("project",)),
+}
 
 # Context a metric needs behind a day: the longest window plus the forward-fill reach.
 HISTORY_DAYS = max(c.window for c in METRICS if c.kind in ("mean", "std")) + FILL_LIMIT_DAYS

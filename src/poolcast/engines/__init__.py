@@ -1,0 +1,24 @@
+"""The engines: each compiles :mod:`poolcast.spec` and offers the stages the same few operations.
+
+An engine adapter (``engines.local.LocalEngine``, ``engines.spark.SparkEngine``) is a context
+manager with ``step``, ``read_metric_inputs``, ``compute_metrics``, ``summarize``,
+``merge_metrics``, ``forecast_panel``, ``model_dir``, ``trainer`` and ``details``; the stages
+(:mod:`poolcast.stages`) hold the flow and never look inside an engine's tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class MetricInputs:
+    """What a metrics run reads: snapshots and market series in the engine's own table type
+    (Arrow or a Spark DataFrame), the catch-up pools of an incremental run, and row counts."""
+
+    snapshots: Any
+    market: Any
+    snapshot_rows: int
+    rows_read: int
+    catch_up: Any = None

@@ -96,9 +96,11 @@ def session_conf(
     conf: dict[str, str] = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.adaptive.enabled": "true",
-        "spark.sql.shuffle.partitions": str(sp.shuffle_partitions),
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
     }
+    if sp.shuffle_partitions:
+        conf["spark.sql.shuffle.partitions"] = str(sp.shuffle_partitions)
     if environment == "local" and not submitted:
         conf.update(
             {
@@ -134,10 +136,11 @@ def batch_properties(settings: Settings, *, training: bool) -> dict[str, str]:
     props = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.adaptive.enabled": "true",
-        "spark.sql.shuffle.partitions": str(sp.shuffle_partitions),
         "spark.driver.extraJavaOptions": UTC_JAVA_OPTIONS,
         "spark.executor.extraJavaOptions": UTC_JAVA_OPTIONS,
     }
+    if sp.shuffle_partitions:
+        props["spark.sql.shuffle.partitions"] = str(sp.shuffle_partitions)
     if training:
         props.update(
             {
@@ -206,6 +209,8 @@ def get_spark_session(
                 f"{', '.join(settings.spark.packages)}"
             ) from exc
         active.sparkContext.setLogLevel("WARN")
+        if not settings.spark.shuffle_partitions:
+            active.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions(active)))
     if training:
         conf = active.sparkContext.getConf()
         if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
@@ -215,3 +220,48 @@ def get_spark_session(
                 "poolcast.engines._spark_session.batch_properties(settings, training=True)"
             )
     return active
+
+
+def executor_cores(spark: SparkSession) -> int:
+    """Task slots the session has now: ``local[N]`` counts its N threads, a cluster the cores of
+    the executors registered (``defaultParallelism`` follows them on every cluster manager)."""
+    return max(1, int(spark.sparkContext.defaultParallelism))
+
+
+def executor_count(spark: SparkSession) -> int:
+    """Executors registered now (``local[N]``: 1, the driver's own JVM)."""
+    sc = spark.sparkContext
+    if str(sc.master).startswith("local["):
+        return 1
+    # getExecutorInfos lists the driver too; the executors are the others.
+    infos = sc._jsc.sc().statusTracker().getExecutorInfos()
+    return max(1, len(infos) - 1)
+
+
+def shuffle_partitions(spark: SparkSession) -> int:
+    """Two partitions per task slot, at least 8: AQE coalesces the small ones, and a large input
+    gets every core (a constant 8 left 3 tasks per window stage at 10,000 pools)."""
+    return max(8, 2 * executor_cores(spark))
+
+
+def _active_session() -> SparkSession | None:
+    if "pyspark.sql" not in sys.modules:  # never imported: no session (and no import cost)
+        return None
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession()
+
+
+@contextlib.contextmanager
+def stopping_spark() -> Iterator[None]:
+    """Stop, on the way out, a Spark session started inside the block: a command or batch must
+    end with its stage. A SynapseML fit leaves a non-daemon JVM thread behind, so without
+    ``stop()`` the driver JVM (a Dataproc batch with it) would run until its TTL. A session that
+    was running before the block (a notebook's, a test's) is left alone."""
+    before = _active_session()
+    try:
+        yield
+    finally:
+        after = _active_session()
+        if after is not None and after is not before:
+            after.stop()

@@ -8,13 +8,30 @@ output are Arrow, so it works the same whichever store the data came from.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from poolcast.spec import FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
+from poolcast.engines import MetricInputs
+from poolcast.spec import APY_TARGET, FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
+from poolcast.store import Store
+from poolcast.store.queries import (
+    METRIC_KEY,
+    METRIC_UPDATE,
+    RecomputeWindow,
+    read_market,
+    read_panel,
+    read_snapshots,
+    read_window_snapshots,
+)
+
+if TYPE_CHECKING:
+    from poolcast.settings import Settings
 
 _BY_POOL = "PARTITION BY pool_id ORDER BY date"
 
@@ -43,8 +60,6 @@ def compile_column(c: Column) -> str:
         return f"CAST(abs({src}) < 1e-9 AS DOUBLE)"
     if c.kind == "lag":
         return f"lag({src}, {c.window}) OVER ({_BY_POOL})"
-    if c.kind == "lead":
-        return f"lead({src}, {c.window}) OVER ({_BY_POOL})"
     if c.kind == "dow":
         return f"CAST(isodow({src}) AS INTEGER)"
     if c.kind == "month":
@@ -160,14 +175,14 @@ ORDER BY g.pool_id, g.date
 
 
 def compute_features(metrics: pa.Table, *, horizons: Sequence[int] = (1,)) -> pa.Table:
-    """The forecast panel: metrics plus the spec's features, and for each horizon h the target
-    ``target_h{h}`` (APY h days later, NULL unless a snapshot was observed that day)."""
+    """The forecast panel: metrics plus the spec's features, and for each horizon h the spec's
+    ``APY_TARGET`` (``target_h{h}``)."""
     con = duckdb.connect()
     try:
         con.register("metrics", metrics)
         targets = ", ".join(
             f"CASE WHEN lead(is_observed, {h}) OVER ({_BY_POOL}) "
-            f"THEN lead(actual_apy, {h}) OVER ({_BY_POOL}) END AS target_h{h}"
+            f"THEN lead({APY_TARGET.source}, {h}) OVER ({_BY_POOL}) END AS {APY_TARGET.column(h)}"
             for h in horizons
         )
         sql = layered_select("metrics", FEATURES, set(metrics.column_names))
@@ -176,3 +191,74 @@ def compute_features(metrics: pa.Table, *, horizons: Sequence[int] = (1,)) -> pa
         ).to_arrow_table()
     finally:
         con.close()
+
+
+def keep_rows(metrics: pa.Table, window: RecomputeWindow, catch_up: pa.Array) -> pa.Table:
+    """The rows an incremental run merges: from ``since`` on, and all rows of catch-up pools."""
+    keep = pc.greater_equal(metrics.column("date"), pa.scalar(window.since, pa.date32()))
+    if len(catch_up):
+        keep = pc.or_(keep, pc.is_in(metrics.column("pool_id"), catch_up))
+    return metrics.filter(keep)
+
+
+class LocalEngine:
+    """The local engine's operations for the stages (:mod:`poolcast.stages`): Arrow read from the
+    store in bulk, computed in this process, merged by the store itself."""
+
+    name = "local"
+
+    def __init__(self, store: Store, settings: Settings, stage: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.stage = stage
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    # -- metrics -----
+    def read_metric_inputs(self, as_of: dt.date, window: RecomputeWindow | None) -> MetricInputs:
+        lookback = self.settings.lookback_days
+        catch_up = None
+        if window is None:
+            snapshots = read_snapshots(self.store, as_of, lookback)
+        else:
+            snapshots, catch_up = read_window_snapshots(self.store, window, as_of, lookback)
+        market = read_market(self.store, as_of)
+        rows = snapshots.num_rows
+        return MetricInputs(snapshots, market, rows, rows + market.num_rows, catch_up)
+
+    def compute_metrics(
+        self, inputs: MetricInputs, as_of: dt.date, window: RecomputeWindow | None
+    ) -> pa.Table:
+        metrics = compute_metrics(inputs.snapshots, inputs.market, as_of)
+        return metrics if window is None else keep_rows(metrics, window, inputs.catch_up)
+
+    def summarize(self, metrics: pa.Table) -> dict[str, int]:
+        return {
+            "pools": len(metrics.column("pool_id").unique()),
+            "days": len(metrics.column("date").unique()),
+            "rows": metrics.num_rows,
+        }
+
+    def merge_metrics(self, metrics: pa.Table) -> int:
+        return self.store.merge("pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE)
+
+    # -- forecast -----
+    def forecast_panel(self, horizon: int = 30) -> pa.Table:
+        """pool_daily_metrics rows a forecast needs (active pools), with the spec's features."""
+        return compute_features(read_panel(self.store, self.settings.train_days, horizon))
+
+    def model_dir(self) -> str:
+        return str(self.settings.model_dir)
+
+    def trainer(self) -> Any:
+        return None  # the model's own: lightgbm.train in this process
+
+    def details(self) -> dict[str, Any]:
+        return {}

@@ -14,31 +14,34 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import random
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from poolcast.engines import MetricInputs
 from poolcast.engines._spark_session import SparkSetupError, detect_environment, get_spark_session
-from poolcast.observe import progress
+from poolcast.log import first_line
 from poolcast.settings import Settings
-from poolcast.spec import FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
+from poolcast.spec import APY_TARGET, FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
 from poolcast.store import Store, StoreError
-from poolcast.store.queries import MARKET_SQL, SNAPSHOTS_SQL, window_bounds
+from poolcast.store.queries import (
+    MARKET_SQL,
+    METRIC_KEY,
+    METRIC_UPDATE,
+    PANEL_SQL,
+    SNAPSHOTS_SQL,
+    WINDOW_SNAPSHOTS_SQL,
+    RecomputeWindow,
+    panel_params,
+    window_bounds,
+    window_params,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column as SparkColumn
     from pyspark.sql import DataFrame, SparkSession
-
-    from poolcast.incremental import RecomputeWindow
-    from poolcast.pipeline import StageResult
-
-SYNAPSEML_VERSION = "1.1.3"
-LIGHTGBMLIB_VERSION = "3.3.510"  # what synapseml-lightgbm_2.12:1.1.3 brings
 
 
 class SparkStageError(StoreError):
@@ -61,7 +64,7 @@ def compile_column(c: Column) -> SparkColumn:
     Frames are the local engine's exactly (and so are the bits: ``avg`` sums the frame in order
     like ``list_avg``, ``std`` is ``list_stddev_samp``'s own update): ``ffill`` looks ``window``
     rows back (plus today),
-    ``mean``/``std`` cover ``window`` rows including today, ``delta``/``lag``/``lead`` step along
+    ``mean``/``std`` cover ``window`` rows including today, ``delta``/``lag`` step along
     the pool's daily grid.
     """
     from pyspark.sql import functions as F
@@ -104,8 +107,6 @@ def compile_column(c: Column) -> SparkColumn:
         return (F.abs(src) < 1e-9).cast("double")
     if c.kind == "lag":
         return F.lag(src, c.window).over(w)
-    if c.kind == "lead":
-        return F.lead(src, c.window).over(w)
     if c.kind == "dow":  # ISO: Monday = 1 .. Sunday = 7
         return (F.expr(f"weekday({c.source})") + 1).cast("int")
     if c.kind == "month":
@@ -206,15 +207,15 @@ def compute_metrics(
 
 
 def compute_features(metrics: DataFrame, *, horizons: Sequence[int] = (1,)) -> DataFrame:
-    """The forecast panel: metrics, the spec's features and ``target_h{h}`` (APY h days later,
-    NULL unless a snapshot was observed that day): the local engine's ``compute_features``."""
+    """The forecast panel: metrics, the spec's features and, for each horizon h, the spec's
+    ``APY_TARGET`` (``target_h{h}``): the local engine's ``compute_features``."""
     from pyspark.sql import functions as F
 
     w = _by_pool()
     panel = with_columns(metrics, FEATURES)
     targets = {
-        f"target_h{h}": F.when(
-            F.lead("is_observed", h).over(w), F.lead("actual_apy", h).over(w)
+        APY_TARGET.column(h): F.when(
+            F.lead("is_observed", h).over(w), F.lead(APY_TARGET.source, h).over(w)
         )
         for h in horizons
     }
@@ -225,11 +226,15 @@ def compute_features(metrics: DataFrame, *, horizons: Sequence[int] = (1,)) -> D
 def _exchange(spark: SparkSession, store: Store, settings: Settings) -> Any:
     from poolcast.store.spark_io import SparkExchange
 
+    staging = settings.spark.staging_dir
+    if staging is None and settings.gcp.project_id and detect_environment(settings) == "dataproc":
+        staging = f"gs://{settings.gcp.project_id}-spark-staging/exchange"
     return SparkExchange(
         spark,
         store,
         jdbc_partitions=settings.spark.jdbc_partitions,
         batch_size=settings.spark.jdbc_batch_size,
+        workdir=staging,
         via_files={"auto": None, "files": True, "driver": False}[settings.spark.exchange],
     )
 
@@ -249,8 +254,6 @@ def read_inputs(
             SNAPSHOTS_SQL, [start, end], name="snapshots", partition_by_pool=True
         )
     else:
-        from poolcast.incremental import WINDOW_SNAPSHOTS_SQL, window_params
-
         snapshots = exchange.read_query(
             WINDOW_SNAPSHOTS_SQL,
             window_params(window, as_of, lookback_days),
@@ -289,353 +292,19 @@ def _step(stage: str, step: str) -> Iterator[None]:
     except (SparkStageError, SparkSetupError):
         raise
     except Exception as exc:  # noqa: BLE001 - Py4J and JVM errors arrive as many types
-        from poolcast.store.spark_io import _first_line
-
         raise SparkStageError(
-            f"spark {stage} failed at {step}: {_first_line(exc)} (no target table was changed)"
+            f"spark {stage} failed at {step}: {first_line(exc)} (no target table was changed)"
         ) from exc
 
 
-def _as_of(store: Store, settings: Settings) -> dt.date:
-    from poolcast.pipeline import resolve_as_of
-
-    return resolve_as_of(store, settings)
-
-
-def metrics_stage(store: Store, settings: Settings) -> StageResult:
-    """Step 7 on Spark: read in bulk, compute, merge through a staging table in one transaction."""
-    from poolcast.pipeline import METRIC_KEY, METRIC_UPDATE, StageResult, new_run_id
-
-    started = time.perf_counter()
-    result = StageResult("metrics", "spark", new_run_id())
-    with _step("metrics", "session start"):
-        spark = get_spark_session(settings, "poolcast-metrics")
-    session_s = time.perf_counter() - started
-    with _exchange(spark, store, settings) as exchange:
-        compute_started = time.perf_counter()
-        with _step("metrics", "compute"):
-            from pyspark.sql import functions as F
-
-            as_of = _as_of(store, settings)
-            window = None
-            if settings.incremental:
-                from poolcast.incremental import recompute_window
-
-                window = recompute_window(store, as_of, settings.lookback_days)
-            snapshots, market = read_inputs(exchange, as_of, settings.lookback_days, window)
-            snapshots, market = snapshots.cache(), market.cache()
-            rows_read = snapshots.count() + market.count()
-            if window is None:
-                metrics = compute_metrics(spark, snapshots, market, as_of)
-            else:
-                metrics = compute_metrics(spark, snapshots.drop("catch_up"), market, as_of)
-                metrics = keep_rows(metrics, snapshots, window)
-            metrics = metrics.cache()
-            summary = metrics.agg(
-                F.count("*"), F.countDistinct("pool_id"), F.countDistinct("date")
-            ).collect()[0]
-        compute_s = time.perf_counter() - compute_started
-        with _step("metrics", "writing pool_daily_metrics"):
-            result.rows_written = exchange.merge(
-                "pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE
-            )
-        for df in (metrics, snapshots, market):
-            df.unpersist()
-        timings = dict(exchange.timings)
-    result.rows_read = rows_read
-    result.details = {
-        "as_of": as_of.isoformat(),
-        "pools": summary[1],
-        "days": summary[2],
-        "rows": summary[0],
-        **({"since": window.since.isoformat()} if window is not None else {}),
-        "session_s": round(session_s, 2),
-        "read_compute_s": round(compute_s, 2),
-        **{k.replace(":", "_") + "_s": round(v, 2) for k, v in timings.items() if "read" not in k},
-    }
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-# -- forecasting with SynapseML -------------------------------------------------------------------
-def choose_listen_port(span: int = 64, attempts: int = 50) -> int:
-    """A base port for LightGBM's workers that concurrent runs will not share.
-
-    SynapseML binds ``defaultListenPort + worker index`` and steps up on a clash, but two runs that
-    start at the same default (12400) race for the same ports (SynapseML #1311/#2230). Each run
-    takes a random base in 20000-59999 whose next ``span`` ports are free right now.
-    """
-    rng = random.SystemRandom()
-    for _ in range(attempts):
-        base = rng.randrange(20_000, 60_000 - span)
-        if all(_port_free(p) for p in (base, base + 1, base + span // 2, base + span - 1)):
-            return base
-    raise SparkStageError("forecast: no free port range for LightGBM's workers")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("0.0.0.0", port))  # noqa: S104 - a probe, closed at once
-        except OSError:
-            return False
-    return True
-
-
-# LightGBM parameters that SynapseML takes through its own setters (dataset construction reads
-# these, not passThroughArgs); every other parameter of the local model passes through verbatim.
-_SETTERS = {
-    "objective": ("objective", str),
-    "num_leaves": ("numLeaves", int),
-    "learning_rate": ("learningRate", float),
-    "feature_fraction": ("featureFraction", float),
-    "bagging_fraction": ("baggingFraction", float),
-    "bagging_freq": ("baggingFreq", int),
-    "min_data_in_leaf": ("minDataInLeaf", int),
-    "max_bin": ("maxBin", int),
-    "seed": ("seed", int),
-    "deterministic": ("deterministic", bool),
-}
-_NOT_PASSED = {"num_iterations", "num_threads", "verbosity"}
-
-
-def synapseml_params(
-    lgb_params: dict[str, Any], *, rounds: int, threads: int, port: int
-) -> dict[str, Any]:
-    """The local model's LightGBM parameters as SynapseML ``LightGBMRegressor`` arguments.
-
-    One source (``forecast.MODELS``): known parameters go to their setters, the rest (e.g.
-    ``force_col_wise``) through ``passThroughArgs``, which also repeats the setters' values so
-    LightGBM sees exactly the local model's parameter set.
-    """
-    params: dict[str, Any] = {
-        "numIterations": int(rounds),
-        "numThreads": int(threads),
-        "verbosity": -1,
-        "defaultListenPort": port,
-        "useBarrierExecutionMode": False,
-        "useSingleDatasetMode": True,
-    }
-    passed: list[str] = []
-    for key, value in lgb_params.items():
-        if key in _NOT_PASSED or value is None:
-            continue
-        if key in _SETTERS:
-            name, kind = _SETTERS[key]
-            params[name] = kind(value)
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        passed.append(f"{key}={text}")
-    params["passThroughArgs"] = " ".join(passed)
-    return params
-
-
-def _forecaster_class() -> Any:
-    """:class:`SparkForecaster`, built on first use (``poolcast.forecast`` loads lightgbm)."""
-    global _SPARK_FORECASTER
-    if _SPARK_FORECASTER is not None:
-        return _SPARK_FORECASTER
-    import numpy as np
-
-    from poolcast.forecast import Forecaster, _column, _matrix, target_column
-
-    class SparkForecaster(Forecaster):
-        """The local :class:`~poolcast.forecast.Forecaster` with its boosters trained by SynapseML.
-
-        Row selection, targets, calibration (early stopping, blend, dead zone, conformal
-        intervals), prediction and artifacts are the local model's own code, so both engines
-        forecast by the same rules; only ``lightgbm.train`` is replaced by a SynapseML
-        ``LightGBMRegressor`` fit on Spark, whose native model string becomes the booster.
-        """
-
-        exchange_: Any = None  # set by spark_forecast_model() for its fit
-        partitions_: int = 1
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if self.exchange_ is None:
-                raise SparkStageError("SparkForecaster needs spark_forecast_model()'s exchange")
-            self.exchange = self.exchange_
-            self.partitions = max(1, self.partitions_)
-            self.synapse_fits_: list[dict[str, Any]] = []
-
-        def _train(self, rows: pa.Table, rounds: int, valid: pa.Table | None = None) -> Any:
-            import lightgbm as lgb
-            from pyspark.ml.feature import VectorAssembler
-            from pyspark.sql import functions as F
-            from synapse.ml.lightgbm import LightGBMRegressor
-
-            spec = self._spec()
-            dtype = np.float32 if spec.float32 else np.float64
-            features = list(spec.features)
-            target = target_column(self.horizon)
-            use_valid = valid is not None and valid.num_rows > 0 and bool(spec.early_stopping)
-            parts = [(rows, False)] + ([(valid, True)] if use_valid else [])
-            columns: dict[str, list[np.ndarray]] = {f"f{i}": [] for i in range(len(features))}
-            labels, flags, weights = [], [], []
-            for part, is_valid in parts:
-                # The local model's own matrix (derived features, float32 rounding), target and
-                # row weights (each part weighed on its own, as the local engine's datasets).
-                matrix = _matrix(part, features, dtype).astype(np.float64)
-                for i in range(len(features)):
-                    columns[f"f{i}"].append(matrix[:, i])
-                labels.append(self._to_target(part, _column(part, target)))
-                flags.append(np.full(part.num_rows, is_valid))
-                weight = self._weights(part)
-                weighted = weight is not None  # the spec's choice: the same for every part
-                weights.append(np.ones(part.num_rows) if weight is None else weight)
-            table = pa.table(
-                {
-                    **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()},
-                    "label": pa.array(np.concatenate(labels), pa.float64()),
-                    "weight": pa.array(np.concatenate(weights), pa.float64()),
-                    "is_valid": pa.array(np.concatenate(flags), pa.bool_()),
-                    "row": pa.array(np.arange(sum(p.num_rows for p, _ in parts)), pa.int64()),
-                }
-            )
-            frame = self.exchange.arrow_to_spark(table, "training")
-            # NaN features stay missing values (LightGBM's use_missing), as in the local engine.
-            frame = VectorAssembler(
-                inputCols=[f"f{i}" for i in range(len(features))],
-                outputCol="features",
-                handleInvalid="keep",
-            ).transform(frame)
-            # Fixed order and partitioning: determinism, and no empty partitions (SynapseML #1556).
-            frame = frame.select("row", "features", "label", "weight", "is_valid")
-            if self.partitions == 1:
-                # One Parquet file is one ordered partition: no shuffle, no sampling job.
-                frame = frame.coalesce(1).sortWithinPartitions("row")
-            else:
-                frame = frame.repartitionByRange(self.partitions, "row").sortWithinPartitions(
-                    "row"
-                )
-            params = synapseml_params(
-                self.lgb_params(), rounds=rounds, threads=self.fit_threads_,
-                port=choose_listen_port(),
-            )
-            if use_valid:
-                params["earlyStoppingRound"] = int(spec.early_stopping)
-                params["validationIndicatorCol"] = "is_valid"
-            else:
-                frame = frame.where(~F.col("is_valid"))
-            if weighted:
-                params["weightCol"] = "weight"
-            estimator = LightGBMRegressor(
-                labelCol="label", featuresCol="features", predictionCol="prediction", **params
-            )
-            fitted = estimator.fit(frame)
-            booster = lgb.Booster(model_str=fitted.getNativeModel())
-            best = int(fitted.getBoosterBestIteration()) if use_valid else 0
-            if use_valid and best <= 0 and valid is not None:
-                # SynapseML names a best iteration only when early stopping stopped the fit;
-                # LightGBM's own callback also names the best of a fit that ran all its rounds.
-                best = _best_l1_iteration(
-                    booster,
-                    _matrix(valid, features, dtype),
-                    self._to_target(valid, _column(valid, target)),
-                    self._weights(valid),
-                )
-            booster.best_iteration = best if best > 0 else 0
-            self.synapse_fits_.append(
-                {
-                    "rows": int(rows.num_rows),
-                    "valid_rows": int(valid.num_rows) if use_valid and valid is not None else 0,
-                    "rounds": int(rounds),
-                    "best_iteration": booster.best_iteration,
-                    "params": {k: v for k, v in params.items() if k != "defaultListenPort"},
-                }
-            )
-            return booster
-
-        def metadata(self) -> dict[str, Any]:
-            meta = super().metadata()
-            meta["engine"] = "spark"
-            meta["trainer"] = (
-                f"synapseml-lightgbm_2.12 {SYNAPSEML_VERSION} (lightgbmlib {LIGHTGBMLIB_VERSION})"
-            )
-            meta["synapseml_fits"] = self.synapse_fits_
-            return meta
-
-    _SPARK_FORECASTER = SparkForecaster
-    return SparkForecaster
-
-
-_SPARK_FORECASTER: Any = None
-
-
-def _best_l1_iteration(booster: Any, matrix: Any, label: Any, weight: Any | None) -> int:
-    """The first iteration with the lowest (weighted) L1 on the validation rows, as LightGBM's
-    early-stopping callback picks it: the score of each prefix of trees, one tree at a time."""
-    import numpy as np
-
-    trees = booster.num_trees()
-    if trees == 0:
-        return 0
-    weight = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
-    score = np.zeros(len(label))
-    best, best_loss = 0, np.inf
-    for i in range(trees):
-        score += booster.predict(matrix, start_iteration=i, num_iteration=1, raw_score=True)
-        loss = float(np.sum(weight * np.abs(label - score)) / np.sum(weight))
-        if loss < best_loss:
-            best, best_loss = i + 1, loss
-    return best
-
-
-def spark_forecast_model(
-    exchange: Any, settings: Settings, model: str = "production", **kwargs: Any
-) -> Any:
-    """A ``forecast.ForecastModel`` (every horizon, calibration, TVL baselines) whose boosters
-    SynapseML trains: one partition locally (one LightGBM worker, like the local engine's serial
-    training), ``executor_instances`` partitions on Dataproc."""
-    from poolcast.forecast import ForecastModel
-
-    partitions = 1 if detect_environment(settings) == "local" else settings.spark.executor_instances
-    cls = _forecaster_class()
-
-    # This model's boosters train with this exchange: a subclass per model, no shared state.
-    bound = type(
-        "SparkForecaster", (cls,), {"exchange_": exchange, "partitions_": partitions}
+def forecast_panel(exchange: Any, train_days: int, horizon: int = 30) -> pa.Table:
+    """The forecast panel computed by Spark from the spec, brought to the driver as Arrow,
+    where the training rows are selected and calibrated by the model's own code."""
+    metrics = exchange.read_query(
+        PANEL_SQL, panel_params(train_days, horizon), name="panel", partition_by_pool=True
     )
-
-    class SparkForecastModel(ForecastModel):
-        forecaster_cls = bound
-
-        def metadata(self, backtest: dict[str, Any] | None = None) -> dict[str, Any]:
-            meta = super().metadata(backtest)
-            meta["engine"] = "spark"
-            meta["trainer"] = (
-                f"synapseml-lightgbm_2.12 {SYNAPSEML_VERSION} (lightgbmlib {LIGHTGBMLIB_VERSION})"
-            )
-            return meta
-
-    return SparkForecastModel(model, train_days=settings.train_days, seed=settings.seed, **kwargs)
-
-
-def read_panel(exchange: Any, settings: Settings, horizon: int = 1) -> DataFrame:
-    """``pipeline.read_panel``'s statement, read by pool partitions over JDBC."""
-    from poolcast.pipeline import PANEL_SQL
-    from poolcast.spec import FEATURE_CONTEXT_DAYS
-
-    return exchange.read_query(
-        PANEL_SQL,
-        [settings.train_days + horizon + FEATURE_CONTEXT_DAYS],
-        name="panel",
-        partition_by_pool=True,
-    )
-
-
-def forecast_panel(exchange: Any, settings: Settings, horizon: int = 30) -> tuple[pa.Table, int]:
-    """The forecast panel computed by Spark from the spec, brought to the driver as Arrow.
-
-    The panel is ``train_days`` + ``horizon`` + a few days of each active pool: small enough for
-    the driver, where the training rows are selected and calibrated by the local model's code.
-    """
-    metrics = read_panel(exchange, settings, horizon=horizon)
     panel = exchange.spark_to_arrow(compute_features(metrics), "panel")
-    if panel.num_rows == 0:
-        raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
-    panel = panel.sort_by([("pool_id", "ascending"), ("date", "ascending")])
-    return panel, panel.num_rows
+    return panel.sort_by([("pool_id", "ascending"), ("date", "ascending")])
 
 
 def spark_model_dir(settings: Settings) -> str:
@@ -644,74 +313,104 @@ def spark_model_dir(settings: Settings) -> str:
     return f"{str(settings.model_dir).rstrip('/')}/spark"
 
 
-def forecast_stage(store: Store, settings: Settings, model: str = "production") -> StageResult:
-    """Step 11 on Spark: features from the spec, SynapseML LightGBM, staging + one merge.
+class SparkEngine:
+    """The Spark engine's operations for the stages (:mod:`poolcast.stages`): a session, the
+    store's exchange (JDBC or Parquet), compute from the spec, merge through a staging table.
 
-    The same model, horizons and writes as the local stage (``pipeline.forecast_stage``): the
-    next day into ``pool_daily_metrics`` through the plan's staging table, every horizon into
-    ``forecasts``, in one transaction.
+    Use as a context manager; each step runs under :meth:`step`, which names the stage and step
+    in any failure.
     """
-    from poolcast.forecast import FORECASTS_KEY, ForecastModel, forecast_table
-    from poolcast.pipeline import StageResult, _recent_model, new_run_id, write_forecasts
 
-    started = time.perf_counter()
-    result = StageResult("forecast", "spark", new_run_id())
-    with _step("forecast", "session start"):
-        spark = get_spark_session(settings, "poolcast-forecast", training=True)
-    session_s = time.perf_counter() - started
-    with _exchange(spark, store, settings) as exchange:
-        with _step("forecast", "reading the panel"):
-            panel, n_read = forecast_panel(exchange, settings)
-        # The daily mode reuses a recent Spark-trained model (pipeline._recent_model's rule,
-        # in this engine's own folder); otherwise train and save.
-        model_dir = spark_model_dir(settings)
-        model_path = settings.model_path
-        if not model_path:
-            with _step("forecast", "looking for a recent model"):
-                model_path = _recent_model(settings, model, panel, model_dir)
-        trained = not model_path
-        if model_path:
-            with _step("forecast", "loading the model"):
-                fitted = ForecastModel.load(model_path)
+    name = "spark"
+
+    def __init__(self, store: Store, settings: Settings, stage: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.stage = stage
+        self._cached: list[DataFrame] = []
+        self._trainer: Any = None
+        self._details: dict[str, Any] = {}
+
+    def __enter__(self) -> SparkEngine:
+        started = time.perf_counter()
+        with self.step("session start"):
+            self.spark = get_spark_session(
+                self.settings, f"poolcast-{self.stage}", training=self.stage == "forecast"
+            )
+        self._details["session_s"] = round(time.perf_counter() - started, 2)
+        self.exchange = _exchange(self.spark, self.store, self.settings)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for df in self._cached:
+            df.unpersist()
+        self.exchange.close()
+
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return _step(self.stage, name)
+
+    # -- metrics -----
+    def read_metric_inputs(self, as_of: dt.date, window: RecomputeWindow | None) -> MetricInputs:
+        started = time.perf_counter()
+        snapshots, market = read_inputs(self.exchange, as_of, self.settings.lookback_days, window)
+        snapshots, market = snapshots.cache(), market.cache()
+        self._cached += [snapshots, market]
+        n_snapshots = snapshots.count()
+        self._compute_s = time.perf_counter() - started
+        return MetricInputs(snapshots, market, n_snapshots, n_snapshots + market.count())
+
+    def compute_metrics(
+        self, inputs: MetricInputs, as_of: dt.date, window: RecomputeWindow | None
+    ) -> DataFrame:
+        started = time.perf_counter()
+        if window is None:
+            metrics = compute_metrics(self.spark, inputs.snapshots, inputs.market, as_of)
         else:
-            with _step("forecast", "training"):
-                untrained = spark_forecast_model(exchange, settings, model)
-                with progress("training", total=len(untrained.horizons)) as bar:
-                    fitted = untrained.fit(panel, on_horizon=bar.advance)
-            with _step("forecast", "saving the model"):
-                model_path = fitted.save(model_dir)
-        with _step("forecast", "predicting"):
-            forecasts = forecast_table(fitted, panel)
-            horizons = fitted.forecasts(panel)
-    # One row per pool and horizon, already on the driver: the store's own bulk path (ADBC COPY
-    # for PostgreSQL) into the plan's staging table, then one transaction for both tables.
-    with store.transaction():
-        result.rows_written = write_forecasts(store, forecasts, result.run_id)
-        result.rows_written += store.merge("forecasts", horizons, FORECASTS_KEY)
-    result.rows_read = n_read
-    one = fitted.horizons_[1]
-    result.details = {
-        "forecasts": forecasts.num_rows,
-        "horizon_rows": horizons.num_rows,
-        "train_rows": one.n_train_,
-        "model": str(model_path),
-        "model_version": fitted.version_,
-        "trained": trained,
-        "session_s": round(session_s, 2),
-        "synapseml_fits": sum(
-            len(getattr(f, "synapse_fits_", [])) for f in fitted.horizons_.values()
-        ),
-    }
-    result.seconds = time.perf_counter() - started
-    return result
+            snapshots = inputs.snapshots
+            metrics = compute_metrics(self.spark, snapshots.drop("catch_up"), inputs.market, as_of)
+            metrics = keep_rows(metrics, snapshots, window)
+        metrics = metrics.cache()
+        self._cached.append(metrics)
+        self._compute_s += time.perf_counter() - started
+        return metrics
 
+    def summarize(self, metrics: DataFrame) -> dict[str, int]:
+        from pyspark.sql import functions as F
 
-def environment_summary() -> dict[str, str]:
-    """What the engine runs with, for reports and docs."""
-    import pyspark
+        started = time.perf_counter()
+        rows, pools, days = metrics.agg(
+            F.count("*"), F.countDistinct("pool_id"), F.countDistinct("date")
+        ).collect()[0]
+        self._compute_s += time.perf_counter() - started
+        self._details["read_compute_s"] = round(self._compute_s, 2)
+        return {"pools": pools, "days": days, "rows": rows}
 
-    return {
-        "pyspark": pyspark.__version__,
-        "synapseml": SYNAPSEML_VERSION,
-        "java_home": os.environ.get("JAVA_HOME", ""),
-    }
+    def merge_metrics(self, metrics: DataFrame) -> int:
+        return int(
+            self.exchange.merge("pool_daily_metrics", metrics, METRIC_KEY, update=METRIC_UPDATE)
+        )
+
+    # -- forecast -----
+    def forecast_panel(self, horizon: int = 30) -> pa.Table:
+        return forecast_panel(self.exchange, self.settings.train_days, horizon)
+
+    def model_dir(self) -> str:
+        return spark_model_dir(self.settings)
+
+    def trainer(self) -> Any:
+        from poolcast.engines._synapse import synapse_trainer
+
+        self._trainer = synapse_trainer(self.exchange, self.settings)
+        return self._trainer
+
+    def details(self) -> dict[str, Any]:
+        out = dict(self._details)
+        if self.stage == "metrics":
+            timings = self.exchange.timings
+            out.update(
+                {k.replace(":", "_") + "_s": round(v, 2) for k, v in timings.items()
+                 if "read" not in k}
+            )
+        if self.stage == "forecast":
+            out["synapseml_fits"] = len(getattr(self._trainer, "fits_", None) or [])
+        return out

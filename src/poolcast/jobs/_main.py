@@ -41,10 +41,12 @@ def parse_args(kind: str, argv: Sequence[str]) -> argparse.Namespace:
 
 def main(kind: str, argv: Sequence[str] | None = None) -> int:
     from poolcast.deploy.secret_env import load_db_password
-    from poolcast.observe import observed_stage, setup_logging
-    from poolcast.pipeline import forecast_stage, metrics_stage, new_run_id
+    from poolcast.engines._spark_session import stopping_spark
+    from poolcast.log import setup_logging
+    from poolcast.runs import observed_stage
     from poolcast.settings import load_settings
-    from poolcast.store import StoreError, open_store
+    from poolcast.stages import forecast_stage, metrics_stage, new_run_id
+    from poolcast.store import StoreError, open_configured
 
     args = parse_args(kind, sys.argv[1:] if argv is None else argv)
     setup_logging()  # JSON lines on the driver's stderr: Cloud Logging parses them
@@ -63,7 +65,8 @@ def main(kind: str, argv: Sequence[str] | None = None) -> int:
         settings.spark.environment = os.environ.get("SPARK_ENVIRONMENT") or "dataproc"  # type: ignore[assignment]
     stage = metrics_stage if kind == "metrics" else forecast_stage
     try:
-        with open_store(settings.store_url()) as store:
+        # The batch ends with its stage, whatever SynapseML left running in the JVM.
+        with stopping_spark(), open_configured(settings) as store:
             # A pipeline_runs row, and Cloud Monitoring metrics where PROJECT_ID is set.
             result = observed_stage(store, kind, settings, stage, run_id=new_run_id())
     except (StoreError, ValueError) as exc:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from poolcast.log import event, first_line
 from poolcast.store._base import Store, StoreError, StoreUnavailable, ident, redact_url
 from poolcast.store._schema import METRIC_COLUMNS
+
+if TYPE_CHECKING:
+    from poolcast.settings import Settings
 
 
 def open_store(url: str, *, wait: bool = False) -> Store:
@@ -25,12 +33,33 @@ def open_store(url: str, *, wait: bool = False) -> Store:
     return DuckDBStore(url, wait=wait)
 
 
+def open_configured(settings: Settings) -> Store:
+    """The configured store, as every entry point opens it: a database that is not reachable yet
+    is retried (``db_retry_attempts``, doubling ``db_retry_backoff_s``) and a busy embedded file
+    is waited for when ``lock_wait`` is set."""
+    pause = settings.db_retry_backoff_s
+    for attempt in range(1, settings.db_retry_attempts + 1):
+        try:
+            return open_store(settings.store_url(), wait=settings.lock_wait)
+        except StoreUnavailable as exc:
+            if attempt == settings.db_retry_attempts:
+                raise
+            event(
+                "db.retry", logging.WARNING, attempt=attempt + 1, of=settings.db_retry_attempts,
+                wait_s=round(pause, 3), error=first_line(exc),
+            )
+        time.sleep(pause)
+        pause *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 __all__ = [
     "METRIC_COLUMNS",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "ident",
+    "open_configured",
     "open_store",
     "redact_url",
 ]

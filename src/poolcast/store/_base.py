@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from poolcast.log import redact_url
 from poolcast.store._schema import MIGRATIONS
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -24,15 +25,6 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached (down, restarting, network): worth a bounded retry."""
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@?#\s]+):[^@\s]*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (user-info or ``?password=``) masked, for messages and logs."""
-    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", url))
 
 
 def ident(name: str) -> str:

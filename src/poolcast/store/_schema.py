@@ -106,7 +106,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
-        "pipeline_runs: one row per stage run (poolcast.observe)",
+        "pipeline_runs: one row per stage run (poolcast.runs)",
         (
             """CREATE TABLE IF NOT EXISTS pipeline_runs (
     run_id TEXT NOT NULL,
@@ -131,7 +131,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
-        "forecasts: every horizon with its 80% interval (poolcast.forecast)",
+        "forecasts: every horizon with its 80% interval (poolcast.model)",
         (
             # One row per pool, forecast day, metric and horizon: a rerun on the same day replaces
             # its forecasts (same data and seed: the same model_version, nothing changes).

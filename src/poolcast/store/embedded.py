@@ -59,7 +59,7 @@ class DuckDBStore(Store):
             if not announced:
                 import logging
 
-                from poolcast.observe import event
+                from poolcast.log import event
 
                 event("lock.waiting", logging.WARNING, store=path, lock="duckdb file")
                 announced = True

@@ -8,6 +8,7 @@ from typing import Any
 import adbc_driver_postgresql.dbapi as pg
 import pyarrow as pa
 
+from poolcast.log import first_line
 from poolcast.store._base import Store, StoreError, StoreUnavailable
 
 # Connect failures that no retry fixes: the server answered and said no.
@@ -36,7 +37,7 @@ class PostgresStore(Store):
         try:
             con = pg.connect(self.url)
         except Exception as exc:  # noqa: BLE001 - ADBC raises its own hierarchy
-            reason = _first_line(exc)
+            reason = first_line(exc)
             kind = StoreError if any(p in reason for p in _PERMANENT) else StoreUnavailable
             raise kind(
                 f"cannot connect to PostgreSQL at {self.safe_url()}: {reason}. "
@@ -111,10 +112,6 @@ class PostgresStore(Store):
                 return cur.fetch_arrow_table()
         finally:
             self._con.rollback()
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 __all__ = ["PostgresStore", "StoreError"]

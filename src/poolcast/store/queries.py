@@ -1,4 +1,5 @@
-"""The reads every engine starts from, in SQL that PostgreSQL and DuckDB both run.
+"""The statements every engine reads with and the keys it merges on, in SQL that PostgreSQL and
+DuckDB both run.
 
 Engines get the same columns whichever store they read: the local engine through Arrow, the Spark
 engine through JDBC with these same statements.
@@ -7,10 +8,17 @@ engine through JDBC with these same statements.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from poolcast.spec import FEATURE_CONTEXT_DAYS, FILL_LIMIT_DAYS, MARKET, METRICS
 from poolcast.store._base import Store
+
+METRIC_KEY = ("pool_id", "date")
+METRIC_UPDATE = (*(c.name for c in METRICS), *(m.name for m in MARKET), "is_observed")
+FORECAST_COLUMNS = ("pool_id", "date", "forecasted_apy", "forecasted_tvl")
 
 # JSON fields of raw snapshots are extracted in bulk by the database, not row by row in Python.
 SNAPSHOTS_SQL = """
@@ -64,3 +72,159 @@ def read_snapshots(store: Store, as_of: dt.date, lookback_days: int) -> pa.Table
 def read_market(store: Store, as_of: dt.date) -> pa.Table:
     end = as_of + dt.timedelta(days=1)
     return store.fetch_arrow(MARKET_SQL, [dt.datetime.combine(end, dt.time()), end])
+
+
+# The last day a metrics run wrote (forecast-only rows have no is_observed).
+LAST_METRICS_DAY_SQL = """
+SELECT max(date) AS day FROM pool_daily_metrics WHERE is_observed IS NOT NULL
+"""
+
+# The snapshots an incremental run reads, one statement that both engines run (the local engine
+# through the store, the Spark engine as a JDBC subquery split by pool), so the pools it treats as
+# catch-up are decided once, in the same snapshot of the data as the rows themselves:
+#
+# * catch-up pools, every snapshot in the lookback window: no metrics rows yet (a new pool arrives
+#   with its whole history), or rows that stop before the window while new snapshots extend their
+#   grid (a pool that paused for more than the fill limit and reports again). Few on a normal day.
+# * every other pool, its snapshots from the context day on, plus one empty "anchor" snapshot the
+#   day before the context for a pool with earlier snapshots in the lookback window: a full run's
+#   grid for it starts before the context, and without the anchor the windowed grid would start at
+#   its first snapshot inside the context and miss rows (all-NULL days) a full run has. An anchor
+#   has no APY, so it is neither observed nor forward-filled.
+#
+# ``catch_up`` says which is which (the rows a run keeps, see ``keep_rows``). Parameters are
+# timestamps, dates and one integer only (a JDBC subquery inlines them; see ``window_params``):
+# $1/$2 lookback [start, end), $3 the day before `since`, $4 as_of, $5 fill limit, $6 context
+# start, $7 the anchor's timestamp (the day before the context).
+WINDOW_SNAPSHOTS_SQL = """
+WITH snaps AS (
+    SELECT h.pool_id, min(h.timestamp) AS first_ts, max(h.timestamp) AS last_ts
+    FROM raw_defillama_pool_history AS h
+    JOIN pools AS p ON p.pool_id = h.pool_id
+    WHERE p.is_active AND h.timestamp >= $1 AND h.timestamp < $2
+    GROUP BY h.pool_id
+),
+computed AS (
+    SELECT pool_id, max(date) AS last_row
+    FROM pool_daily_metrics
+    WHERE is_observed IS NOT NULL
+    GROUP BY pool_id
+),
+active AS (
+    SELECT s.pool_id,
+           s.first_ts,
+           (c.last_row IS NULL
+            OR (c.last_row < $3
+                AND least(CAST($4 AS DATE), CAST(s.last_ts AS DATE) + CAST($5 AS INTEGER))
+                    > c.last_row)) AS catch_up
+    FROM snaps AS s LEFT JOIN computed AS c ON c.pool_id = s.pool_id
+)
+SELECT h.pool_id,
+       h.timestamp,
+       CAST(h.raw_json_data->>'apy' AS DOUBLE PRECISION) AS apy,
+       CAST(h.raw_json_data->>'tvlUsd' AS DOUBLE PRECISION) AS tvl_usd,
+       a.catch_up
+FROM raw_defillama_pool_history AS h
+JOIN active AS a ON a.pool_id = h.pool_id
+WHERE NOT a.catch_up AND h.timestamp >= $6 AND h.timestamp < $2
+UNION ALL
+SELECT h.pool_id,
+       h.timestamp,
+       CAST(h.raw_json_data->>'apy' AS DOUBLE PRECISION) AS apy,
+       CAST(h.raw_json_data->>'tvlUsd' AS DOUBLE PRECISION) AS tvl_usd,
+       a.catch_up
+FROM raw_defillama_pool_history AS h
+JOIN active AS a ON a.pool_id = h.pool_id
+WHERE a.catch_up AND h.timestamp >= $1 AND h.timestamp < $2
+UNION ALL
+SELECT a.pool_id,
+       CAST($7 AS TIMESTAMP) AS timestamp,
+       CAST(NULL AS DOUBLE PRECISION) AS apy,
+       CAST(NULL AS DOUBLE PRECISION) AS tvl_usd,
+       a.catch_up
+FROM active AS a
+WHERE NOT a.catch_up AND a.first_ts < $6
+"""
+
+
+@dataclass(frozen=True)
+class RecomputeWindow:
+    """Rows from ``since`` to the as-of date are recomputed from snapshots from ``context``."""
+
+    since: dt.date
+    context: dt.date
+
+
+def window_params(window: RecomputeWindow, as_of: dt.date, lookback_days: int) -> list[object]:
+    """``WINDOW_SNAPSHOTS_SQL``'s parameters: dates, timestamps and one integer (no text)."""
+    start, end = window_bounds(as_of, lookback_days)
+    context = dt.datetime.combine(window.context, dt.time())
+    return [
+        start,
+        end,
+        window.since - dt.timedelta(days=1),
+        as_of,
+        FILL_LIMIT_DAYS,
+        context,
+        context - dt.timedelta(days=1),
+    ]
+
+
+def read_window_snapshots(
+    store: Store, window: RecomputeWindow, as_of: dt.date, lookback_days: int
+) -> tuple[pa.Table, pa.Array]:
+    """The snapshots the window needs (``WINDOW_SNAPSHOTS_SQL``), and the catch-up pools, whose
+    rows must all be kept."""
+    table = store.fetch_arrow(WINDOW_SNAPSHOTS_SQL, window_params(window, as_of, lookback_days))
+    flags = table.column("catch_up")
+    pools = pc.unique(table.column("pool_id").filter(pc.fill_null(flags, False)).combine_chunks())
+    return table.drop_columns(["catch_up"]), pools
+
+
+PANEL_SQL = """
+SELECT m.*, p.project  -- the project: peers for forecast.PEER_MEDIANS
+FROM pool_daily_metrics AS m
+JOIN (
+    SELECT pool_id, max(date) AS last_day
+    FROM pool_daily_metrics
+    WHERE is_observed
+    GROUP BY pool_id
+) AS l ON l.pool_id = m.pool_id
+JOIN pools AS p ON p.pool_id = m.pool_id
+WHERE p.is_active AND m.date > l.last_day - CAST($1 AS INTEGER)
+"""
+
+
+def read_panel(store: Store, train_days: int, horizon: int = 1) -> pa.Table:
+    """pool_daily_metrics rows a forecast needs, for active pools (``PANEL_SQL``)."""
+    return store.fetch_arrow(PANEL_SQL, panel_params(train_days, horizon))
+
+
+def panel_params(train_days: int, horizon: int) -> list[object]:
+    """``PANEL_SQL``'s parameter: each pool's rows from ``train_days + horizon`` days before its
+    latest observed day, and the context every feature window of the first training row needs."""
+    return [train_days + horizon + FEATURE_CONTEXT_DAYS]
+
+
+def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
+    """Through the plan's staging table, then one transactional merge (the plan never merged).
+
+    Only the forecast columns of pool_daily_metrics change; a row that does not exist yet (the day
+    after a pool's latest data) is created with just its forecast.
+    """
+    staged = forecasts.select(list(FORECAST_COLUMNS)).append_column(
+        "run_id", pa.array([run_id] * forecasts.num_rows, pa.string())
+    )
+    with store.transaction():
+        store.merge("pool_forecasts_staging", staged, key=())
+        written = store.merge_from(
+            "pool_daily_metrics",
+            "pool_forecasts_staging",
+            FORECAST_COLUMNS,
+            METRIC_KEY,
+            update=("forecasted_apy", "forecasted_tvl"),
+            where="s.run_id = $1",
+            params=[run_id],
+        )
+        store.execute("DELETE FROM pool_forecasts_staging WHERE run_id = $1", [run_id])
+    return written

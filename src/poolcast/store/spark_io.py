@@ -20,19 +20,18 @@ the store merges it like any other Arrow table. Measured against the alternative
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from poolcast.log import first_line
 from poolcast.store._base import Store, StoreError, ident
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,8 +93,9 @@ def pool_hash_predicates(partitions: int, column: str = "pool_id") -> list[str]:
 
 
 def executors_share_driver_disk(spark: SparkSession) -> bool:
-    """True when every task runs in the driver's JVM (``local[...]``), so a folder on the
-    driver's disk is the executors' too. Not on Dataproc: executors are other machines."""
+    """True when the executors run on the driver's machine (``local[...]``, or
+    ``local-cluster[...]``: separate JVMs, one disk), so a folder there is theirs too. Not on
+    Dataproc or any other cluster: executors are other machines; stage in a bucket there."""
     return str(spark.sparkContext.master).startswith("local")
 
 
@@ -120,13 +120,28 @@ class SparkExchange:
         workdir: str | None = None,
         via_files: bool | None = None,
     ) -> None:
+        """``workdir``: where Parquet is staged, a local folder or a URI every executor reads
+        (``gs://bucket/prefix`` on Dataproc); a fresh run-unique folder is made under it.
+        ``via_files``: stage through it (default: when ``workdir`` is given, or the executors
+        share the driver's disk), else Arrow batches through the driver."""
+        from pyarrow import fs as pafs
+
         self.spark = spark
         self.store = store
-        # Parquet in a temporary folder needs a disk the executors share with the driver.
-        self.via_files = executors_share_driver_disk(spark) if via_files is None else via_files
+        if via_files is None:
+            via_files = workdir is not None or executors_share_driver_disk(spark)
+        self.via_files = via_files
         self.jdbc_partitions = jdbc_partitions
         self.batch_size = batch_size
-        self._tmp = Path(tempfile.mkdtemp(prefix="poolcast-spark-", dir=workdir))
+        run = f"poolcast-spark-{uuid.uuid4().hex[:12]}"
+        if workdir and "://" in workdir:
+            self._fs, root = pafs.FileSystem.from_uri(workdir.rstrip("/"))
+            self._tmp_uri = f"{workdir.rstrip('/')}/{run}"
+            self._tmp_path = f"{root}/{run}"
+            self._fs.create_dir(self._tmp_path)
+        else:
+            local = tempfile.mkdtemp(prefix=f"{run}-", dir=workdir)
+            self._fs, self._tmp_path, self._tmp_uri = pafs.LocalFileSystem(), local, local
         self._jdbc = (
             JdbcTarget.from_url(store.url, batch_size=batch_size) if is_postgres(store) else None
         )
@@ -140,7 +155,8 @@ class SparkExchange:
         self.close()
 
     def close(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self._fs.delete_dir(self._tmp_path)
 
     @contextlib.contextmanager
     def _timed(self, name: str) -> Iterator[None]:
@@ -191,9 +207,9 @@ class SparkExchange:
         memory in Arrow batches (a cluster: a file on the driver's disk is not on theirs)."""
         if not self.via_files:
             return _arrow_batches_to_spark(self.spark, table)
-        path = self._tmp / f"in-{ident(name)}-{uuid.uuid4().hex[:8]}.parquet"
-        pq.write_table(table, path)
-        return self.spark.read.parquet(str(path))
+        name = f"in-{ident(name)}-{uuid.uuid4().hex[:8]}.parquet"
+        pq.write_table(table, f"{self._tmp_path}/{name}", filesystem=self._fs)
+        return self.spark.read.parquet(f"{self._tmp_uri}/{name}")
 
     def spark_to_arrow(self, df: DataFrame, name: str) -> pa.Table:
         """Collect a Spark result as Arrow (no row-by-row Python): Parquet files where the
@@ -207,12 +223,36 @@ class SparkExchange:
             if not batches:
                 return to_arrow_schema(df.schema).empty_table()
             return pa.Table.from_batches(batches).combine_chunks()
-        path = self._tmp / f"out-{ident(name)}-{uuid.uuid4().hex[:8]}"
-        df.write.mode("errorifexists").parquet(str(path))
-        files = sorted(path.glob("*.parquet"))
+        from pyarrow import fs as pafs
+        from pyspark.sql import functions as F
+
+        folder = f"out-{ident(name)}-{uuid.uuid4().hex[:8]}"
+        df = df.cache()
+        try:
+            # Rows per partition (a few numbers): what the driver must find in the part files.
+            expected: dict[int, int] = dict(df.groupBy(F.spark_partition_id()).count().collect())
+            df.write.mode("errorifexists").parquet(f"{self._tmp_uri}/{folder}")
+        finally:
+            df.unpersist()
+        infos = self._fs.get_file_info(pafs.FileSelector(f"{self._tmp_path}/{folder}"))
+        files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        found: dict[int, int] = {}
+        for f in files:
+            part = int(f.rsplit("/", 1)[-1].split("-")[1])
+            found[part] = found.get(part, 0) + pq.read_metadata(f, filesystem=self._fs).num_rows
+        missing = sorted(p for p, n in expected.items() if n and found.get(p) != n)
+        if missing:
+            first = missing[0]
+            raise SparkIOError(
+                f"part-{first:05d} of {name} ({expected[first]} rows; {len(missing)} part(s) in "
+                f"all) is not in {self._tmp_uri}/{folder}: the executors wrote where the driver "
+                "cannot read. Set POOLCAST_SPARK_STAGING to a folder or bucket both reach; "
+                "nothing was merged"
+            )
         if not files:
             return pa.table({c: pa.array([], type=pa.null()) for c in df.columns})
-        return pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
+        tables = [pq.read_table(f, filesystem=self._fs) for f in files]
+        return pa.concat_tables(tables).combine_chunks()
 
     def _arrow_batches_on(self) -> None:
         # Arrow for pandas <-> Spark, and a failure instead of a silent row-by-row fallback.
@@ -241,7 +281,7 @@ class SparkExchange:
                     table = self.spark_to_arrow(df, target)
                 except Exception as exc:
                     raise SparkIOError(
-                        f"Spark could not compute the rows for {target}: {_first_line(exc)}; "
+                        f"Spark could not compute the rows for {target}: {first_line(exc)}; "
                         f"{target} is unchanged"
                     ) from exc
             with self._timed(f"merge:{target}"):
@@ -282,7 +322,7 @@ class SparkExchange:
                 self.append_jdbc(stage, df, label=target)
             except Exception as exc:
                 raise SparkIOError(
-                    f"writing {target} over JDBC failed: {_first_line(exc)}; "
+                    f"writing {target} over JDBC failed: {first_line(exc)}; "
                     f"{target} is unchanged"
                 ) from exc
             with self._timed(f"merge:{target}"):
@@ -346,12 +386,3 @@ def _render_params(sql: str, params: Sequence[Any] | None) -> str:
             )
         rendered = rendered.replace(f"${index}", literal)
     return rendered
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "at ", "py4j")):
-            return line[:500]
-    return type(exc).__name__

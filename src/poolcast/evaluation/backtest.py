@@ -16,7 +16,6 @@ hash of their id, and each fold is forecast by models fitted on the other folds 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,23 +26,35 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.forecast import (
+from poolcast.evaluation.research import ALL_MODELS
+from poolcast.evaluation.scoring import (
+    LOW_APY,
+    apy_scored,
+    concat,
+    coverage,
+    fold_of,
+    groups,
+    horizon_out,
+    low_pools,
+    scored,
+    scores,
+    take,
+)
+from poolcast.model.features import (
     HORIZONS,
-    Forecaster,
     Horizon,
     _column,
-    _tvl_baseline,
     add_targets,
-    choose_tvl_baseline,
     horizon_days,
     horizon_key,
     target_column,
 )
+from poolcast.model.forecast_model import _tvl_baseline, choose_tvl_baseline
+from poolcast.model.forecaster import Forecaster
 from poolcast.spec import FEATURE_CONTEXT_DAYS
 from poolcast.store import Store
 
 DEFAULT_MODELS: tuple[str, ...] = ("naive", "mean7d", "production", "plan")
-LOW_APY = 50.0  # the "APY under 50%" subset: pools below this at every origin
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class BacktestConfig:
     seed: int = 42
     num_threads: int = 0
     params: dict[str, Any] = field(default_factory=dict)
-    # Also score the bounds of poolcast.headroom (they cheat on purpose) on the same targets.
+    # Also score the bounds of evaluation.headroom (they cheat on purpose) on the same targets.
     headroom: bool = False
 
     def __post_init__(self) -> None:
@@ -130,7 +141,7 @@ def history_check(
                 short.append(
                     {
                         "cutoff": day.isoformat(),
-                        "horizon": _horizon_out(horizon_key(h)),
+                        "horizon": horizon_out(horizon_key(h)),
                         "needs_from": need.isoformat(),
                         "days_short": (first - need).days,
                         "train_days_short": max(0, (first - oldest_origin).days),
@@ -172,34 +183,6 @@ def history_note(history: dict[str, Any]) -> str:
     )
 
 
-def _fold(pool_id: str, folds: int) -> int:
-    return int(hashlib.sha256(pool_id.encode()).hexdigest()[:8], 16) % folds
-
-
-def _scored(rows: pa.Table, **columns: Any) -> dict[str, Any]:
-    n = rows.num_rows
-    out = {
-        "pool_id": rows.column("pool_id").to_pylist(),
-        "origin": rows.column("date").to_pylist(),
-        "apy": _column(rows, "actual_apy"),
-    }
-    for k, v in columns.items():
-        out[k] = v if isinstance(v, np.ndarray) else np.full(n, v, dtype=object)
-    return out
-
-
-def _apy_scored(rows: pa.Table, h: Horizon, **columns: Any) -> dict[str, Any]:
-    """An APY forecast's rows against their ``h`` target and naive."""
-    return _scored(
-        rows,
-        metric="apy",
-        horizon=horizon_key(h),
-        y=_column(rows, target_column(h)),
-        naive=_column(rows, "actual_apy"),
-        **columns,
-    )
-
-
 class Backtest:
     """Forecasts of every model at every cutoff, and their scores."""
 
@@ -217,7 +200,7 @@ class Backtest:
         splits: list[tuple[str, pa.Table, pa.Table]] = [("all", panel, panel)]
         if cfg.unseen_folds > 1:
             pools = panel.column("pool_id").to_pylist()
-            folds = np.array([_fold(p, cfg.unseen_folds) for p in pools])
+            folds = np.array([fold_of(p, cfg.unseen_folds) for p in pools])
             for k in range(cfg.unseen_folds):
                 splits.append(
                     (
@@ -235,7 +218,7 @@ class Backtest:
         if cfg.headroom:
             for h in cfg.horizons:
                 parts.extend(self._headroom(panel, h))
-        self.predictions_ = _concat(parts)
+        self.predictions_ = concat(parts)
         return self
 
     def _one(
@@ -254,6 +237,7 @@ class Backtest:
                 seed=cfg.seed,
                 num_threads=cfg.num_threads,
                 params=cfg.params or None,
+                models=ALL_MODELS,
             )
             try:
                 model.fit(train, end=day)
@@ -263,7 +247,7 @@ class Backtest:
             self.fit_seconds_.setdefault(name, []).append(model.fit_seconds_)
             value, lower, upper = model.predict_interval(rows)
             out.append(
-                _apy_scored(
+                apy_scored(
                     rows,
                     h,
                     split=split,
@@ -297,7 +281,7 @@ class Backtest:
 
     def _headroom(self, panel: pa.Table, h: Horizon) -> list[dict[str, Any]]:
         """The headroom bounds on the targets the models scored (every pool, every window)."""
-        from poolcast.headroom import hindsight, oracle_linear
+        from poolcast.evaluation.headroom import hindsight, oracle_linear
 
         windows = [(day, self._origins(panel, day, h)) for day in self.cutoffs_]
         windows = [(day, rows) for day, rows in windows if rows.num_rows]
@@ -324,7 +308,7 @@ class Backtest:
             "in_sample": ("all", refit(held_out=False)),
         }
         return [
-            _apy_scored(
+            apy_scored(
                 rows, h, split=split, cutoff=cutoff, model=name, value=value, lower=nan, upper=nan
             )
             for name, (split, value) in values.items()
@@ -346,7 +330,7 @@ class Backtest:
             value = _tvl_baseline(rows, how)
             nan = np.full(value.shape, np.nan)
             out.append(
-                _scored(
+                scored(
                     rows,
                     split=split,
                     metric="tvl",
@@ -366,20 +350,20 @@ class Backtest:
     def summary(self) -> list[dict[str, Any]]:
         """Per split, subset, metric, horizon and model: the scores the issue asks for."""
         p = self.predictions_
-        low = _low_pools(p)
+        low = low_pools(p)
         rows = []
         for subset in ("all", f"apy<{LOW_APY:g}"):
-            base = p if subset == "all" else _take(p, np.isin(p["pool_id"], list(low)))
-            for key, idx in _groups(base, ("split", "metric", "horizon", "model")):
+            base = p if subset == "all" else take(p, np.isin(p["pool_id"], list(low)))
+            for key, idx in groups(base, ("split", "metric", "horizon", "model")):
                 split, metric, horizon, model = key
                 rows.append(
                     {
                         "split": split,
                         "subset": subset,
                         "metric": metric,
-                        "horizon": _horizon_out(horizon),
+                        "horizon": horizon_out(horizon),
                         "model": model,
-                        **_scores(_take(base, idx)),
+                        **scores(take(base, idx)),
                     }
                 )
                 if model in self.fit_seconds_ and metric == "apy":
@@ -407,7 +391,7 @@ class Backtest:
                 "window_days": self.config.window,
                 "train_days": self.config.train_days,
                 "models": list(self.config.models),
-                "horizons": [_horizon_out(horizon_key(h)) for h in self.config.horizons],
+                "horizons": [horizon_out(horizon_key(h)) for h in self.config.horizons],
                 "unseen_folds": self.config.unseen_folds,
                 "headroom": self.config.headroom,
             },
@@ -418,125 +402,26 @@ class Backtest:
 
     def pools(self) -> list[dict[str, Any]]:
         """Per pool, horizon and model (APY, every split): n, mae, naive_mae, coverage."""
-        p = _take(self.predictions_, self.predictions_["metric"] == "apy")
+        p = take(self.predictions_, self.predictions_["metric"] == "apy")
         out = []
-        for (split, pool, horizon, model), idx in _groups(
+        for (split, pool, horizon, model), idx in groups(
             p, ("split", "pool_id", "horizon", "model")
         ):
-            t = _take(p, idx)
+            t = take(p, idx)
             err = np.abs(t["value"] - t["y"])
             out.append(
                 {
                     "split": split,
                     "pool_id": pool,
-                    "horizon": _horizon_out(horizon),
+                    "horizon": horizon_out(horizon),
                     "model": model,
                     "n": int(err.size),
                     "mae": float(err.mean()),
                     "naive_mae": float(np.abs(t["naive"] - t["y"]).mean()),
-                    "coverage": _coverage(t),
+                    "coverage": coverage(t),
                 }
             )
         return out
-
-
-def _horizon_out(key: str) -> int | str:
-    return key if key == "mean7" else int(key)
-
-
-def _concat(parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    if not parts:
-        raise ValueError("the backtest scored nothing: no pool reported on any cutoff day")
-    keys = parts[0].keys()
-    return {
-        k: np.concatenate([np.asarray(d[k], dtype=object if k in _TEXT else float) for d in parts])
-        for k in keys
-    }
-
-
-_TEXT = {"pool_id", "origin", "split", "metric", "cutoff", "horizon", "model"}
-
-
-def _take(p: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[idx] for k, v in p.items()}
-
-
-def _groups(
-    p: dict[str, np.ndarray], keys: Sequence[str]
-) -> list[tuple[tuple[Any, ...], np.ndarray]]:
-    index: dict[tuple[Any, ...], list[int]] = {}
-    for i, key in enumerate(zip(*(p[k] for k in keys), strict=True)):
-        index.setdefault(key, []).append(i)
-    return [(k, np.array(v)) for k, v in index.items()]
-
-
-def _low_pools(p: dict[str, np.ndarray]) -> set[str]:
-    high = {pool for pool, apy in zip(p["pool_id"], p["apy"], strict=True) if not apy < LOW_APY}
-    return set(p["pool_id"]) - high
-
-
-def _coverage(t: dict[str, np.ndarray]) -> float | None:
-    ok = np.isfinite(t["lower"]) & np.isfinite(t["upper"])
-    if not ok.any():
-        return None
-    y = t["y"][ok]
-    return float(np.mean((t["lower"][ok] <= y) & (y <= t["upper"][ok])))
-
-
-def _scores(t: dict[str, np.ndarray]) -> dict[str, Any]:
-    err = t["value"] - t["y"]
-    nerr = t["naive"] - t["y"]
-    mae, naive_mae = float(np.mean(np.abs(err))), float(np.mean(np.abs(nerr)))
-    medae, naive_medae = float(np.median(np.abs(err))), float(np.median(np.abs(nerr)))
-    wins = losses = 0
-    per_pool = []
-    for _, idx in _groups(t, ("pool_id",)):
-        m, n = np.abs(err[idx]).mean(), np.abs(nerr[idx]).mean()
-        wins += bool(m < n - 1e-12)
-        losses += bool(m > n + 1e-12)
-        per_pool.append((np.abs(err[idx]).sum(), np.abs(nerr[idx]).sum()))
-    pools = len(set(t["pool_id"]))
-    ratio_lo, ratio_hi = _ratio_interval(np.array(per_pool).reshape(-1, 2))
-    ok = np.isfinite(t["lower"]) & np.isfinite(t["upper"])
-    return {
-        "n": int(err.size),
-        "pools": pools,
-        "mae": mae,
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "medae": medae,
-        "ratio": mae / naive_mae if naive_mae else None,
-        "ratio_lo": ratio_lo,
-        "ratio_hi": ratio_hi,
-        "medae_ratio": medae / naive_medae if naive_medae else None,
-        # Share of all pools where the model's MAE is lower than naive's; a tie (a flat pool, or a
-        # pool the model leaves at today's APY) is not a win. Among pools where they differ:
-        "beat_share": wins / pools if pools else None,
-        "beat_share_decided": wins / (wins + losses) if wins + losses else None,
-        "ties": pools - wins - losses,
-        "coverage": _coverage(t),
-        "width": float(np.mean(t["upper"][ok] - t["lower"][ok])) if ok.any() else None,
-    }
-
-
-BOOTSTRAP_RESAMPLES = 400
-
-
-def _ratio_interval(sums: np.ndarray) -> tuple[float | None, float | None]:
-    """A 90% interval of the MAE ratio from resampling pools (``sums``: per pool, the model's and
-    naive's summed absolute errors): how much of a difference between two models is which pools
-    happened to be in the sample. Seeded: the same backtest prints the same interval."""
-    if sums.shape[0] < 2:
-        return None, None
-    rng = np.random.default_rng(0)
-    counts = rng.multinomial(
-        sums.shape[0], np.full(sums.shape[0], 1 / sums.shape[0]), size=BOOTSTRAP_RESAMPLES
-    )
-    model, naive = counts @ sums[:, 0], counts @ sums[:, 1]
-    ok = naive > 0
-    if not ok.any():
-        return None, None
-    lo, hi = np.quantile(model[ok] / naive[ok], [0.05, 0.95])
-    return float(lo), float(hi)
 
 
 def run_backtest(metrics: pa.Table, config: BacktestConfig | None = None) -> Backtest:
@@ -551,7 +436,7 @@ def run_backtest(metrics: pa.Table, config: BacktestConfig | None = None) -> Bac
 
 # The whole history of active pools: a backtest needs every day before its earliest cutoff.
 HISTORY_SQL = """
-SELECT m.*, p.project  -- the project: peers for forecast.PEER_MEDIANS
+SELECT m.*, p.project  -- the project: peers for spec.PEER_MEDIANS
 FROM pool_daily_metrics AS m
 JOIN pools AS p ON p.pool_id = m.pool_id
 WHERE p.is_active
@@ -566,51 +451,3 @@ def backtest_store(store: Store, config: BacktestConfig | None = None) -> Backte
     return run_backtest(metrics, config)
 
 
-COLUMNS = (
-    "horizon",
-    "model",
-    "n",
-    "pools",
-    "mae",
-    "rmse",
-    "medae",
-    "ratio",
-    "ratio_90",
-    "medae_ratio",
-    "beat_share",
-    "beat_share_decided",
-    "ties",
-    "coverage",
-    "width",
-    "fit_s",
-)
-
-
-def format_summary(summary: list[dict[str, Any]]) -> str:
-    """The human table: one block per split, subset and metric."""
-    lines: list[str] = []
-    blocks: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in summary:
-        blocks.setdefault((r["split"], r["subset"], r["metric"]), []).append(r)
-    for (split, subset, metric), rows in blocks.items():
-        title = {"all": "pools seen in training", "unseen": "pools never seen (held out)"}[split]
-        lines.append(f"{metric.upper()}  {title}, subset: {subset}")
-        cells = [[_cell(r.get(c)) if c != "ratio_90" else _span(r) for c in COLUMNS] for r in rows]
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-        lines.append("  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-        lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _span(row: dict[str, Any]) -> str:
-    lo, hi = row.get("ratio_lo"), row.get("ratio_hi")
-    return "-" if lo is None or hi is None else f"{lo:.2f}-{hi:.2f}"
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.4g}"
-    return str(v)

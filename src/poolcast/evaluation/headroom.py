@@ -30,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.backtest import _fold
-from poolcast.forecast import Forecaster, Horizon, _column, horizon_days, target_column
+from poolcast.evaluation.scoring import fold_of
+from poolcast.model.features import Horizon, _column, horizon_days, target_column
+from poolcast.model.forecaster import Forecaster
 
 HEADROOM_MODELS: tuple[str, ...] = ("oracle_linear", "hindsight", "in_sample")
 HINDSIGHT_FOLDS = 5
@@ -116,4 +117,4 @@ def _folds(rows: pa.Table, folds: int) -> np.ndarray:
     pools, index = np.unique(
         np.asarray(rows.column("pool_id").to_pylist(), dtype=object), return_inverse=True
     )
-    return np.asarray([_fold(p, folds) for p in pools], dtype=np.int64)[index]
+    return np.asarray([fold_of(p, folds) for p in pools], dtype=np.int64)[index]

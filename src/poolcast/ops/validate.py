@@ -19,23 +19,21 @@ Checks:
   every pool in the window: catches a snapshot added after metrics ran (a second one on one day
   changes which one counts) and metrics that are behind the raw data;
 * ``reference_sample``: every metric of a random sample of pools recomputed from the raw tables
-  by a plain Python reference of the spec (sharing no code with the engines) and compared;
+  by the plain Python reference of the spec (`poolcast.ops.reference`, sharing no code with the
+  engines) and compared;
 * ``forecast_coverage``: every active pool has a forecast for the day after its latest data;
 * ``stale_pools`` (warning only): active pools without a snapshot in the last 7 days.
 """
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
-import math
 import random
-import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from poolcast.ops.reference import REL_TOL, close, reference_metrics
 from poolcast.settings import Settings
-from poolcast.spec import FILL_LIMIT_DAYS, MARKET, METRICS
 from poolcast.store import Store, StoreError
 from poolcast.store.queries import latest_data_day
 
@@ -45,7 +43,6 @@ APY_FLOOR = -100.0  # a position cannot lose more than all of it
 TVL_CEILING = 1e12  # no single pool holds a trillion dollars
 RECENT_DAYS = 7
 EVIDENCE_ROWS = 20
-REL_TOL = 1e-9
 
 
 @dataclass
@@ -104,7 +101,7 @@ def run_checks(
 def _metrics_window(store: Store, settings: Settings, as_of: dt.date) -> tuple[dt.date, str]:
     """First day of the window the stored metrics were computed on: from the latest successful
     metrics run record when there is one (its as-of and lookback), else from the settings."""
-    from poolcast.observe import recent_runs
+    from poolcast.runs import recent_runs
 
     runs = recent_runs(store, 1, stage="metrics", status="succeeded")
     run = runs[0] if runs else None
@@ -431,7 +428,7 @@ def _reference_sample(
                WHERE pool_id = $1 AND timestamp >= $2 AND timestamp < $3""",
             [pool, *bounds],
         )
-        expected = reference_metrics(snaps, market, as_of)
+        expected = _expected(pool, snaps, market, as_of)
         stored = {
             r["date"]: r
             for r in _rows(
@@ -449,7 +446,7 @@ def _reference_sample(
                                    "stored": "row" if got else None})
                 continue
             for column, value in want.items():
-                if not _close(value, got.get(column)):
+                if not close(value, got.get(column)):
                     mismatches.append({"pool_id": pool, "date": day, "column": column,
                                        "expected": value, "stored": got.get(column)})
     label = f"{len(pools)} pools (seed {seed}, {note})"
@@ -468,81 +465,20 @@ def _reference_sample(
     )
 
 
-def _close(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, bool) or isinstance(b, bool):
-        return bool(a) == bool(b)
-    a, b = float(a), float(b)
-    if math.isnan(a) or math.isnan(b):
-        return False
-    return abs(a - b) <= REL_TOL * max(abs(a), abs(b), 1.0)
-
-
-def _rolling(kind: str, values: list[Any], window: int) -> list[Any]:
-    """One spec column, written straight from ``poolcast.spec``'s docstring."""
-    out: list[Any] = []
-    for i, value in enumerate(values):
-        if kind == "ffill":  # the last value up to `window` days back
-            recent = [v for v in values[max(0, i - window) : i + 1] if v is not None]
-            out.append(recent[-1] if recent else None)
-        elif kind in ("mean", "std"):
-            vals = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
-            if kind == "mean":
-                out.append(sum(vals) / len(vals) if vals else None)
-            else:
-                out.append(statistics.stdev(vals) if len(vals) >= 2 else None)
-        elif kind == "delta":
-            prev = values[i - 1] if i else None
-            out.append(value - prev if value is not None and prev is not None else None)
-        else:
-            raise ValueError(f"the reference does not know metric kind {kind!r}")
-    return out
-
-
-def reference_metrics(
-    snapshots: list[dict[str, Any]], market: list[dict[str, Any]], as_of: dt.date
+def _expected(
+    pool: str, snapshots: list[dict[str, Any]], market: list[dict[str, Any]], as_of: dt.date
 ) -> dict[dt.date, dict[str, Any]]:
-    """One pool's metric rows by date, from its raw snapshots and the market series."""
-    latest: dict[dt.date, dict[str, Any]] = {}
-    for snap in snapshots:
-        day = snap["timestamp"].date()
-        if day not in latest or snap["timestamp"] > latest[day]["timestamp"]:
-            latest[day] = snap
-    if not latest:
-        return {}
-    first = min(latest)
-    last = min(as_of, max(latest) + dt.timedelta(days=FILL_LIMIT_DAYS))
-    grid = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    columns: dict[str, list[Any]] = {
-        "apy": [latest[d]["apy"] if d in latest else None for d in grid],
-        "tvl_usd": [latest[d]["tvl_usd"] if d in latest else None for d in grid],
-    }
-    for c in METRICS:
-        columns[c.name] = _rolling(c.kind, columns[c.source], c.window)
-    by_source: dict[str, dict[dt.date, tuple[dt.datetime, float]]] = {}
-    for quote in market:
-        if quote["value"] is None or quote["date"] > as_of:
-            continue
-        days = by_source.setdefault(quote["source"], {})
-        if quote["date"] not in days or quote["ts"] > days[quote["date"]][0]:
-            days[quote["date"]] = (quote["ts"], quote["value"])
-
-    ordered = {source: sorted(days) for source, days in by_source.items()}
-
-    def market_value(source: str, day: dt.date) -> float | None:
-        days = ordered.get(source, [])
-        i = bisect.bisect_right(days, day)  # the last day on or before `day`
-        return by_source[source][days[i - 1]][1] if i else None
-
-    rows = {}
-    for i, day in enumerate(grid):
-        row: dict[str, Any] = {c.name: columns[c.name][i] for c in METRICS}
-        for m in MARKET:
-            row[m.name] = market_value(m.source, day - dt.timedelta(days=m.shift))
-        row["is_observed"] = columns["apy"][i] is not None
-        rows[day] = row
-    return rows
+    """The reference's metric columns of one pool by date, from its rows of the raw tables."""
+    rows = reference_metrics(
+        [(pool, s["timestamp"], s["apy"], s["tvl_usd"]) for s in snapshots],
+        [(q["source"], q["date"], q["value"], q["ts"]) for q in market],
+        as_of,
+    )
+    expected: dict[dt.date, dict[str, Any]] = {}
+    for row in rows:  # all of this pool: keyed by date, compared column by column
+        del row["pool_id"]
+        expected[row.pop("date")] = row
+    return expected
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def _local_lock(store: Store, stage: str) -> threading.Lock:
 
 
 def _announce(store: Store, stage: str) -> None:
-    from poolcast.observe import event
+    from poolcast.log import event
 
     event("lock.waiting", logging.WARNING, stage=stage, store=store.safe_url())
 

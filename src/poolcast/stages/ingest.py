@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from poolcast.observe import progress
+from poolcast.log import progress
 from poolcast.store import Store
 
 # A snapshot more than this far ahead of the clock is not real (clock skew allowance).

@@ -25,16 +25,20 @@ differences, never from the checksums.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import typer
+
+if TYPE_CHECKING:
+    from poolcast.settings import Settings
+    from poolcast.store import Store
 
 DEFAULT_REL_TOL = 1e-9
 DEFAULT_FORECAST_TOL = 0.05
@@ -241,30 +245,30 @@ class HoldoutReport:
         return self.rel_diff <= self.tolerance
 
 
-def _metric_tables(store: object, settings: object) -> tuple[pa.Table, pa.Table, dict[str, float]]:
+def _metric_tables(store: Store, settings: Settings) -> tuple[pa.Table, pa.Table, dict[str, float]]:
     import time
 
     from poolcast.engines import spark as spark_engine
     from poolcast.engines._spark_session import get_spark_session
     from poolcast.engines.local import compute_metrics
-    from poolcast.pipeline import resolve_as_of
+    from poolcast.stages import resolve_as_of
     from poolcast.store.queries import read_market, read_snapshots
 
     seconds: dict[str, float] = {}
-    as_of = resolve_as_of(store, settings)  # type: ignore[arg-type]
+    as_of = resolve_as_of(store, settings)
     start = time.perf_counter()
     local = compute_metrics(
-        read_snapshots(store, as_of, settings.lookback_days),  # type: ignore[arg-type, attr-defined]
-        read_market(store, as_of),  # type: ignore[arg-type]
+        read_snapshots(store, as_of, settings.lookback_days),
+        read_market(store, as_of),
         as_of,
     )
     seconds["metrics_local"] = time.perf_counter() - start
     start = time.perf_counter()
-    spark = get_spark_session(settings, "poolcast-parity", training=True)  # type: ignore[arg-type]
+    spark = get_spark_session(settings, "poolcast-parity", training=True)
     seconds["spark_session"] = time.perf_counter() - start
     start = time.perf_counter()
-    with spark_engine._exchange(spark, store, settings) as exchange:  # type: ignore[arg-type]
-        snapshots, market = spark_engine.read_inputs(exchange, as_of, settings.lookback_days)  # type: ignore[attr-defined]
+    with spark_engine._exchange(spark, store, settings) as exchange:
+        snapshots, market = spark_engine.read_inputs(exchange, as_of, settings.lookback_days)
         frame = spark_engine.compute_metrics(spark, snapshots, market, as_of)
         remote = exchange.spark_to_arrow(frame, "metrics")
     seconds["metrics_spark"] = time.perf_counter() - start
@@ -272,37 +276,41 @@ def _metric_tables(store: object, settings: object) -> tuple[pa.Table, pa.Table,
 
 
 def _forecast_tables(
-    store: object, settings: object, holdout_days: int, full_metrics: pa.Table | None = None
+    store: Store, settings: Settings, holdout_days: int, full_metrics: pa.Table | None = None
 ) -> tuple[list[tuple[str, pa.Table, pa.Table]], HoldoutReport | None, dict[str, float]]:
     """Both engines' forecast panels and forecasts from the stored metrics, and the holdout."""
     import time
 
     from poolcast.engines import spark as spark_engine
     from poolcast.engines._spark_session import get_spark_session
+    from poolcast.engines._synapse import synapse_trainer
     from poolcast.engines.local import compute_features
-    from poolcast.forecast import ForecastModel, forecast_table
-    from poolcast.pipeline import read_panel
+    from poolcast.model import ForecastModel, forecast_table
+    from poolcast.store.queries import read_panel
 
     seconds: dict[str, float] = {}
-    spark = get_spark_session(settings, "poolcast-parity", training=True)  # type: ignore[arg-type]
+    spark = get_spark_session(settings, "poolcast-parity", training=True)
     model = "production"
     start = time.perf_counter()
-    metrics = read_panel(store, settings, horizon=30)  # type: ignore[arg-type]
+    metrics = read_panel(store, settings.train_days, horizon=30)
     if metrics.num_rows == 0:
         raise ValueError("pool_daily_metrics is empty: run `poolcast metrics` first")
     panel_local = compute_features(metrics)
     local = ForecastModel(
-        model, train_days=settings.train_days, seed=settings.seed  # type: ignore[attr-defined]
+        model, train_days=settings.train_days, seed=settings.seed
     ).fit(panel_local)
     forecasts_local = forecast_table(local, panel_local)
     horizons_local = local.forecasts(panel_local)
     seconds["forecast_local"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    with spark_engine._exchange(spark, store, settings) as exchange:  # type: ignore[arg-type]
-        panel_spark, _ = spark_engine.forecast_panel(exchange, settings)  # type: ignore[arg-type]
-        remote = spark_engine.spark_forecast_model(
-            exchange, settings, model  # type: ignore[arg-type]
+    with spark_engine._exchange(spark, store, settings) as exchange:
+        panel_spark = spark_engine.forecast_panel(exchange, settings.train_days)
+        remote = ForecastModel(
+            model,
+            train_days=settings.train_days,
+            seed=settings.seed,
+            trainer=synapse_trainer(exchange, settings),
         ).fit(panel_spark)
         forecasts_spark = forecast_table(remote, panel_spark)
         horizons_spark = remote.forecasts(panel_spark)
@@ -325,20 +333,19 @@ def _forecast_tables(
     return tables, holdout, seconds
 
 
-def read_all_metrics(store: object) -> pa.Table:
+def read_all_metrics(store: Store) -> pa.Table:
     """Every stored metric row of the active pools (the holdout needs more than a panel)."""
-    from poolcast.backtest import HISTORY_SQL
+    from poolcast.evaluation.backtest import HISTORY_SQL
 
-    return store.fetch_arrow(HISTORY_SQL)  # type: ignore[attr-defined]
+    return store.fetch_arrow(HISTORY_SQL)
 
 
-def holdout_cutoff(panel: pa.Table, holdout_days: int) -> object:
+def holdout_cutoff(panel: pa.Table, holdout_days: int) -> dt.date:
     """A time-based split: the median pool's latest observed day minus ``holdout_days``.
 
     Pools stop on different days (most of the sample ends in June 2025, one series runs to
     November): a cutoff from the latest day overall would leave one pool to test on.
     """
-    import datetime as dt
 
     observed = panel.filter(pc.field("is_observed"))
     last = observed.group_by("pool_id").aggregate([("date", "max")]).column("date_max")
@@ -349,8 +356,8 @@ def holdout_cutoff(panel: pa.Table, holdout_days: int) -> object:
 def holdout_mae(
     panel: pa.Table,
     holdout_days: int,
-    settings: object,
-    exchange: object,
+    settings: Settings,
+    exchange: Any,
     *,
     model: str = "production",
     tolerance: float = DEFAULT_FORECAST_TOL,
@@ -359,22 +366,25 @@ def holdout_mae(
     forecast every observed next day of the ``holdout_days`` after it, and compare the MAEs.
     Both models score the same rows; the Spark model is the native LightGBM text that SynapseML
     produced, loaded by ``lightgbm``."""
-    import datetime as dt
 
-    from poolcast.engines import spark as spark_engine
-    from poolcast.forecast import ForecastModel
+    from poolcast.engines._synapse import synapse_trainer
+    from poolcast.model import ForecastModel
 
     cutoff = holdout_cutoff(panel, holdout_days)
-    until = cutoff + dt.timedelta(days=holdout_days)  # type: ignore[operator]
+    until = cutoff + dt.timedelta(days=holdout_days)
 
     local = ForecastModel(
         model,
         horizons=(1,),
-        train_days=settings.train_days,  # type: ignore[attr-defined]
-        seed=settings.seed,  # type: ignore[attr-defined]
-    ).fit(panel, end=cutoff)  # type: ignore[arg-type]
-    remote = spark_engine.spark_forecast_model(
-        exchange, settings, model, horizons=(1,)  # type: ignore[arg-type]
+        train_days=settings.train_days,
+        seed=settings.seed,
+    ).fit(panel, end=cutoff)
+    remote = ForecastModel(
+        model,
+        horizons=(1,),
+        train_days=settings.train_days,
+        seed=settings.seed,
+        trainer=synapse_trainer(exchange, settings),
     ).fit(panel, end=cutoff)
     test = panel.filter(
         pc.and_(
@@ -405,6 +415,7 @@ class ParityResult:
     tables: list[TableReport]
     holdout: HoldoutReport | None
     seconds: dict[str, float]
+    cluster: dict[str, Any] = field(default_factory=dict)  # the Spark side's master, executors
 
     @property
     def ok(self) -> bool:
@@ -422,13 +433,18 @@ class ParityResult:
                 f"{h.rel_diff:.2%} (tolerance {h.tolerance:.0%}) -> {'OK' if h.ok else 'DIFFERENT'}"
             )
         lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
+        if self.cluster:
+            lines.append(
+                f"spark: master {self.cluster['master']}, {self.cluster['executors']} executor(s), "
+                f"{self.cluster['cores']} task slot(s)"
+            )
         lines.append(f"parity: {'OK' if self.ok else 'FAILED'}")
         return "\n".join(lines)
 
 
 def run_parity(
-    store: object,
-    settings: object,
+    store: Store,
+    settings: Settings,
     *,
     stages: Sequence[str] = ("metrics", "forecast"),
     rel_tol: float = DEFAULT_REL_TOL,
@@ -470,7 +486,7 @@ def run_parity(
             )
         )
         # One report per horizon: a horizon whose models differ cannot hide among the others.
-        from poolcast.forecast import HORIZONS, horizon_key
+        from poolcast.model import HORIZONS, horizon_key
 
         order = {horizon_key(h): i for i, h in enumerate(HORIZONS)}
         found = {*hz_l.column("horizon").to_pylist(), *hz_s.column("horizon").to_pylist()}
@@ -487,75 +503,16 @@ def run_parity(
             )
         if holdout is not None:
             holdout.tolerance = forecast_tol
-    return ParityResult(reports, holdout, seconds)
+    return ParityResult(reports, holdout, seconds, _cluster())
 
 
-def parity_command(
-    store: Annotated[
-        str | None,
-        typer.Option(
-            "--store",
-            help="postgresql://... or a path to the embedded file [env: POOLCAST_STORE]",
-            show_default=False,
-        ),
-    ] = None,
-    stage: Annotated[
-        list[str] | None,
-        typer.Option("--stage", help="metrics and/or forecast [default: both]"),
-    ] = None,
-    rel_tol: Annotated[
-        float, typer.Option("--rel-tol", help="metric columns: max relative difference")
-    ] = DEFAULT_REL_TOL,
-    forecast_tol: Annotated[
-        float,
-        typer.Option("--forecast-tol", help="forecasts and holdout MAE: max relative difference"),
-    ] = DEFAULT_FORECAST_TOL,
-    holdout_days: Annotated[
-        int, typer.Option("--holdout-days", help="days of the time-based holdout; 0: none")
-    ] = 14,
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-) -> None:
-    """Run the local and the Spark engine on the same store (writing nothing) and compare them.
+def _cluster() -> dict[str, Any]:
+    """Where the Spark side ran: its master, executors and task slots."""
+    from poolcast.engines._spark_session import executor_cores, executor_count, get_spark_session
 
-    Exit code 0 when they agree within tolerance, 1 when they differ, 2 when they could not run.
-    """
-    import json
-
-    from poolcast.settings import load_settings
-    from poolcast.store import StoreError, open_store
-
-    stages = tuple(stage or ("metrics", "forecast"))
-    unknown = set(stages) - {"metrics", "forecast"}
-    if unknown:
-        typer.secho(f"error: unknown stage(s) {sorted(unknown)}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    settings = load_settings(store=store)
-    try:
-        with open_store(settings.store_url()) as s:
-            s.require_schema()
-            result = run_parity(
-                s, settings, stages=stages, rel_tol=rel_tol, forecast_tol=forecast_tol,
-                holdout_days=holdout_days,
-            )
-    except (StoreError, ValueError) as exc:
-        typer.secho(f"error: parity could not run: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "ok": result.ok,
-                    "tables": [t.to_dict() for t in result.tables],
-                    "holdout": None
-                    if result.holdout is None
-                    else {**asdict(result.holdout), "rel_diff": result.holdout.rel_diff,
-                          "ok": result.holdout.ok},
-                    "seconds": result.seconds,
-                },
-                indent=2,
-                default=str,
-            )
-        )
-    else:
-        typer.echo(result.format())
-    raise typer.Exit(0 if result.ok else 1)
+    spark = get_spark_session()
+    return {
+        "master": str(spark.sparkContext.master),
+        "executors": executor_count(spark),
+        "cores": executor_cores(spark),
+    }

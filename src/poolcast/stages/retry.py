@@ -3,7 +3,7 @@
 A stage writes in one transaction, so a connection lost mid-run leaves nothing behind and the
 stage can simply run again on a fresh connection. Only connection failures are retried: a bad
 query or bad data fails at once. After ``Settings.db_retry_attempts`` attempts the run fails with
-:class:`StoreUnavailable`, which the run record (``poolcast.observe``) stores as ``failed``.
+:class:`StoreUnavailable`, which the run record (``poolcast.runs``) stores as ``failed``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from poolcast.log import event, first_line
 from poolcast.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -57,16 +58,10 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def call_with_retry(
     fn: Callable[..., T], store: Store, settings: Settings, *args: Any, **kwargs: Any
 ) -> T:
     """``fn(store, settings, ...)``, rerun on a fresh connection after a connection failure."""
-    from poolcast.observe import event
 
     attempts = settings.db_retry_attempts
     pause = settings.db_retry_backoff_s
@@ -76,7 +71,7 @@ def call_with_retry(
             event(
                 "db.retry", logging.WARNING, attempt=attempt, of=attempts,
                 wait_s=round(pause, 3), store=store.safe_url(),
-                error=_reason(last or Exception()),
+                error=first_line(last or Exception()),
             )
             time.sleep(pause)
             pause *= 2
@@ -97,7 +92,8 @@ def call_with_retry(
     assert last is not None
     raise StoreUnavailable(
         f"the database at {store.safe_url()} was unreachable on {attempts} attempt(s): "
-        f"{_reason(last)}. Nothing of this run was committed; rerun it when the database is back."
+        f"{first_line(last)}. Nothing of this run was committed; rerun it when the database is "
+        "back."
     ) from last
 
 
@@ -109,24 +105,3 @@ def retried(fn: Callable[..., T]) -> Callable[..., T]:
         return call_with_retry(fn, store, settings, *args, **kwargs)
 
     return run
-
-
-def open_with_retry(settings: Settings) -> Store:
-    """Open the configured store, retrying a database that is not reachable yet."""
-    from poolcast.observe import event
-    from poolcast.store import open_store
-
-    pause = settings.db_retry_backoff_s
-    for attempt in range(1, settings.db_retry_attempts + 1):
-        try:
-            return open_store(settings.store_url(), wait=settings.lock_wait)
-        except StoreUnavailable as exc:
-            if attempt == settings.db_retry_attempts:
-                raise
-            event(
-                "db.retry", logging.WARNING, attempt=attempt + 1, of=settings.db_retry_attempts,
-                wait_s=round(pause, 3), error=_reason(exc),
-            )
-        time.sleep(pause)
-        pause *= 2
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -25,20 +25,12 @@ from google.cloud.monitoring_v3.services.metric_service.transports import (
 from google.protobuf import empty_pb2
 from typer.testing import CliRunner
 
-from poolcast import observe
+from poolcast import runs
 from poolcast.cli import app
-from poolcast.observe import (
-    Progress,
-    RunRecord,
-    event,
-    observed_stage,
-    recent_runs,
-    scrub,
-    setup_logging,
-    write_record,
-)
-from poolcast.pipeline import StageResult, metrics_stage
+from poolcast.log import Progress, event, setup_logging
+from poolcast.runs import RunRecord, observed_stage, recent_runs, scrub, write_record
 from poolcast.settings import Settings
+from poolcast.stages import StageResult, metrics_stage
 from poolcast.store import Store
 
 PROJECT = "acme-prod"
@@ -195,7 +187,7 @@ def test_password_never_recorded() -> None:
 def test_a_killed_run_shows_as_died(store: Store, settings: Settings) -> None:
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    record = RunRecord("r9", "metrics", "local", {}, observe._utcnow(), pid=int(proc.stdout))
+    record = RunRecord("r9", "metrics", "local", {}, runs._utcnow(), pid=int(proc.stdout))
     write_record(store, record)
     [row] = recent_runs(store)
     assert row["status"] == "died"
@@ -357,7 +349,7 @@ def test_cli_sends_metrics_when_a_project_is_configured(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROJECT_ID", PROJECT)
-    monkeypatch.setattr(observe, "_metric_client", lambda: metric_client)
+    monkeypatch.setattr(runs, "_metric_client", lambda: metric_client)
     url = sample_store.url
     sample_store.close()
     out = CliRunner().invoke(app, ["metrics", "--store", url])
@@ -366,6 +358,6 @@ def test_cli_sends_metrics_when_a_project_is_configured(
 
 
 def test_no_project_no_monitoring(monkeypatch) -> None:
-    monkeypatch.setattr(observe, "_metric_client", lambda: pytest.fail("client created"))
-    record = RunRecord("x", "metrics", "local", {}, observe._utcnow(), status="succeeded")
-    assert observe.send_metrics(record, None) is False
+    monkeypatch.setattr(runs, "_metric_client", lambda: pytest.fail("client created"))
+    record = RunRecord("x", "metrics", "local", {}, runs._utcnow(), status="succeeded")
+    assert runs.send_metrics(record, None) is False

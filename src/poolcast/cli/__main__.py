@@ -1,0 +1,5 @@
+"""``python -m poolcast.cli``."""
+
+from poolcast.cli import main
+
+main()

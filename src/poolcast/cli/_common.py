@@ -1,0 +1,148 @@
+"""What every command shares: the app, its options, opening the store, printing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Annotated, Any
+
+import pyarrow as pa
+import typer
+
+from poolcast.deploy.cli import deploy_app, submit_app
+from poolcast.settings import Engine, Settings, load_settings
+
+if TYPE_CHECKING:
+    from poolcast.store import Store
+
+app = typer.Typer(
+    help="Daily DeFi stablecoin pool metrics and APY forecasts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Create and manage the store's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(submit_app, name="submit")
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="postgresql://... or a path to the embedded file "
+        "[env: POOLCAST_STORE, or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD; "
+        "default: ./poolcast.duckdb]",
+        show_default=False,
+    ),
+]
+EngineOpt = Annotated[
+    Engine | None, typer.Option("--engine", help="local (default) or spark [env: POOLCAST_ENGINE]")
+]
+SparkMasterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spark-master",
+        help="Spark master for --engine spark: local[N], local-cluster[N,cores,MB], "
+        "spark://host:7077 [env: POOLCAST_SPARK_MASTER; default: local[2]; under spark-submit "
+        "the launcher's master]",
+        show_default=False,
+    ),
+]
+AsOfOpt = Annotated[
+    dt.datetime | None,
+    typer.Option(
+        "--as-of", formats=["%Y-%m-%d"], help="Last day of the grid [default: latest data day]"
+    ),
+]
+LookbackOpt = Annotated[
+    int | None, typer.Option("--lookback-days", help="Days of history per run [default: 365]")
+]
+TrainDaysOpt = Annotated[
+    int | None,
+    typer.Option("--train-days", help="Training window in days [env: TRAIN_DAYS; default: 60]"),
+]
+
+IncrementalOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--incremental",
+        help="Daily mode: recompute only the days since the last metrics run (plus the history "
+        "their windows need) and merge the rows that changed [env: POOLCAST_INCREMENTAL]",
+        show_default=False,
+    ),
+]
+
+
+def settings_from(**overrides: Any) -> Settings:
+    as_of = overrides.pop("as_of", None)
+    if isinstance(as_of, dt.datetime):
+        overrides["as_of"] = as_of.date()
+    return load_settings(**overrides)
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def open_store(settings: Settings) -> Store:
+    from poolcast.store import open_configured
+
+    return open_configured(settings)
+
+
+def format_table(table: pa.Table, max_rows: int = 50) -> str:
+    """A plain-text table for terminals and logs."""
+    names = table.column_names
+    rows = table.slice(0, max_rows).to_pylist()
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return str(value)
+
+    cells = [[cell(r[n]) for n in names] for r in rows]
+    widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names)]
+    lines = [
+        "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    footer = f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}"
+    footer += f", first {max_rows} shown)" if table.num_rows > max_rows else ")"
+    return "\n".join([*lines, footer])
+
+
+def print_results(results: list[Any]) -> None:
+    for r in results:
+        extra = "  ".join(f"{k}={v}" for k, v in r.details.items())
+        typer.echo(
+            f"{r.stage:<9} engine={r.engine:<6} {r.seconds:7.2f} s  read={r.rows_read:<8} "
+            f"written={r.rows_written:<8} {extra}"
+        )
+
+
+def run_stages(stages: list[str], settings: Settings) -> None:
+    from poolcast.engines._spark_session import stopping_spark
+    from poolcast.log import setup_logging
+    from poolcast.runs import observed_stage
+    from poolcast.stages import forecast_stage, metrics_stage, new_run_id
+    from poolcast.store import StoreError
+
+    setup_logging()
+    run_id = new_run_id()  # one id for the stages of one invocation: pipeline_runs (run_id, stage)
+    results = []
+    try:
+        # The command ends with its stages: a Spark session they started is stopped.
+        with stopping_spark(), open_store(settings) as s:
+            for stage in stages:
+                fn = metrics_stage if stage == "metrics" else forecast_stage
+                results.append(observed_stage(s, stage, settings, fn, run_id=run_id))
+    except (StoreError, ValueError, FileNotFoundError) as exc:
+        print_results(results)
+        fail(str(exc))
+    print_results(results)
+
+

@@ -1,0 +1,1 @@
+"""Judging the forecasts: backtests, headroom bounds, engine parity and research models."""

@@ -1,0 +1,223 @@
+"""What the models read: horizons, targets, derived features and peer medians, training rows and
+matrices.
+
+The declarations live in :mod:`poolcast.spec` (``DERIVED``, ``PEER_MEDIANS``, the targets); this
+module computes them on an Arrow panel, once per fit, so every engine's panel gets the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from poolcast.spec import (
+    APY_TARGET,
+    DERIVED,
+    FEATURE_COLUMNS,
+    MARKET,
+    MEAN7_TARGET,
+    NOISE_FEATURES,
+    PEER_MEDIANS,
+    TVL_TARGET,
+)
+
+Horizon = int | str  # 1, 7, 30 days ahead, or "mean7": the mean of the next 7 days
+HORIZONS: tuple[Horizon, ...] = (1, 7, 30, "mean7")
+MEAN7_MIN_OBSERVED = MEAN7_TARGET.min_observed  # observed days a mean of the next 7 days needs
+
+# ETH/BTC/gas, calendar and lagged-TVL features added nothing on the backtest: left out of
+# production, which adds the derived distances instead.
+_LEFT_OUT = {m.name for m in MARKET} | {"tvl_lag_1", "day_of_week", "month", "is_weekend"}
+RECENT_MOVES: tuple[str, ...] = (
+    "apy_change_3d",
+    "apy_delta_z_7d",
+    "apy_delta_z_30d",
+    "apy_z_7d",
+    "lag1_minus_7d",
+)
+NOISE_REGIME: tuple[str, ...] = (*NOISE_FEATURES, "delta_to_level_30d")  # the 30-day model's
+PEERS: tuple[str, ...] = ("apy_minus_market", "market_minus_30d", "apy_minus_project")  # 7 days on
+PRODUCTION_FEATURES: tuple[str, ...] = (
+    *(c for c in FEATURE_COLUMNS if c not in _LEFT_OUT),
+    *(d for d in DERIVED if d not in (*RECENT_MOVES, *NOISE_REGIME, *PEERS)),
+)
+
+
+def horizon_key(horizon: Horizon) -> str:
+    return str(horizon)
+
+
+def horizon_days(horizon: Horizon) -> int:
+    """How many days after the forecast day the target reaches."""
+    return MEAN7_TARGET.days if horizon == "mean7" else int(horizon)
+
+
+def parse_horizon(text: str | int) -> Horizon:
+    if str(text) == "mean7":
+        return "mean7"
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"horizon must be a positive number of days or 'mean7', not {text!r}")
+    return value
+
+
+def target_column(horizon: Horizon) -> str:
+    return MEAN7_TARGET.name if horizon == "mean7" else APY_TARGET.column(int(horizon))
+
+
+def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.Table:
+    """The panel with one target column per horizon (NULL unless observed, ``spec.APY_TARGET``
+    and ``spec.MEAN7_TARGET``) and ``spec.TVL_TARGET`` for the day horizons, plus
+    ``rolling_tvl_7d`` (a TVL baseline). Replaces existing targets. Adds the PEER_MEDIANS the
+    panel lacks (NULL where it lacks their column, e.g. ``project``).
+
+    The grid has one row per pool and day, so ``lead(x, h)`` is the value h days later.
+    """
+    import duckdb
+
+    names = (
+        {target_column(h) for h in horizons}
+        | {TVL_TARGET.column(int(h)) for h in horizons if h != "mean7"}
+        | {"rolling_tvl_7d"}
+    )
+    base = panel.drop_columns([c for c in panel.column_names if c in names])
+    by_pool = "PARTITION BY pool_id ORDER BY date"
+
+    def observed(k: int, col: str) -> str:
+        return f"CASE WHEN lead(is_observed, {k}) OVER w THEN lead({col}, {k}) OVER w END"
+
+    exprs = ["avg(actual_tvl) OVER (w ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS rolling_tvl_7d"]
+    # Peer medians: one GROUP BY per grouping, joined back on the day (and group).
+    joins: list[str] = []
+    by_groups: dict[tuple[str, ...], list[str]] = {}
+    for name, (column, groups) in PEER_MEDIANS.items():
+        if name in base.column_names:
+            continue
+        if not {column, *groups} <= set(base.column_names):
+            exprs.append(f"CAST(NULL AS DOUBLE) AS {name}")
+            continue
+        by_groups.setdefault(groups, []).append(
+            f"median(CASE WHEN is_observed THEN {column} END) AS {name}"
+        )
+        exprs.append(f"g{list(by_groups).index(groups)}.{name}")
+    for i, (groups, medians) in enumerate(by_groups.items()):
+        keys = ", ".join(("date", *groups))
+        joins.append(
+            # Fixed names from PEER_MEDIANS only, never user text.
+            f"LEFT JOIN (SELECT {keys}, {', '.join(medians)} FROM panel "  # noqa: S608
+            f"GROUP BY {keys}) AS g{i} USING ({keys})"
+        )
+    for h in horizons:
+        if h == "mean7":
+            mean = MEAN7_TARGET
+            leads = [observed(k, mean.target.source) for k in range(1, mean.days + 1)]
+            count = " + ".join(f"CAST(({x}) IS NOT NULL AS INTEGER)" for x in leads)
+            total = " + ".join(f"coalesce({x}, 0)" for x in leads)
+            exprs.append(
+                f"CASE WHEN ({count}) >= {mean.min_observed} "
+                f"THEN ({total}) / ({count}) END AS {mean.name}"
+            )
+        else:
+            for target in (APY_TARGET, TVL_TARGET):
+                exprs.append(f"{observed(int(h), target.source)} AS {target.column(int(h))}")
+    con = duckdb.connect()
+    try:
+        con.register("panel", base)
+        # Built only from fixed column names and integer horizons, never from user text.
+        sql = (
+            f"SELECT panel.*, {', '.join(exprs)} FROM panel {' '.join(joins)} "  # noqa: S608
+            f"WINDOW w AS ({by_pool}) ORDER BY pool_id, date"
+        )
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    """A panel column (or a derived feature) as float64, rounded to 1e-9.
+
+    Rolling means and deviations differ in the last bits with summation order (engine, thread
+    count); on a flat pool that turns 0 into +-1e-14, a different split and a different model.
+    Nine decimals of APY or dollars are far below anything measured.
+    """
+    if name in DERIVED:
+        a, b, op = DERIVED[name]
+        x, y = _column(table, a), _column(table, b)
+        if op == "sub":
+            return np.round(x - y, 9)
+        return np.round(x / (np.nan_to_num(y, nan=0.0) + 1e-3), 9)
+    if name in PEER_MEDIANS and name not in table.column_names:
+        raise ValueError(
+            f"{name} is a median over every pool of a day: pass the whole panel through "
+            "add_targets before selecting rows from it"
+        )
+    values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)
+    return np.round(values.astype(np.float64), 9)
+
+
+def _matrix(panel: pa.Table, features: Sequence[str], dtype: type = np.float64) -> np.ndarray:
+    if not features:
+        return np.empty((panel.num_rows, 0), dtype=dtype)
+    return np.column_stack([_column(panel, f) for f in features]).astype(dtype)
+
+
+Scale = Literal["std30", "std7"]
+
+
+def scale(rows: pa.Table, by: Scale = "std30") -> np.ndarray:
+    """A pool's own yardstick for APY moves: its 30-day (or 7-day) std plus 5% of its APY, never
+    zero."""
+    std = np.nan_to_num(_column(rows, f"stddev_apy_{by[3:]}d"), nan=0.0)
+    return std + 0.05 * np.abs(np.nan_to_num(_column(rows, "actual_apy"), nan=0.0)) + 0.01
+
+
+def training_rows(
+    panel: pa.Table, train_days: int, horizon: Horizon = 1, *, end: dt.date | None = None
+) -> pa.Table:
+    """Rows with an observed target from the last ``train_days`` forecast days, sorted by pool and
+    date, with ``age``: days between the row and the latest day whose target is known.
+
+    Without ``end``, anchored on each pool's latest observed day: where every pool reports daily
+    this is the plan's ``date >= today - TRAIN_DAYS``; a pool that paused still teaches the model
+    its latest days. With ``end`` (a backtest cutoff), only targets observed by ``end`` count.
+    """
+    days = horizon_days(horizon)
+    target = target_column(horizon)
+    if target not in panel.column_names:
+        panel = add_targets(panel, [horizon])
+    if end is None:
+        observed = panel.filter(pc.field("is_observed"))
+        last = observed.group_by("pool_id").aggregate([("date", "max")])
+        joined = panel.join(last, "pool_id")
+        anchor = pc.cast(joined.column("date_max"), pa.timestamp("s"))
+    else:
+        joined = panel.append_column("date_max", pa.array([end] * panel.num_rows, pa.date32()))
+        anchor = pc.cast(joined.column("date_max"), pa.timestamp("s"))
+    last_origin = pc.subtract(anchor, pa.scalar(dt.timedelta(days=days), pa.duration("s")))
+    age = pc.divide(
+        pc.cast(
+            pc.subtract(last_origin, pc.cast(joined.column("date"), pa.timestamp("s"))), pa.int64()
+        ),
+        86_400,
+    )
+    joined = joined.append_column("age", age)
+    mask = pc.and_(
+        pc.and_(pc.greater_equal(age, 0), pc.less(age, train_days)),
+        pc.and_(pc.is_valid(joined.column(target)), pc.is_valid(joined.column("actual_apy"))),
+    )
+    rows = joined.filter(mask).drop_columns(["date_max"])
+    return rows.sort_by([("pool_id", "ascending"), ("date", "ascending")])
+
+
+def latest_rows(panel: pa.Table) -> pa.Table:
+    """Each pool's row on its latest observed day: the features a forecast starts from."""
+    observed = panel.filter(pc.field("is_observed"))
+    last = observed.group_by("pool_id").aggregate([("date", "max")])
+    joined = observed.join(last, "pool_id")
+    keep = pc.equal(joined.column("date"), joined.column("date_max"))
+    return joined.filter(keep).drop_columns(["date_max"]).sort_by("pool_id")

@@ -1,0 +1,121 @@
+"""What trains a booster: the seam between the model and an engine.
+
+A :class:`~poolcast.model.forecaster.Forecaster` selects rows, builds the matrix, the label and
+the row weights, and calibrates; a :class:`Trainer` only turns them into a LightGBM booster. The
+local engine's is :class:`LocalTrainer` (``lightgbm.train`` in this process); the Spark engine's
+trains on SynapseML (``poolcast.engines._synapse``) and hands back the same native booster.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import lightgbm as lgb
+import numpy as np
+
+
+class Trained(NamedTuple):
+    """One fitted booster, the iteration early stopping picked (0: none, use every tree) and the
+    trainer's own record of the fit (None: nothing to record)."""
+
+    booster: lgb.Booster
+    best_iteration: int
+    record: dict[str, Any] | None = None
+
+
+class Trainer(Protocol):
+    def train(
+        self,
+        matrix: np.ndarray,
+        label: np.ndarray,
+        weight: np.ndarray | None,
+        valid_matrix: np.ndarray | None,
+        valid_label: np.ndarray | None,
+        valid_weight: np.ndarray | None,
+        *,
+        params: Mapping[str, Any],
+        rounds: int,
+        early_stopping: int,
+        feature_names: Sequence[str],
+    ) -> tuple[lgb.Booster, int, dict[str, Any] | None]:
+        """A booster of at most ``rounds`` trees with LightGBM ``params`` on the rows of
+        ``matrix``; with ``valid_matrix``, stopped after ``early_stopping`` rounds without a better
+        validation loss. ``weight`` None: every row counts alike. Members of one ensemble pass the
+        very same matrix objects (only their labels differ)."""
+        ...
+
+    def describe(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """Metadata the artifact carries about this trainer: for the whole model (``records``
+        None) or for one horizon with the records of its fits. Nothing for the local trainer."""
+        ...
+
+
+class LocalTrainer:
+    """``lightgbm.train`` in this process. Ensemble members on the same rows share one binned
+    dataset (binning is the larger part of a small fit): only the label is set anew."""
+
+    def __init__(self) -> None:
+        self._binned: tuple[tuple[int, int], lgb.Dataset, lgb.Dataset | None] | None = None
+
+    def train(
+        self,
+        matrix: np.ndarray,
+        label: np.ndarray,
+        weight: np.ndarray | None,
+        valid_matrix: np.ndarray | None,
+        valid_label: np.ndarray | None,
+        valid_weight: np.ndarray | None,
+        *,
+        params: Mapping[str, Any],
+        rounds: int,
+        early_stopping: int,
+        feature_names: Sequence[str],
+    ) -> Trained:
+        key = (id(matrix), id(valid_matrix))
+        if self._binned is not None and self._binned[0] == key:
+            # Another ensemble member on the same rows: the bins are the same, only labels differ.
+            _, data, valid_data = self._binned
+            data.set_label(label)
+            if valid_data is not None:
+                valid_data.set_label(valid_label)
+        else:
+            data = lgb.Dataset(
+                matrix,
+                label=label,
+                weight=weight,
+                feature_name=list(feature_names),
+                free_raw_data=True,
+                params={"max_bin": params.get("max_bin", 255)},
+            )
+            valid_data = None
+            if valid_matrix is not None:
+                valid_data = lgb.Dataset(
+                    valid_matrix, label=valid_label, weight=valid_weight, reference=data
+                )
+            self._binned = (key, data, valid_data)
+            # Kept while the matrices live (ids are unique only as long): the caller's ensemble.
+            for m in (matrix, valid_matrix):
+                if m is not None:
+                    weakref.finalize(m, self._forget, key)
+        callbacks: list[Callable[..., Any]] = []
+        valid_sets = []
+        if valid_data is not None:
+            valid_sets = [valid_data]
+            callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
+        booster = lgb.train(
+            dict(params),
+            data,
+            num_boost_round=rounds,
+            valid_sets=valid_sets,
+            callbacks=callbacks,
+        )
+        return Trained(booster, booster.best_iteration)
+
+    def _forget(self, key: tuple[int, int]) -> None:
+        if self._binned is not None and self._binned[0] == key:
+            self._binned = None
+
+    def describe(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,1 @@
+"""Running and checking the pipeline: validate, report, synthetic data, the plain reference."""
