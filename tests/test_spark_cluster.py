@@ -18,8 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from poolcast.evaluation.parity import DEFAULT_FORECAST_TOL, compare_tables
-from poolcast.store import METRIC_COLUMNS, open_store
+from poolcast.evaluation.parity import DEFAULT_FORECAST_TOL, compare_tables, format_report
+from poolcast.spec import metric_names
+from poolcast.store import open_store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 pytest.importorskip("pyspark", reason="the Spark engine needs the 'spark' extra")
@@ -27,6 +28,7 @@ pytest.importorskip("pyspark", reason="the Spark engine needs the 'spark' extra"
 MASTER = "local-cluster[2,1,1024]"
 EXECUTORS = 2
 KEY = ("pool_id", "date")
+METRICS = [*metric_names(), "is_observed"]
 JOBS = Path(__import__("poolcast.jobs").jobs.__file__).parent
 TIMEOUT_S = 900  # a driver that does not exit fails here instead of hanging the suite
 
@@ -91,7 +93,10 @@ def _tasks_per_stage(events: Path) -> list[tuple[str, int]]:
 
 def _metrics(url: str) -> pa.Table:
     with open_store(url) as s:
-        return s.fetch_arrow("SELECT * FROM pool_daily_metrics WHERE is_observed IS NOT NULL")
+        return s.fetch_arrow(
+            f"SELECT pool_id, date, {', '.join(METRICS)} FROM pool_daily_metrics "
+            "WHERE is_observed IS NOT NULL"
+        )
 
 
 def _forecasts(url: str) -> pa.Table:
@@ -102,14 +107,18 @@ def _forecasts(url: str) -> pa.Table:
         )
 
 
-def _assert_like_local(url: str, local_metrics: pa.Table, local_forecasts: pa.Table) -> None:
-    metrics = compare_tables("metrics", local_metrics, _metrics(url), KEY, METRIC_COLUMNS)
-    assert metrics.ok, metrics
+def _assert_like_local(
+    url: str, local_metrics: pa.Table, local_forecasts: pa.Table | None = None
+) -> None:
+    metrics = compare_tables("metrics", local_metrics, _metrics(url), KEY, METRICS)
+    assert metrics.ok, format_report([metrics])
+    if local_forecasts is None:
+        return
     forecasts = compare_tables(
         "forecasts", local_forecasts, _forecasts(url), KEY, ["forecasted_apy"],
         forecast_columns=["forecasted_apy"], forecast_tol=DEFAULT_FORECAST_TOL,
     )
-    assert forecasts.ok, forecasts
+    assert forecasts.ok, format_report([forecasts])
 
 
 @pytest.fixture
@@ -124,10 +133,11 @@ def cluster_store(demo_store):  # type: ignore[no-untyped-def]
     return store.url, settings, local_metrics, local_forecasts
 
 
-@pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
+@pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)
 def test_dataproc_entry_points_end_on_two_executors(cluster_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Both `mainPythonFileUri` scripts under spark-submit: they exit by themselves with status
-    0, compute as the local engine does, and LightGBM trains with one task per executor."""
+    """Both `mainPythonFileUri` scripts under spark-submit on PostgreSQL (executors read and
+    write over JDBC): they exit by themselves with status 0, compute as the local engine does,
+    and LightGBM trains with one task per executor."""
     url, settings, local_metrics, local_forecasts = cluster_store
     events = tmp_path / "events"
     events.mkdir()
@@ -142,17 +152,17 @@ def test_dataproc_entry_points_end_on_two_executors(cluster_store, tmp_path) -> 
     assert training and set(training) == {EXECUTORS}, _tasks_per_stage(events)
 
 
-@pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)
-def test_cli_runs_on_two_executors_with_spark_master(cluster_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`poolcast run --engine spark --spark-master local-cluster[...]` on PostgreSQL: executors
-    read and write over JDBC, the command exits by itself, the results match the local engine."""
-    url, settings, local_metrics, local_forecasts = cluster_store
+@pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
+def test_cli_metrics_on_two_executors_with_spark_master(cluster_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`poolcast metrics --engine spark --spark-master local-cluster[...]` on the embedded store:
+    the executors read and write staged Parquet, every part file is accounted for, the command
+    exits by itself and the metrics match the local engine."""
+    url, settings, local_metrics, _ = cluster_store
     poolcast = Path(sys.executable).parent / "poolcast"
     done = subprocess.run(
-        [str(poolcast), "run", "--engine", "spark", "--spark-master", MASTER, "--store", url],
-        env={**_env(tmp_path), "POOLCAST_MODEL_DIR": str(tmp_path / "models")},
-        capture_output=True, text=True, timeout=TIMEOUT_S,
+        [str(poolcast), "metrics", "--engine", "spark", "--spark-master", MASTER, "--store", url],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "engine=spark" in done.stdout
-    _assert_like_local(url, local_metrics, local_forecasts)
+    _assert_like_local(url, local_metrics)

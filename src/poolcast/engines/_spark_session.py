@@ -265,3 +265,27 @@ def stopping_spark() -> Iterator[None]:
         after = _active_session()
         if after is not None and after is not before:
             after.stop()
+
+
+def end_submitted_driver(status: int) -> None:
+    """Under ``spark-submit`` (a Dataproc batch), end the driver JVM now with ``status``.
+
+    There the JVM is the parent and waits, after Python returns, for its non-daemon threads; a
+    SynapseML fit leaves one (a thread pool that is never shut down) even after ``stop()``, so
+    the batch would run until its TTL. ``System.exit`` runs Spark's shutdown hooks and makes
+    ``status`` the batch's. Elsewhere (a CLI run, a notebook) nothing happens.
+    """
+    if not launched_by_spark_submit() or "pyspark" not in sys.modules:
+        return
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        gateway.jvm.java.lang.System.exit(int(status))
+    except Exception:  # noqa: BLE001 - the JVM is gone: its answer never comes
+        pass
+    os._exit(int(status))

@@ -186,7 +186,10 @@ class SynapseTrainer:
             # One Parquet file is one ordered partition: no shuffle, no sampling job.
             frame = frame.coalesce(1).sortWithinPartitions("row")
         else:
-            frame = frame.repartitionByRange(self.partitions, "row").sortWithinPartitions("row")
+            # Every p-th row to partition i = row mod p, exactly: each worker gets training and
+            # validation rows (the validation rows come last; a range split left one worker none,
+            # and LightGBM refuses an empty validation set). Same data and p: same partitions.
+            frame = _round_robin(frame, self.partitions).sortWithinPartitions("row")
         spark_params = synapseml_params(
             params, rounds=rounds, threads=params["num_threads"], port=choose_listen_port()
         )
@@ -230,3 +233,24 @@ def synapse_trainer(exchange: Any, settings: Settings) -> SynapseTrainer:
     local engine's serial training; a cluster: every executor, however many the batch got)."""
     partitions = executor_count(exchange.spark)
     return SynapseTrainer(lambda table: exchange.arrow_to_spark(table, "training"), partitions)
+
+
+def _round_robin(frame: DataFrame, partitions: int) -> DataFrame:
+    """``frame`` in ``partitions`` partitions, row ``r`` in partition ``r mod partitions``.
+
+    Hash partitioning puts key ``k`` in ``pmod(hash(k), n)``; one small job finds, for each
+    partition, a key that lands there, and each row gets its partition's key.
+    """
+    from pyspark.sql import functions as F
+
+    probe = frame.sparkSession.range(0, 64 * partitions).select(
+        "id", F.expr(f"pmod(hash(id), {int(partitions)})").alias("target")
+    )
+    keys: dict[int, int] = dict(probe.groupBy("target").agg(F.min("id")).collect())
+    if len(keys) < partitions:  # pragma: no cover - 64 candidates per partition always suffice
+        raise SparkSetupError(f"no hash key found for each of {partitions} partitions")
+    key = F.element_at(
+        F.array(*[F.lit(keys[i]).cast("bigint") for i in range(partitions)]),
+        (F.col("row") % partitions + 1).cast("int"),
+    )
+    return frame.withColumn("_key", key).repartition(partitions, "_key").drop("_key")

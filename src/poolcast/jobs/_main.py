@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -41,7 +42,7 @@ def parse_args(kind: str, argv: Sequence[str]) -> argparse.Namespace:
 
 def main(kind: str, argv: Sequence[str] | None = None) -> int:
     from poolcast.deploy.secret_env import load_db_password
-    from poolcast.engines._spark_session import stopping_spark
+    from poolcast.engines._spark_session import end_submitted_driver, stopping_spark
     from poolcast.log import setup_logging
     from poolcast.runs import observed_stage
     from poolcast.settings import load_settings
@@ -64,13 +65,19 @@ def main(kind: str, argv: Sequence[str] | None = None) -> int:
     if settings.spark.environment is None:
         settings.spark.environment = os.environ.get("SPARK_ENVIRONMENT") or "dataproc"  # type: ignore[assignment]
     stage = metrics_stage if kind == "metrics" else forecast_stage
+    status = 1  # an unexpected error too: the batch must end FAILED, not hang
     try:
-        # The batch ends with its stage, whatever SynapseML left running in the JVM.
         with stopping_spark(), open_configured(settings) as store:
             # A pipeline_runs row, and Cloud Monitoring metrics where PROJECT_ID is set.
             result = observed_stage(store, kind, settings, stage, run_id=new_run_id())
+        print(json.dumps(asdict(result), default=str))
+        status = 0
     except (StoreError, ValueError) as exc:
         print(f"poolcast {kind} job failed: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(asdict(result), default=str))
-    return 0
+    except BaseException:
+        traceback.print_exc()  # before the driver ends below
+        raise
+    finally:
+        # The batch ends with its stage, whatever SynapseML left running in the JVM.
+        end_submitted_driver(status)
+    return status
