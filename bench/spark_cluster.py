@@ -30,7 +30,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+
+from run import _pg_schema_url  # bench/run.py, beside this file (on sys.path as the script dir)
 
 HERE = Path(__file__).resolve().parent
 POOLCAST = str(Path(sys.executable).with_name("poolcast"))
@@ -115,7 +116,7 @@ def _run_sampled(cmd: list[str], env: dict[str, str], timeout: float) -> dict[st
     }
 
 
-def _tasks(events: Path) -> list[tuple[str, int]]:
+def stage_tasks(events: Path) -> list[tuple[str, int]]:
     out = []
     for log in sorted(events.iterdir()):
         for line in log.read_text().splitlines():
@@ -124,17 +125,6 @@ def _tasks(events: Path) -> list[tuple[str, int]]:
                 info = event["Stage Info"]
                 out.append((info["Stage Name"], info["Number of Tasks"]))
     return out
-
-
-def _schema_url(base: str) -> str:
-    import adbc_driver_postgresql.dbapi as pg
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with pg.connect(base) as con, con.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-        con.commit()
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
 def main() -> None:
@@ -152,7 +142,7 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
     for pools in [int(p) for p in _env_list("BENCH_CLUSTER_POOLS", "2000,20000")]:
-        url = _schema_url(base)
+        url = _pg_schema_url(base, f"bench_cluster_{uuid.uuid4().hex[:10]}")
         subprocess.run([POOLCAST, "db", "init", "--store", url], check=True, capture_output=True)
         subprocess.run(
             [POOLCAST, "generate", "--pools", str(pools), "--store", url],
@@ -169,8 +159,9 @@ def main() -> None:
             }
             cmd = [POOLCAST, stage, "--engine", "spark", "--spark-master", master, "--store", url]
             result = _run_sampled(cmd, env, timeout)
-            tasks = _tasks(events) if result["returncode"] == 0 else []
-            training = sorted({n for name, n in tasks if "LightGBM" in name})
+            tasks = stage_tasks(events) if result["returncode"] == 0 else []
+            # SynapseML 1.1.3's training stage: one task per LightGBM worker.
+            training = sorted({n for name, n in tasks if "LightGBMBase.scala:623" in name})
             row = {
                 "pools": pools, "stage": stage, "master": master, "commit": commit,
                 **{k: v for k, v in result.items() if k != "stdout_tail"},

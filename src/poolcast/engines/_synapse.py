@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from poolcast.engines._spark_session import SparkSetupError, executor_count
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import pyarrow as pa
     from pyspark.sql import DataFrame
 
@@ -128,25 +127,19 @@ class SynapseTrainer:
         self.fits_: list[dict[str, Any]] = []
 
     def train(
-        self,
-        matrix: np.ndarray,
-        label: np.ndarray,
-        weight: np.ndarray | None,
-        valid_matrix: np.ndarray | None,
-        valid_label: np.ndarray | None,
-        valid_weight: np.ndarray | None,
-        *,
-        params: Mapping[str, Any],
-        rounds: int,
-        early_stopping: int,
-        feature_names: Sequence[str],
+        self, data: Any, *, params: Mapping[str, Any], rounds: int, early_stopping: int
     ) -> tuple[Any, int, dict[str, Any]]:
+        """``data``: the model's ``TrainingSet``."""
         import lightgbm as lgb
         import numpy as np
         import pyarrow as pa
         from pyspark.ml.feature import VectorAssembler
         from pyspark.sql import functions as F
         from synapse.ml.lightgbm import LightGBMRegressor
+
+        matrix, label, weight = data.matrix, data.label, data.weight
+        valid_matrix, valid_label = data.valid_matrix, data.valid_label
+        valid_weight, feature_names = data.valid_weight, data.feature_names
 
         use_valid = valid_matrix is not None
         parts = [(matrix, label, weight, False)]

@@ -56,7 +56,7 @@ from poolcast.model.features import (
     training_rows,
 )
 from poolcast.model.specs import MODELS, ModelSpec
-from poolcast.model.trainer import LocalTrainer, Trainer
+from poolcast.model.trainer import LocalTrainer, Trainer, TrainingSet
 
 
 class Forecaster:
@@ -208,17 +208,12 @@ class Forecaster:
         params = self.lgb_params()
         params.pop("num_iterations", None)
         params["num_threads"] = self.fit_threads_
+        data = TrainingSet(matrix, y, weight, spec.features, valid_matrix, yv, valid_weight)
         booster, best, record = self.trainer.train(
-            matrix,
-            y,
-            weight,
-            valid_matrix,
-            yv,
-            valid_weight,
+            data,
             params=params,
             rounds=rounds,
             early_stopping=spec.early_stopping if use_valid else 0,
-            feature_names=spec.features,
         )
         booster.best_iteration = best if best > 0 else 0
         if record is not None:

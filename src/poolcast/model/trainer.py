@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import lightgbm as lgb
@@ -25,25 +26,28 @@ class Trained(NamedTuple):
     record: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class TrainingSet:
+    """The rows one booster learns from: the matrix, label and row weights (None: every row
+    counts alike), and the validation rows early stopping watches (None: no early stopping).
+    Members of one ensemble pass the very same matrix objects; only their labels differ."""
+
+    matrix: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray | None
+    feature_names: Sequence[str]
+    valid_matrix: np.ndarray | None = None
+    valid_label: np.ndarray | None = None
+    valid_weight: np.ndarray | None = None
+
+
 class Trainer(Protocol):
     def train(
-        self,
-        matrix: np.ndarray,
-        label: np.ndarray,
-        weight: np.ndarray | None,
-        valid_matrix: np.ndarray | None,
-        valid_label: np.ndarray | None,
-        valid_weight: np.ndarray | None,
-        *,
-        params: Mapping[str, Any],
-        rounds: int,
-        early_stopping: int,
-        feature_names: Sequence[str],
+        self, data: TrainingSet, *, params: Mapping[str, Any], rounds: int, early_stopping: int
     ) -> tuple[lgb.Booster, int, dict[str, Any] | None]:
-        """A booster of at most ``rounds`` trees with LightGBM ``params`` on the rows of
-        ``matrix``; with ``valid_matrix``, stopped after ``early_stopping`` rounds without a better
-        validation loss. ``weight`` None: every row counts alike. Members of one ensemble pass the
-        very same matrix objects (only their labels differ)."""
+        """A booster of at most ``rounds`` trees with LightGBM ``params`` on ``data``; with
+        validation rows, stopped after ``early_stopping`` rounds without a better validation
+        loss."""
         ...
 
     def describe(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
@@ -60,41 +64,31 @@ class LocalTrainer:
         self._binned: tuple[tuple[int, int], lgb.Dataset, lgb.Dataset | None] | None = None
 
     def train(
-        self,
-        matrix: np.ndarray,
-        label: np.ndarray,
-        weight: np.ndarray | None,
-        valid_matrix: np.ndarray | None,
-        valid_label: np.ndarray | None,
-        valid_weight: np.ndarray | None,
-        *,
-        params: Mapping[str, Any],
-        rounds: int,
-        early_stopping: int,
-        feature_names: Sequence[str],
+        self, data: TrainingSet, *, params: Mapping[str, Any], rounds: int, early_stopping: int
     ) -> Trained:
+        matrix, valid_matrix, valid_label = data.matrix, data.valid_matrix, data.valid_label
         key = (id(matrix), id(valid_matrix))
         if self._binned is not None and self._binned[0] == key:
             # Another ensemble member on the same rows: the bins are the same, only labels differ.
-            _, data, valid_data = self._binned
-            data.set_label(label)
+            _, binned, valid_data = self._binned
+            binned.set_label(data.label)
             if valid_data is not None:
                 valid_data.set_label(valid_label)
         else:
-            data = lgb.Dataset(
+            binned = lgb.Dataset(
                 matrix,
-                label=label,
-                weight=weight,
-                feature_name=list(feature_names),
+                label=data.label,
+                weight=data.weight,
+                feature_name=list(data.feature_names),
                 free_raw_data=True,
                 params={"max_bin": params.get("max_bin", 255)},
             )
             valid_data = None
             if valid_matrix is not None:
                 valid_data = lgb.Dataset(
-                    valid_matrix, label=valid_label, weight=valid_weight, reference=data
+                    valid_matrix, label=valid_label, weight=data.valid_weight, reference=binned
                 )
-            self._binned = (key, data, valid_data)
+            self._binned = (key, binned, valid_data)
             # Kept while the matrices live (ids are unique only as long): the caller's ensemble.
             for m in (matrix, valid_matrix):
                 if m is not None:
@@ -106,7 +100,7 @@ class LocalTrainer:
             callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
         booster = lgb.train(
             dict(params),
-            data,
+            binned,
             num_boost_round=rounds,
             valid_sets=valid_sets,
             callbacks=callbacks,
