@@ -196,6 +196,12 @@ def get_spark_session(
     environment = detect_environment(settings)
     active = SparkSession.getActiveSession()
     if active is None:
+        if settings.spark.master.startswith("local-cluster") and not launched_by_spark_submit():
+            # Its executors start through the pip package's bin/spark-class, which needs these.
+            import pyspark
+
+            os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
+            os.environ.setdefault("SPARK_SCALA_VERSION", "2.12")
         builder = SparkSession.builder.appName(app_name)
         for key, value in session_conf(settings, environment=environment).items():
             builder = builder.config(key, value)
