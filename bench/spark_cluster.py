@@ -127,6 +127,10 @@ def stage_tasks(events: Path) -> list[tuple[str, int]]:
     return out
 
 
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def main() -> None:
     base = os.environ.get("BENCH_PG_URL") or os.environ.get("POOLCAST_TEST_PG_URL")
     if not base:
@@ -182,7 +186,7 @@ def main() -> None:
     for r in rows:
         lines.append(
             f"| {r['pools']:,} | {r['stage']} | {r['returncode']} | {r['seconds']} "
-            f"| {r['driver_python_mb'] or '-'} | {r['driver_jvm_mb'] or '-'} "
+            f"| {_mb(r['driver_python_mb'])} | {_mb(r['driver_jvm_mb'])} "
             f"| {', '.join(str(x) for x in r['executor_mb']) or '-'} "
             f"| {', '.join(str(x) for x in r['training_stage_tasks']) or '-'} "
             f"| {r['large_task_warnings']} |"
