@@ -35,9 +35,10 @@ class SparkSettings(BaseModel):
     jdbc_partitions: int = 8
     jdbc_batch_size: int = 10_000
     executor_instances: int = 2
-    # How Arrow tables reach Spark and back: Parquet in a temporary folder ("files", fastest; the
-    # executors must share the driver's disk), Arrow batches through the driver ("driver"), or
-    # "auto": files in local mode, the driver on a cluster (Dataproc). POOLCAST_SPARK_EXCHANGE.
+    # How Arrow tables reach Spark and back: staged Parquet ("files", fastest; in `staging_dir`,
+    # which every executor must read), Arrow batches through the driver ("driver"), or "auto":
+    # files where a staging folder is set or the executors share the driver's disk (local modes),
+    # else the driver. POOLCAST_SPARK_EXCHANGE.
     exchange: Literal["auto", "files", "driver"] = "auto"
     # Where "files" stages Parquet: a folder (local modes: the executors share the driver's disk)
     # or a bucket every executor reads (Dataproc: gs://<project>-spark-staging/exchange, the
