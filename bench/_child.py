@@ -200,10 +200,10 @@ def task_forecast(args: dict[str, Any]) -> None:
     """The forecast stage as pipeline.forecast_stage runs it, section by section."""
     from poolcast.engines.local import compute_features
     from poolcast.evaluation.research import ALL_MODELS
-    from poolcast.model import FORECASTS_KEY, Forecaster, ForecastModel, forecast_table
+    from poolcast.model import Forecaster, ForecastModel, forecast_table
     from poolcast.settings import Settings
     from poolcast.stages import new_run_id
-    from poolcast.store.queries import read_panel, write_forecasts
+    from poolcast.store.queries import FORECASTS_KEY, read_panel, write_forecasts
 
     settings = Settings(model_dir=args.get("model_dir", "/tmp/poolcast-bench-models"))
     with _store(args) as store:

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from poolcast.engines.local import compute_features
 from poolcast.evaluation.research import ALL_MODELS
 from poolcast.model import (
-    FORECASTS_KEY,
     MODELS,
     Forecaster,
     ForecastModel,
@@ -31,6 +30,7 @@ from poolcast.settings import Settings
 from poolcast.spec import PEER_MEDIANS
 from poolcast.stages import forecast_stage, metrics_stage
 from poolcast.store import Store
+from poolcast.store.queries import FORECASTS_KEY
 
 DAY0 = dt.date(2025, 1, 1)
 

@@ -2,8 +2,9 @@
 
 An engine adapter (``engines.local.LocalEngine``, ``engines.spark.SparkEngine``) is a context
 manager with ``step``, ``read_metric_inputs``, ``compute_metrics``, ``summarize``,
-``merge_metrics``, ``forecast_panel``, ``model_dir``, ``trainer`` and ``details``; the stages
-(:mod:`poolcast.stages`) hold the flow and never look inside an engine's tables.
+``merge_metrics``, ``forecast_panel``, ``compute`` (the model's rows, a
+``poolcast.model.compute.Compute``), ``write_forecasts``, ``model_dir`` and ``details``; the
+stages (:mod:`poolcast.stages`) hold the flow and never look inside an engine's tables.
 """
 
 from __future__ import annotations
@@ -22,3 +23,13 @@ class MetricInputs:
     snapshot_rows: int
     rows_read: int
     catch_up: Any = None
+
+
+@dataclass
+class ForecastsWritten:
+    """What a forecast merge wrote: rows changed in both tables, next-day forecasts (one per
+    pool) and horizon rows."""
+
+    rows: int
+    forecasts: int
+    horizon_rows: int

@@ -17,10 +17,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.engines import MetricInputs
+from poolcast.engines import ForecastsWritten, MetricInputs
 from poolcast.spec import APY_TARGET, FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
 from poolcast.store import Store
 from poolcast.store.queries import (
+    FORECASTS_KEY,
     METRIC_KEY,
     METRIC_UPDATE,
     RecomputeWindow,
@@ -28,6 +29,7 @@ from poolcast.store.queries import (
     read_panel,
     read_snapshots,
     read_window_snapshots,
+    write_forecasts,
 )
 
 if TYPE_CHECKING:
@@ -257,8 +259,16 @@ class LocalEngine:
     def model_dir(self) -> str:
         return str(self.settings.model_dir)
 
-    def trainer(self) -> Any:
-        return None  # the model's own: lightgbm.train in this process
+    def compute(self) -> Any:
+        return None  # the model's own: Arrow tables and lightgbm.train in this process
+
+    def write_forecasts(
+        self, forecasts: pa.Table, horizons: pa.Table, run_id: str
+    ) -> ForecastsWritten:
+        with self.store.transaction():
+            rows = write_forecasts(self.store, forecasts, run_id)
+            rows += self.store.merge("forecasts", horizons, FORECASTS_KEY)
+        return ForecastsWritten(rows, forecasts.num_rows, horizons.num_rows)
 
     def details(self) -> dict[str, Any]:
         return {}

@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
         training_rows,
     )
     from poolcast.model.forecast_model import (
-        FORECASTS_KEY,
         ForecastModel,
         choose_tvl_baseline,
         forecast_table,
@@ -50,7 +49,6 @@ _WHERE = {
     "parse_horizon": "features",
     "target_column": "features",
     "training_rows": "features",
-    "FORECASTS_KEY": "forecast_model",
     "ForecastModel": "forecast_model",
     "choose_tvl_baseline": "forecast_model",
     "forecast_table": "forecast_model",
@@ -63,7 +61,6 @@ _WHERE = {
 }
 
 __all__ = [
-    "FORECASTS_KEY",
     "HORIZONS",
     "MODELS",
     "ForecastModel",

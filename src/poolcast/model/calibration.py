@@ -9,15 +9,21 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _conformal_ranks(n: int, levels: tuple[float, float]) -> tuple[int, int]:
+    """The 0-based ranks, among ``n`` sorted finite residuals, of the split-conformal quantiles
+    at ``levels`` (finite-sample ranks)."""
+    lo = int(np.floor(levels[0] * (n + 1))) - 1
+    hi = int(np.ceil(levels[1] * (n + 1))) - 1
+    return min(max(lo, 0), n - 1), min(max(hi, 0), n - 1)
+
+
 def _conformal(residuals: np.ndarray, levels: tuple[float, float]) -> tuple[float, float]:
-    """Split-conformal quantiles of scaled residuals at ``levels`` (finite-sample ranks)."""
+    """Split-conformal quantiles of scaled residuals at ``levels``."""
     r = np.sort(residuals[np.isfinite(residuals)])
     if r.size == 0:
         return (0.0, 0.0)
-    n = r.size
-    lo = int(np.floor(levels[0] * (n + 1))) - 1
-    hi = int(np.ceil(levels[1] * (n + 1))) - 1
-    return (float(r[min(max(lo, 0), n - 1)]), float(r[min(max(hi, 0), n - 1)]))
+    lo, hi = _conformal_ranks(r.size, levels)
+    return (float(r[lo]), float(r[hi]))
 
 
 BLEND_GRID = np.round(np.arange(0.0, 1.0001, 0.1), 2)
@@ -44,6 +50,52 @@ def _blend(
     return np.where(np.abs(value - naive) < dead_zone * scl, naive, value)
 
 
+def blend_combos(anchors: int) -> list[tuple[float, ...]]:
+    """The candidate weights of the model and ``anchors`` baselines: a 0.1 grid, summing to at
+    most 1, in the order the search tries them."""
+    return [
+        tuple(float(w) for w in combo)
+        for combo in itertools.product(BLEND_GRID, repeat=1 + anchors)
+        if sum(combo) <= 1.0 + 1e-9
+    ]
+
+
+def _blend_losses(
+    y: np.ndarray,
+    model: np.ndarray,
+    naive: np.ndarray,
+    anchors: np.ndarray,
+    scl: np.ndarray,
+    candidates: Sequence[tuple[Sequence[float], float]],
+) -> np.ndarray:
+    """The summed absolute error of each candidate (weights, dead zone) blend."""
+    return np.array(
+        [np.sum(np.abs(_blend(model, naive, anchors, scl, w, z) - y)) for w, z in candidates],
+        dtype=np.float64,
+    )
+
+
+def _pick_weights(
+    combos: Sequence[tuple[float, ...]], maes: np.ndarray
+) -> tuple[tuple[float, ...], float]:
+    """The first combo with the lowest MAE (a later one must beat it by more than 1e-12)."""
+    best: tuple[float, tuple[float, ...]] | None = None
+    for weights, mae in zip(combos, maes, strict=True):
+        if best is None or float(mae) < best[0] - 1e-12:
+            best = (float(mae), weights)
+    assert best is not None
+    return best[1], best[0]
+
+
+def _pick_zone(maes: np.ndarray, mae0: float, dead_zones: Sequence[float]) -> float:
+    """The widest dead zone that costs nothing over the blend without one."""
+    zone = 0.0
+    for dz, mae in zip(dead_zones, maes, strict=True):
+        if float(mae) <= mae0 * DEAD_ZONE_TOLERANCE:
+            zone = dz
+    return zone
+
+
 def _fit_blend(
     y: np.ndarray,
     model: np.ndarray,
@@ -52,25 +104,15 @@ def _fit_blend(
     scl: np.ndarray,
     dead_zones: Sequence[float] = (0.0,),
 ) -> tuple[tuple[float, ...], float]:
-    """Weights of the model and the anchors over naive (a 0.1 grid, summing to at most 1), then
-    the widest dead zone that costs nothing: where the model has no edge the forecast falls back
-    to today's APY."""
-    best: tuple[float, tuple[float, ...]] | None = None
-    for combo in itertools.product(BLEND_GRID, repeat=1 + anchors.shape[1]):
-        if sum(combo) > 1.0 + 1e-9:
-            continue
-        weights = tuple(float(w) for w in combo)
-        mae = float(np.mean(np.abs(_blend(model, naive, anchors, scl, weights, 0.0) - y)))
-        if best is None or mae < best[0] - 1e-12:
-            best = (mae, weights)
-    assert best is not None
-    mae0, weights = best
-    zone = 0.0
-    for dz in dead_zones:
-        mae = float(np.mean(np.abs(_blend(model, naive, anchors, scl, weights, dz) - y)))
-        if mae <= mae0 * DEAD_ZONE_TOLERANCE:
-            zone = dz
-    return weights, zone
+    """Weights of the model and the anchors over naive (:func:`blend_combos`), then the widest
+    dead zone that costs nothing: where the model has no edge the forecast falls back to today's
+    APY. (The model fits each blend group's the same way from sums over its rows.)"""
+    combos = blend_combos(anchors.shape[1])
+    n = len(y)
+    maes = _blend_losses(y, model, naive, anchors, scl, [(w, 0.0) for w in combos]) / n
+    weights, mae0 = _pick_weights(combos, maes)
+    zones = _blend_losses(y, model, naive, anchors, scl, [(weights, z) for z in dead_zones]) / n
+    return weights, _pick_zone(zones, mae0, dead_zones)
 
 
 def _stack_weight(ratio: float | None, edge: tuple[float, float] | None) -> float:

@@ -70,11 +70,48 @@ def target_column(horizon: Horizon) -> str:
     return MEAN7_TARGET.name if horizon == "mean7" else APY_TARGET.column(int(horizon))
 
 
+def add_peer_medians(panel: pa.Table) -> pa.Table:
+    """The panel with the PEER_MEDIANS it lacks: each a median over the observed pools of a day
+    (and group), NULL where the panel lacks its column (e.g. ``project``). Needs every pool of
+    each day it holds."""
+    import duckdb
+
+    exprs: list[str] = []
+    joins: list[str] = []
+    by_groups: dict[tuple[str, ...], list[str]] = {}
+    for name, (column, groups) in PEER_MEDIANS.items():
+        if name in panel.column_names:
+            continue
+        if not {column, *groups} <= set(panel.column_names):
+            exprs.append(f"CAST(NULL AS DOUBLE) AS {name}")
+            continue
+        by_groups.setdefault(groups, []).append(
+            f"median(CASE WHEN is_observed THEN {column} END) AS {name}"
+        )
+        exprs.append(f"g{list(by_groups).index(groups)}.{name}")
+    if not exprs:
+        return panel
+    for i, (groups, medians) in enumerate(by_groups.items()):
+        keys = ", ".join(("date", *groups))
+        joins.append(
+            # Fixed names from PEER_MEDIANS only, never user text.
+            f"LEFT JOIN (SELECT {keys}, {', '.join(medians)} FROM panel "  # noqa: S608
+            f"GROUP BY {keys}) AS g{i} USING ({keys})"
+        )
+    con = duckdb.connect()
+    try:
+        con.register("panel", panel)
+        sql = f"SELECT panel.*, {', '.join(exprs)} FROM panel {' '.join(joins)}"  # noqa: S608
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
 def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.Table:
     """The panel with one target column per horizon (NULL unless observed, ``spec.APY_TARGET``
     and ``spec.MEAN7_TARGET``) and ``spec.TVL_TARGET`` for the day horizons, plus
     ``rolling_tvl_7d`` (a TVL baseline). Replaces existing targets. Adds the PEER_MEDIANS the
-    panel lacks (NULL where it lacks their column, e.g. ``project``).
+    panel lacks (:func:`add_peer_medians`; a panel that has them needs only whole pools).
 
     The grid has one row per pool and day, so ``lead(x, h)`` is the value h days later.
     """
@@ -85,33 +122,13 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
         | {TVL_TARGET.column(int(h)) for h in horizons if h != "mean7"}
         | {"rolling_tvl_7d"}
     )
-    base = panel.drop_columns([c for c in panel.column_names if c in names])
+    base = add_peer_medians(panel.drop_columns([c for c in panel.column_names if c in names]))
     by_pool = "PARTITION BY pool_id ORDER BY date"
 
     def observed(k: int, col: str) -> str:
         return f"CASE WHEN lead(is_observed, {k}) OVER w THEN lead({col}, {k}) OVER w END"
 
     exprs = ["avg(actual_tvl) OVER (w ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS rolling_tvl_7d"]
-    # Peer medians: one GROUP BY per grouping, joined back on the day (and group).
-    joins: list[str] = []
-    by_groups: dict[tuple[str, ...], list[str]] = {}
-    for name, (column, groups) in PEER_MEDIANS.items():
-        if name in base.column_names:
-            continue
-        if not {column, *groups} <= set(base.column_names):
-            exprs.append(f"CAST(NULL AS DOUBLE) AS {name}")
-            continue
-        by_groups.setdefault(groups, []).append(
-            f"median(CASE WHEN is_observed THEN {column} END) AS {name}"
-        )
-        exprs.append(f"g{list(by_groups).index(groups)}.{name}")
-    for i, (groups, medians) in enumerate(by_groups.items()):
-        keys = ", ".join(("date", *groups))
-        joins.append(
-            # Fixed names from PEER_MEDIANS only, never user text.
-            f"LEFT JOIN (SELECT {keys}, {', '.join(medians)} FROM panel "  # noqa: S608
-            f"GROUP BY {keys}) AS g{i} USING ({keys})"
-        )
     for h in horizons:
         if h == "mean7":
             mean = MEAN7_TARGET
@@ -130,7 +147,7 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
         con.register("panel", base)
         # Built only from fixed column names and integer horizons, never from user text.
         sql = (
-            f"SELECT panel.*, {', '.join(exprs)} FROM panel {' '.join(joins)} "  # noqa: S608
+            f"SELECT panel.*, {', '.join(exprs)} FROM panel "  # noqa: S608
             f"WINDOW w AS ({by_pool}) ORDER BY pool_id, date"
         )
         return con.sql(sql).to_arrow_table()

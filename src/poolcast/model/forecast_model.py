@@ -5,6 +5,7 @@ and ``metadata.json``, in a local folder or under ``gs://``)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -17,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from poolcast.model.artifacts import location, save_files
+from poolcast.model.compute import Compute, Frame, LocalCompute, with_targets
 from poolcast.model.features import (
     HORIZONS,
     Horizon,
     _column,
-    add_targets,
     horizon_days,
     horizon_key,
     latest_rows,
@@ -30,18 +31,44 @@ from poolcast.model.features import (
 )
 from poolcast.model.forecaster import Forecaster, _forecaster
 from poolcast.model.specs import MODELS, ModelSpec
-from poolcast.model.trainer import LocalTrainer, Trainer
 from poolcast.spec import DERIVED, PEER_MEDIANS
 
-FORECASTS_KEY = ("pool_id", "made_on", "metric", "horizon")  # the forecasts table's primary key
+FORECASTS_SCHEMA = pa.schema(
+    [
+        ("pool_id", pa.string()),
+        ("made_on", pa.date32()),
+        ("target_date", pa.date32()),
+        ("metric", pa.string()),
+        ("horizon", pa.string()),
+        ("value", pa.float64()),
+        ("lower", pa.float64()),
+        ("upper", pa.float64()),
+        ("model_version", pa.string()),
+    ]
+)
 
 
-def forecast_table(model: Forecaster | ForecastModel, panel: pa.Table) -> pa.Table:
+NEXT_DAY_SCHEMA = pa.schema(
+    [
+        ("pool_id", pa.string()),
+        ("date", pa.date32()),
+        ("forecasted_apy", pa.float64()),
+        ("forecasted_tvl", pa.float64()),
+    ]
+)
+
+
+def forecast_table(model: Forecaster | ForecastModel, panel: Frame) -> Frame:
     """One next-day forecast per pool: pool_id, date (latest observed day + horizon),
     forecasted_apy, forecasted_tvl (the TVL forecast that backtested better; TVL carried from that
-    day, the plan's baseline, for a single :class:`Forecaster`)."""
-    if not {"rolling_tvl_7d", *PEER_MEDIANS} <= set(panel.column_names):
-        panel = add_targets(panel, [1])
+    day, the plan's baseline, for a single :class:`Forecaster`). A table of the model's compute."""
+    compute = model.compute
+    if not {"rolling_tvl_7d", *PEER_MEDIANS} <= set(compute.columns(panel)):
+        panel = with_targets(compute, panel, [1])
+    return compute.per_pools(panel, functools.partial(_next_day, model), NEXT_DAY_SCHEMA)
+
+
+def _next_day(model: Forecaster | ForecastModel, panel: pa.Table) -> pa.Table:
     rows = latest_rows(panel)
     if isinstance(model, ForecastModel):
         one = model.horizons_[1]
@@ -54,12 +81,16 @@ def forecast_table(model: Forecaster | ForecastModel, panel: pa.Table) -> pa.Tab
     )
     return pa.table(
         {
-            "pool_id": rows.column("pool_id"),
+            "pool_id": pc.cast(rows.column("pool_id"), pa.string()),
             "date": pc.cast(dates, pa.date32()),
-            "forecasted_apy": pa.array(one.predict(rows), pa.float64()),
+            "forecasted_apy": pa.array(_predict(one, rows), pa.float64()),
             "forecasted_tvl": pa.array(tvl, pa.float64()),
         }
     )
+
+
+def _predict(model: Forecaster, rows: pa.Table) -> np.ndarray:
+    return model.predict(rows) if rows.num_rows else np.empty(0)
 
 
 # -- the multi-horizon production model and its artifacts ------------------------------------------
@@ -73,25 +104,40 @@ def _tvl_baseline(rows: pa.Table, how: str) -> np.ndarray:
     return np.where(np.isfinite(mean), mean, naive)
 
 
+_TVL_BASELINES = ("naive", "mean7d")
+
+
 def choose_tvl_baseline(
-    panel: pa.Table, horizon: int, train_days: int, *, end: dt.date | None = None
+    panel: Frame,
+    horizon: int,
+    train_days: int,
+    *,
+    end: dt.date | None = None,
+    compute: Compute | None = None,
 ) -> dict[str, Any]:
     """TVL forecast by whichever baseline had the lower MAE over the training window."""
-    if (
-        "rolling_tvl_7d" not in panel.column_names
-        or f"target_tvl_h{horizon}" not in panel.column_names
-    ):
-        panel = add_targets(panel, [horizon])
-    rows = training_rows(panel, train_days, horizon, end=end)
-    y = _column(rows, f"target_tvl_h{horizon}")
-    ok = np.isfinite(y)
-    maes = {
-        how: float(np.mean(np.abs(_tvl_baseline(rows, how)[ok] - y[ok]))) if ok.any() else None
-        for how in ("naive", "mean7d")
-    }
+    compute = compute if compute is not None else LocalCompute()
+    names = compute.columns(panel)
+    if "rolling_tvl_7d" not in names or f"target_tvl_h{horizon}" not in names:
+        panel = with_targets(compute, panel, [horizon])
+    rows = compute.per_pools(
+        panel, functools.partial(training_rows, train_days=train_days, horizon=horizon, end=end)
+    )
+
+    def errors(t: pa.Table) -> np.ndarray:
+        y = _column(t, f"target_tvl_h{horizon}")
+        ok = np.isfinite(y)
+        return np.array(
+            [*(np.sum(np.abs(_tvl_baseline(t, how)[ok] - y[ok])) for how in _TVL_BASELINES),
+             ok.sum()]
+        )
+
+    *sums, n = compute.total(rows, errors)
+    maes = {how: float(s / n) if n else None for how, s in zip(_TVL_BASELINES, sums, strict=True)}
+    ok_n = n
     valid = {k: v for k, v in maes.items() if v is not None}
     best = min(valid, key=lambda k: valid[k]) if valid else "naive"
-    return {"baseline": best, "mae": maes, "n": int(ok.sum())}
+    return {"baseline": best, "mae": maes, "n": int(ok_n)}
 
 
 class ForecastModel:
@@ -109,10 +155,11 @@ class ForecastModel:
         num_threads: int = 0,
         params: dict[str, Any] | None = None,
         models: Mapping[str, ModelSpec] = MODELS,
-        trainer: Trainer | None = None,
+        compute: Compute | None = None,
     ) -> None:
-        """``model``: a name in ``models``; ``trainer``: what trains every horizon's boosters
-        (default: LightGBM in this process; the Spark engine passes SynapseML's)."""
+        """``model``: a name in ``models``; ``compute``: where the rows live and what trains
+        every horizon's boosters (default: Arrow tables and LightGBM in this process; the Spark
+        engine passes its DataFrames and SynapseML)."""
         self.model = model
         self.horizons = tuple(horizons)
         self.train_days = train_days
@@ -120,11 +167,21 @@ class ForecastModel:
         self.num_threads = num_threads
         self.params = params
         self.models = models
-        self.trainer: Trainer = trainer if trainer is not None else LocalTrainer()
+        self.compute: Compute = compute if compute is not None else LocalCompute()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to an engine's workers to predict: the fitted state, not the engine.
+        state = dict(self.__dict__)
+        state.pop("compute", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compute = LocalCompute()
 
     def fit(
         self,
-        panel: pa.Table,
+        panel: Frame,
         *,
         end: dt.date | None = None,
         on_horizon: Callable[[], object] | None = None,
@@ -134,7 +191,7 @@ class ForecastModel:
         if 1 not in self.horizons:
             raise ValueError("the horizons must include 1: forecasted_apy is the next-day forecast")
         self._check_stacks()
-        panel = add_targets(panel, self.horizons)
+        panel = with_targets(self.compute, panel, self.horizons)
         self.horizons_: dict[Horizon, Forecaster] = {}
         self.tvl_: dict[str, dict[str, Any]] = {}
         self.skipped_: dict[str, str] = {}
@@ -152,7 +209,7 @@ class ForecastModel:
                 continue
             if h != "mean7":
                 self.tvl_[horizon_key(h)] = choose_tvl_baseline(
-                    panel, int(h), self.train_days, end=end
+                    panel, int(h), self.train_days, end=end, compute=self.compute
                 )
             if on_horizon is not None:
                 on_horizon()
@@ -183,15 +240,25 @@ class ForecastModel:
         choice = self.tvl_.get(horizon_key(horizon), {"baseline": "naive"})
         return _tvl_baseline(rows, choice["baseline"])
 
-    def forecasts(self, panel: pa.Table) -> pa.Table:
+    def forecasts(self, panel: Frame) -> Frame:
         """Every horizon for every pool, from its latest observed day: the ``forecasts`` table's
-        rows (metric ``apy`` with its 80% interval, metric ``tvl`` without one)."""
-        panel = add_targets(panel, [h for h in self.horizons if h != "mean7"] or [1])
+        rows (metric ``apy`` with its 80% interval, metric ``tvl`` without one), a table of the
+        model's compute."""
+        panel = with_targets(
+            self.compute,
+            panel, [h for h in self.horizons if h != "mean7"] or [1]
+        )
+        return self.compute.per_pools(panel, self._forecasts, FORECASTS_SCHEMA)
+
+    def _forecasts(self, panel: pa.Table) -> pa.Table:
         rows = latest_rows(panel)
         made_on = rows.column("date")
         parts = []
         for h, f in self.horizons_.items():
-            value, lower, upper = f.predict_interval(rows)
+            if rows.num_rows:
+                value, lower, upper = f.predict_interval(rows)
+            else:
+                value = lower = upper = np.empty(0)
             target_date = pc.cast(
                 pc.add(
                     pc.cast(made_on, pa.timestamp("s")),
@@ -270,7 +337,7 @@ class ForecastModel:
             if backtest is not None
             else {horizon_key(h): f.calibration_ for h, f in self.horizons_.items()},
             # The engine's trainer, if not local LightGBM ("engine", "trainer").
-            **self.trainer.describe(),
+            **self.compute.describe(),
         }
 
     def files(self, backtest: dict[str, Any] | None = None) -> dict[str, bytes]:
@@ -289,9 +356,16 @@ class ForecastModel:
         return save_files(where, f"{self.model}-{self.version_}", self.files(backtest))
 
     @classmethod
-    def load(cls, where: str | Path, *, models: Mapping[str, ModelSpec] = MODELS) -> ForecastModel:
-        """An artifact written by :meth:`save` (local folder or ``gs://``), ready to forecast; its
-        model must be named in ``models`` (pass the research models to load one of theirs)."""
+    def load(
+        cls,
+        where: str | Path,
+        *,
+        models: Mapping[str, ModelSpec] = MODELS,
+        compute: Compute | None = None,
+    ) -> ForecastModel:
+        """An artifact written by :meth:`save` (local folder or ``gs://``), ready to forecast
+        with ``compute``; its model must be named in ``models`` (pass the research models to
+        load one of theirs)."""
         folder = location(where)
         base = folder.uri
         try:
@@ -308,6 +382,7 @@ class ForecastModel:
             train_days=meta["train_days"],
             seed=meta["seed"],
             models=models,
+            compute=compute,
         )
         self.horizons_ = {
             parse_horizon(k): Forecaster._restore(
@@ -326,6 +401,8 @@ class ForecastModel:
                 self.horizons_[parse_horizon(k)].stacked_[parse_horizon(s)] = self.horizons_[
                     parse_horizon(s)
                 ]
+        for f in self.horizons_.values():
+            f.compute = self.compute
         self.tvl_ = meta["tvl"]
         self.version_ = meta["version"]
         self.backtest_ = meta.get("backtest")

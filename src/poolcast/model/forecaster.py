@@ -18,17 +18,18 @@ made on the rolling-origin backtest (``poolcast backtest``, docs/forecasting.md)
   the predicted move is small (at most 0.05 scale at 1 day), and conformal 80% intervals
   from the scaled residuals there. The booster is then refitted on the whole window.
 
-Each booster is trained by the forecaster's :class:`~poolcast.model.trainer.Trainer` (local
-LightGBM unless an engine passes its own); everything else is this module's, in every engine.
+The rows live in the forecaster's :class:`~poolcast.model.compute.Compute` (Arrow tables in this
+process unless an engine passes its own): this module gives it functions of a table of whole pools
+and gets back counts, sums, ranked values and boosters, so the same code fits on every engine.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import functools
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -38,12 +39,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from poolcast.model.calibration import (
+    MIN_BLEND_GROUP_ROWS,
     _blend,
-    _blend_edges,
     _blend_group,
-    _conformal,
-    _fit_blend,
+    _blend_losses,
+    _conformal_ranks,
+    _pick_weights,
+    _pick_zone,
     _stack_weight,
+    blend_combos,
+)
+from poolcast.model.compute import (
+    Compute,
+    Fit,
+    Frame,
+    LocalCompute,
+    TrainingColumns,
+    quantiles,
+    with_targets,
 )
 from poolcast.model.features import (
     Horizon,
@@ -56,7 +69,6 @@ from poolcast.model.features import (
     training_rows,
 )
 from poolcast.model.specs import MODELS, ModelSpec
-from poolcast.model.trainer import LocalTrainer, Trainer, TrainingSet
 
 
 class Forecaster:
@@ -72,11 +84,11 @@ class Forecaster:
         num_threads: int = 0,
         params: dict[str, Any] | None = None,
         models: Mapping[str, ModelSpec] = MODELS,
-        trainer: Trainer | None = None,
+        compute: Compute | None = None,
     ) -> None:
         """``model``: a name in ``models`` (production's registry unless research models are
-        passed, :mod:`poolcast.evaluation.research`). ``trainer``: what trains each booster
-        (default: LightGBM in this process)."""
+        passed, :mod:`poolcast.evaluation.research`). ``compute``: where the rows live and what
+        trains each booster (default: Arrow tables and LightGBM in this process)."""
         self.model = model
         self.horizon = horizon
         self.train_days = train_days
@@ -84,8 +96,19 @@ class Forecaster:
         self.num_threads = num_threads
         self.params = params
         self.models = models
-        self.trainer: Trainer = trainer if trainer is not None else LocalTrainer()
-        self.fits_: list[dict[str, Any]] = []  # the trainer's records of this forecaster's fits
+        self.compute: Compute = compute if compute is not None else LocalCompute()
+        self.fits_: list[dict[str, Any]] = []  # the compute's records of this forecaster's fits
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Shipped to an engine's workers to predict: the fitted state, not the engine.
+        state = dict(self.__dict__)
+        state.pop("compute", None)
+        state.pop("_memo", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compute = LocalCompute()
 
     def _spec(self) -> ModelSpec:
         if self.model not in self.models:
@@ -114,12 +137,10 @@ class Forecaster:
 
     # -- the target in the model's own units ----------------------------------------------------
     _member = 0  # the ensemble member (index into bases_) that _to_target/_from_target serve
-    # Training inputs shared by the members of one _train_members call, by (rows, valid): the
-    # same matrix objects let the trainer bin them once.
-    _inputs: dict[tuple[int, int | None], tuple[Any, ...]] | None = None
 
-    def _weights(self, rows: pa.Table) -> np.ndarray | None:
-        """Row weights in the loss (all under 1), or None where every row counts alike.
+    def _raw_weight(self, rows: pa.Table) -> np.ndarray:
+        """Row weights in the loss before each part is divided by twice its maximum (all under
+        1 then; :meth:`_training_columns`).
 
         Under 1, LightGBM's weighted percentile (an L1 leaf's value) is the weighted median row
         itself: from 1 up it interpolates, on a segment LightGBM 4 (this engine) chose
@@ -127,14 +148,16 @@ class Forecaster:
         apart. Only ratios of weights matter to the splits and the median.
         """
         spec = self._spec()
-        if not (spec.weight_power or spec.half_life) or rows.num_rows == 0:
-            return None
         weight = np.ones(rows.num_rows)
         if spec.weight_power:
             weight *= self._scale(rows) ** spec.weight_power
         if spec.half_life:
             weight *= 0.5 ** (_column(rows, "age") / spec.half_life)
-        return np.round(weight / (2.0 * weight.max()), 12)
+        return weight
+
+    def _weighted(self) -> bool:
+        spec = self._spec()
+        return bool(spec.weight_power or spec.half_life)
 
     def _base(self, rows: pa.Table) -> np.ndarray:
         """The member's starting point: its base column, today's APY where that is missing."""
@@ -160,19 +183,50 @@ class Forecaster:
         change = raw * self._target_scale(rows) if target == "scaled_change" else raw
         return change + self._base(rows)
 
-    def _train_members(
-        self, rows: pa.Table, rounds: Sequence[int], valid: pa.Table | None = None
-    ) -> list[lgb.Booster]:
-        """One booster per base, each trained by the trainer (local LightGBM or SynapseML)."""
-        boosters = []
-        self._inputs = {}
+    def _training_columns(self, rows: pa.Table, weight_max: float | None) -> TrainingColumns:
+        """The matrix, each member's target in its own units, and the row weights."""
+        spec = self._spec()
+        dtype = np.float32 if spec.float32 else np.float64
+        labels = []
         try:
             for i in range(len(self.bases_)):
                 self._member = i
-                boosters.append(self._train(rows, rounds[i], valid))
+                y = _column(rows, target_column(self.horizon))
+                labels.append(self._to_target(rows, y))
         finally:
             self._member = 0
-            self._inputs = None
+        weight = None
+        if weight_max is not None and rows.num_rows:
+            weight = np.round(self._raw_weight(rows) / (2.0 * weight_max), 12)
+        return TrainingColumns(_matrix(rows, spec.features, dtype), labels, weight)
+
+    def _train_members(
+        self, rows: Frame, rounds: Sequence[int], valid: Frame | None = None
+    ) -> list[lgb.Booster]:
+        """One booster per base, all trained by the compute (local LightGBM or SynapseML) from
+        the same matrix and weights; only their targets differ. With ``valid`` (and early
+        stopping in the spec), each stops where its validation loss was lowest."""
+        spec = self._spec()
+        use_valid = valid is not None and bool(spec.early_stopping)
+        params = self.lgb_params()
+        params.pop("num_iterations", None)
+        params["num_threads"] = self.fit_threads_
+        fit = Fit(
+            rows,
+            valid if use_valid else None,
+            self._training_columns,
+            self._raw_weight if self._weighted() else None,
+            tuple(spec.features),
+            params,
+            list(rounds),
+            spec.early_stopping if use_valid else 0,
+        )
+        boosters = []
+        for booster, best, record in self.compute.train(fit):
+            booster.best_iteration = best if best > 0 else 0
+            if record is not None:
+                self.fits_.append(record)
+            boosters.append(booster)
         return boosters
 
     @property
@@ -181,77 +235,51 @@ class Forecaster:
         members = getattr(self, "members_", None)
         return members[0] if members else None
 
-    def _train(self, rows: pa.Table, rounds: int, valid: pa.Table | None = None) -> lgb.Booster:
-        """One booster for the current member: its matrix, target and row weights, trained by the
-        trainer (with early stopping on ``valid`` where the spec asks for it)."""
-        spec = self._spec()
-        dtype = np.float32 if spec.float32 else np.float64
-        y = self._to_target(rows, _column(rows, target_column(self.horizon)))
-        use_valid = valid is not None and valid.num_rows > 0 and bool(spec.early_stopping)
-        yv = (
-            self._to_target(valid, _column(valid, target_column(self.horizon)))
-            if valid is not None and use_valid
-            else None
-        )
-        key = (id(rows), id(valid) if use_valid else None)
-        if self._inputs is not None and key in self._inputs:
-            # Another ensemble member on the same rows: the same matrices, only labels differ.
-            matrix, weight, valid_matrix, valid_weight = self._inputs[key]
-        else:
-            matrix, weight = _matrix(rows, spec.features, dtype), self._weights(rows)
-            valid_matrix = valid_weight = None
-            if valid is not None and use_valid:
-                valid_matrix = _matrix(valid, spec.features, dtype)
-                valid_weight = self._weights(valid)
-            if self._inputs is not None:
-                self._inputs[key] = (matrix, weight, valid_matrix, valid_weight)
-        params = self.lgb_params()
-        params.pop("num_iterations", None)
-        params["num_threads"] = self.fit_threads_
-        data = TrainingSet(matrix, y, weight, spec.features, valid_matrix, yv, valid_weight)
-        booster, best, record = self.trainer.train(
-            data,
-            params=params,
-            rounds=rounds,
-            early_stopping=spec.early_stopping if use_valid else 0,
-        )
-        booster.best_iteration = best if best > 0 else 0
-        if record is not None:
-            self.fits_.append(record)
-        return booster
-
     def fit(
         self,
-        panel: pa.Table,
+        panel: Frame,
         *,
         end: dt.date | None = None,
         stacked: Mapping[Horizon, Forecaster] | None = None,
     ) -> Forecaster:
         """Train on the last ``train_days`` of observed targets (up to ``end`` when given).
 
+        ``panel``: a table of the compute's (an Arrow table for the default one).
         ``stacked``: forecasters of the spec's ``stack`` horizons already fitted on the same panel
         and ``end`` (a :class:`ForecastModel`'s); the others are fitted here.
         """
         spec = self._spec()
+        compute = self.compute
         started = time.perf_counter()
         self.stacked_: dict[Horizon, Forecaster] = {}
         self.fits_ = []
-        rows = training_rows(panel, self.train_days, self.horizon, end=end)
-        if rows.num_rows < 10:
+        target = target_column(self.horizon)
+        if target not in compute.columns(panel):
+            panel = with_targets(compute, panel, [self.horizon])
+        rows = compute.per_pools(
+            panel, functools.partial(
+                training_rows, train_days=self.train_days, horizon=self.horizon, end=end
+            )
+        )
+        n_rows = compute.count(rows)
+        if n_rows < 10:
             raise ValueError(
-                f"only {rows.num_rows} training rows with an observed {self.horizon}-day-ahead APY "
+                f"only {n_rows} training rows with an observed {self.horizon}-day-ahead APY "
                 f"in the last {self.train_days} days; ingest more history or raise TRAIN_DAYS"
             )
         threads = self.num_threads or (
             # OpenMP threads cost more than they give on small sets (and spin under contention).
-            1 if rows.num_rows < 200_000 else (os.cpu_count() or 1)
+            1 if n_rows < 200_000 else (os.cpu_count() or 1)
         )
         self.fit_threads_ = threads
         self.features_ = spec.features
-        self.n_train_ = rows.num_rows
-        dates = rows.column("date")
-        self.train_window_ = (pc.min(dates).as_py(), pc.max(dates).as_py())
-        self.fingerprint_ = _fingerprint(rows, spec.features, target_column(self.horizon))
+        self.n_train_ = n_rows
+        window = compute.date_range(rows)
+        assert window is not None
+        self.train_window_ = window
+        self.fingerprint_ = compute.fingerprint(
+            rows, _fingerprint_columns(compute.columns(rows), spec.features, target)
+        )
         self.bases_ = spec.bases
         self.members_: list[lgb.Booster] = []
         self.anchors_ = spec.anchors
@@ -264,10 +292,16 @@ class Forecaster:
         self.calibration_: dict[str, Any] = {}
         rounds = [int(self.lgb_params().get("num_iterations", 100))] * len(self.bases_)
         if spec.calibrate:
-            calib = rows.filter(pc.less(rows.column("age"), spec.calibration_days))
-            early = rows.filter(pc.greater_equal(rows.column("age"), spec.calibration_days))
-            if calib.num_rows and early.num_rows >= 10:
-                self._calibrate(early, calib, rounds)
+            days = spec.calibration_days
+            calib = compute.per_pools(
+                rows, lambda t: t.filter(pc.less(t.column("age"), days))
+            )
+            early = compute.per_pools(
+                rows, lambda t: t.filter(pc.greater_equal(t.column("age"), days))
+            )
+            n_calib = compute.count(calib)
+            if n_calib and compute.count(early) >= 10:
+                self._calibrate(early, calib, n_calib, rounds)
                 if self.best_iterations_:
                     rounds = self.best_iterations_
         if spec.baseline is None:
@@ -282,33 +316,50 @@ class Forecaster:
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
-    def _calibrate(self, early: pa.Table, calib: pa.Table, rounds: Sequence[int]) -> None:
-        """Fit on the early part, judge on the held-out last days: blend, dead zone, intervals."""
+    def _calibrate(
+        self, early: Frame, calib: Frame, n_calib: int, rounds: Sequence[int]
+    ) -> None:
+        """Fit on the early part, judge on the held-out last days: blend, dead zone, intervals.
+        Every pass over the held-out rows is a sum, a count or a few ranked values."""
         spec = self._spec()
+        compute = self.compute
+        target = target_column(self.horizon)
         self.best_iterations_: list[int] = []
-        y = _column(calib, target_column(self.horizon))
-        naive = _column(calib, "actual_apy")
-        scl = self._scale(calib)
-        if spec.baseline is None:
-            self.members_ = self._train_members(early, rounds, valid=calib)
-            self.best_iterations_ = [
-                b.best_iteration or r for b, r in zip(self.members_, rounds, strict=True)
-            ]
-            model = self._raw_predict(calib, self.best_iterations_)
-            anchors = self._anchors(calib)
-            self.blend_edges_ = _blend_edges(naive, spec.blend_groups)
-            group = _blend_group(naive, self.blend_edges_)
-            self.blends_ = [
-                _fit_blend(y[m], model[m], naive[m], anchors[m], scl[m], spec.dead_zones)
-                for m in (group == k for k in range(len(self.blend_edges_) + 1))
-            ]
-        point = self.predict(calib)
-        residual = (y - point) / scl
-        self.quantiles_ = _conformal(residual, spec.interval)
+        # Each pass over a table predicts it again: the local compute passes the same table
+        # every time, so its predictions are kept while calibrating.
+        self._memo: dict[tuple[int, str], tuple[pa.Table, np.ndarray]] | None = {}
+        try:
+            if spec.baseline is None:
+                self.members_ = self._train_members(early, rounds, valid=calib)
+                self.best_iterations_ = [
+                    b.best_iteration or r for b, r in zip(self.members_, rounds, strict=True)
+                ]
+                self.blend_edges_ = self._blend_edges(calib, spec.blend_groups)
+                self.blends_ = self._fit_blends(calib, spec.dead_zones)
+
+            def residual(t: pa.Table) -> np.ndarray:
+                point = self._memoized(t, "point", self.predict)
+                return (_column(t, target) - point) / self._scale(t)
+
+            n, values = compute.ranked(
+                calib, residual, lambda n: _conformal_ranks(n, spec.interval) if n else ()
+            )
+            self.quantiles_ = (values[0], values[1]) if n else (0.0, 0.0)
+
+            def errors(t: pa.Table) -> np.ndarray:
+                y = _column(t, target)
+                point = self._memoized(t, "point", self.predict)
+                return np.array(
+                    [np.sum(np.abs(y - point)), np.sum(np.abs(y - _column(t, "actual_apy")))]
+                )
+
+            error, naive_error = compute.total(calib, errors)
+        finally:
+            self._memo = None
         self.calibration_ = {
-            "n": int(calib.num_rows),
-            "mae": float(np.mean(np.abs(y - point))),
-            "naive_mae": float(np.mean(np.abs(y - naive))),
+            "n": int(n_calib),
+            "mae": float(error / n_calib),
+            "naive_mae": float(naive_error / n_calib),
             "blend_edges": list(self.blend_edges_),
             "weights": [list(w) for w, _ in self.blends_],
             "dead_zone": [z for _, z in self.blends_],
@@ -320,6 +371,75 @@ class Forecaster:
             if self.calibration_["naive_mae"]
             else None
         )
+
+    _memo: dict[tuple[int, str], tuple[pa.Table, np.ndarray]] | None = None
+
+    def _memoized(
+        self, rows: pa.Table, what: str, fn: Callable[[pa.Table], np.ndarray]
+    ) -> np.ndarray:
+        """``fn(rows)``, kept while calibrating for the same table object."""
+        if self._memo is None:
+            return fn(rows)
+        key = (id(rows), what)
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not rows:
+            hit = (rows, fn(rows))
+            self._memo[key] = hit
+        return hit[1]
+
+    def _blend_edges(self, calib: Frame, groups: int) -> tuple[float, ...]:
+        """Today's-APY edges between ``groups`` equal-sized blend groups of calibration rows
+        (``calibration._blend_edges`` from the compute's ranked values and sums)."""
+        if groups <= 1:
+            return ()
+        levels = list(np.arange(1, groups) / groups)
+        n, values = quantiles(
+            self.compute, calib, lambda t: _column(t, "actual_apy"), levels
+        )
+        if n < groups * MIN_BLEND_GROUP_ROWS:
+            return ()
+        edges = tuple(values)
+
+        def counts(t: pa.Table) -> np.ndarray:
+            apy = _column(t, "actual_apy")
+            apy = apy[np.isfinite(apy)]
+            return np.bincount(np.searchsorted(edges, apy, side="right"), minlength=groups)
+
+        return edges if self.compute.total(calib, counts).min() >= MIN_BLEND_GROUP_ROWS else ()
+
+    def _fit_blends(
+        self, calib: Frame, dead_zones: Sequence[float]
+    ) -> list[tuple[tuple[float, ...], float]]:
+        """``calibration._fit_blend`` for each blend group, from two sums over the held-out
+        rows: every candidate blend's error, then every dead zone's for the chosen blend."""
+        combos = blend_combos(len(self.anchors_))
+        groups = len(self.blend_edges_) + 1
+        target = target_column(self.horizon)
+
+        def losses(t: pa.Table, candidates: Callable[[int], list[tuple[Any, float]]]) -> np.ndarray:
+            y, naive = _column(t, target), _column(t, "actual_apy")
+            model = self._memoized(
+                t, "raw", lambda r: self._raw_predict(r, self.best_iterations_)
+            )
+            anchors, scl = self._anchors(t), self._scale(t)
+            group = _blend_group(naive, self.blend_edges_)
+            out = []
+            for k in range(groups):
+                m = group == k
+                sums = _blend_losses(y[m], model[m], naive[m], anchors[m], scl[m], candidates(k))
+                out.append(np.append(sums, m.sum()))
+            return np.array(out)
+
+        first = self.compute.total(calib, lambda t: losses(t, lambda k: [(w, 0.0) for w in combos]))
+        counts = first[:, -1]
+        chosen = [_pick_weights(combos, first[k, :-1] / counts[k]) for k in range(groups)]
+        second = self.compute.total(
+            calib, lambda t: losses(t, lambda k: [(chosen[k][0], z) for z in dead_zones])
+        )
+        return [
+            (weights, _pick_zone(second[k, :-1] / counts[k], mae0, dead_zones))
+            for k, (weights, mae0) in enumerate(chosen)
+        ]
 
     def _anchors(self, rows: pa.Table) -> np.ndarray:
         """The blend's baselines (today's APY where one is missing), one column each."""
@@ -420,7 +540,7 @@ class Forecaster:
             "stack": [horizon_key(h) for h in self.stacked_],
             "stack_weight": self.stack_weight_,
             # The engine's trainer, if not local LightGBM ("engine", "trainer", its fits).
-            **self.trainer.describe(self.fits_),
+            **self.compute.describe(self.fits_),
         }
 
     @classmethod
@@ -476,7 +596,7 @@ class Forecaster:
 
 def _forecaster(like: Any, horizon: Horizon) -> Forecaster:
     """An unfitted forecaster for ``horizon`` with the model, window, seed, threads, registry and
-    trainer of ``like`` (a :class:`Forecaster` or a ``ForecastModel``)."""
+    compute of ``like`` (a :class:`Forecaster` or a ``ForecastModel``)."""
     return Forecaster(
         like.model,
         horizon=horizon,
@@ -485,19 +605,17 @@ def _forecaster(like: Any, horizon: Horizon) -> Forecaster:
         num_threads=like.num_threads,
         params=like.params,
         models=like.models,
-        trainer=like.trainer,
+        compute=like.compute,
     )
 
 
-def _fingerprint(rows: pa.Table, features: Sequence[str], target: str) -> str:
-    """A hash of exactly the data the model saw (store-independent: no schema metadata)."""
-    cols = [
+def _fingerprint_columns(
+    names: Sequence[str], features: Sequence[str], target: str
+) -> list[str]:
+    """The columns a model's data fingerprint hashes: keys, today's APY, its stored features and
+    its target (store-independent: no schema metadata)."""
+    return [
         c
         for c in dict.fromkeys(("pool_id", "date", "actual_apy", *features, target))
-        if c in rows.column_names
+        if c in names
     ]
-    table = pa.table({n: rows.column(n) for n in cols})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]

@@ -7,7 +7,6 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from poolcast.log import progress
@@ -16,24 +15,33 @@ from poolcast.stages._common import StageResult, new_run_id, open_engine
 from poolcast.stages.locks import locked
 from poolcast.stages.retry import retried
 from poolcast.store import Store, StoreError
-from poolcast.store.queries import write_forecasts
 
 if TYPE_CHECKING:
     from poolcast.model import ForecastModel
+    from poolcast.model.compute import Compute, Frame
 
 
-def recent_model(settings: Settings, model: str, panel: pa.Table, model_dir: str) -> str | None:
+def recent_model(
+    settings: Settings,
+    model: str,
+    panel: Frame,
+    model_dir: str,
+    compute: Compute | None = None,
+) -> str | None:
     """In the daily (incremental) mode, the newest saved ``model`` artifact in ``model_dir`` whose
     training data ends at most ``retrain_days`` before the panel's latest observed day. Both
     engines use this rule, each in its own model folder."""
     if not settings.incremental or settings.retrain_days <= 0:
         return None
     from poolcast.model.artifacts import saved_metadata
+    from poolcast.model.compute import LocalCompute
 
-    observed = panel.filter(pc.field("is_observed"))
-    if observed.num_rows == 0:
+    compute = compute if compute is not None else LocalCompute()
+    observed = compute.per_pools(panel, lambda t: t.filter(pc.field("is_observed")))
+    window = compute.date_range(observed)
+    if window is None:
         return None
-    latest = pc.max(observed.column("date")).as_py()
+    latest = window[1]
     best: tuple[str, str] | None = None
     for location, text in saved_metadata(model_dir, model):
         try:
@@ -53,49 +61,49 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     """Train the global models (or load ``settings.model_path``), forecast every active pool 1, 7
     and 30 days ahead and the next 7 days' mean, merge: the next day into pool_daily_metrics,
     every horizon with its 80% interval into ``forecasts``, in one transaction."""
-    from poolcast.model import FORECASTS_KEY, ForecastModel, forecast_table
+    from poolcast.model import ForecastModel, forecast_table
+    from poolcast.model.compute import LocalCompute
 
     store.require_schema()
     started = time.perf_counter()
     with open_engine(store, settings, "forecast") as engine:
         result = StageResult("forecast", engine.name, new_run_id())
+        compute = engine.compute() or LocalCompute()
         with engine.step("reading the panel"):
             panel = engine.forecast_panel(horizon=30)
-            if panel.num_rows == 0:
+            result.rows_read = compute.count(panel)
+            if result.rows_read == 0:
                 raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
         model_dir = engine.model_dir()
         model_path = settings.model_path
         if not model_path:
             with engine.step("looking for a recent model"):
-                model_path = recent_model(settings, model, panel, model_dir)
+                model_path = recent_model(settings, model, panel, model_dir, compute)
         trained = not model_path
         fitted: ForecastModel
         if model_path:
             with engine.step("loading the model"):
-                fitted = ForecastModel.load(str(model_path))
+                fitted = ForecastModel.load(str(model_path), compute=compute)
         else:
             with engine.step("training"):
                 untrained = ForecastModel(
-                    model, train_days=settings.train_days, seed=settings.seed,
-                    trainer=engine.trainer(),
+                    model, train_days=settings.train_days, seed=settings.seed, compute=compute
                 )
                 with progress("training", total=len(untrained.horizons)) as bar:
                     fitted = untrained.fit(panel, on_horizon=bar.advance)
             with engine.step("saving the model"):
                 model_path = fitted.save(model_dir)
-        with engine.step("predicting"):
-            forecasts = forecast_table(fitted, panel)
-            horizons = fitted.forecasts(panel)
+        with engine.step("predicting and writing"):
+            # One row per pool and horizon: the next day into pool_daily_metrics through the
+            # plan's staging table, every horizon into ``forecasts``, in one transaction.
+            written = engine.write_forecasts(
+                forecast_table(fitted, panel), fitted.forecasts(panel), result.run_id
+            )
         extra = engine.details()
-    # One row per pool and horizon: the store's own bulk path into the plan's staging table, then
-    # one transaction for both tables.
-    with store.transaction():
-        result.rows_written = write_forecasts(store, forecasts, result.run_id)
-        result.rows_written += store.merge("forecasts", horizons, FORECASTS_KEY)
-    result.rows_read = panel.num_rows
+    result.rows_written = written.rows
     result.details = {
-        "forecasts": forecasts.num_rows,
-        "horizon_rows": horizons.num_rows,
+        "forecasts": written.forecasts,
+        "horizon_rows": written.horizon_rows,
         "train_rows": fitted.horizons_[1].n_train_,
         "model": str(model_path),
         "model_version": fitted.version_,

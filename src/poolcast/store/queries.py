@@ -206,6 +206,9 @@ def panel_params(train_days: int, horizon: int) -> list[object]:
     return [train_days + horizon + FEATURE_CONTEXT_DAYS]
 
 
+FORECASTS_KEY = ("pool_id", "made_on", "metric", "horizon")  # the forecasts table's primary key
+
+
 def write_forecasts(store: Store, forecasts: pa.Table, run_id: str) -> int:
     """Through the plan's staging table, then one transactional merge (the plan never merged).
 
