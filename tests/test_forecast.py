@@ -354,11 +354,12 @@ def test_row_weights_set_what_the_loss_counts(
     )
     f = Forecaster("_weighted", models={"_weighted": weighted})
     f.fit_threads_, f.bases_ = 1, ("actual_apy",)
-    weights = f._weights(rows)
+    assert f._weighted() == bool(weight_power or half_life)
+    weights = f._training_columns(rows, f._raw_weight(rows).max() if f._weighted() else None).weight
     assert (weights is None) == (not weight_power and not half_life)
     if weights is not None:  # under 1: LightGBM then takes the weighted median row itself
         assert 0 < weights.min() and weights.max() < 1
-    booster = f._train(rows, 1)
+    (booster,) = f._train_members(rows, [1])
     assert booster.predict(np.ones((1, 1)))[0] == pytest.approx(expected)
 
 
@@ -596,14 +597,14 @@ def test_plantrees_has_the_plans_trees_at_every_horizon() -> None:
 def test_members_sharing_one_binned_set_train_the_same_boosters(
     sample_panel: pa.Table, fitted: ForecastModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def one_at_a_time(self: Forecaster, rows: pa.Table, rounds: list[int], valid=None):  # type: ignore[no-untyped-def]
-        out = []
-        for i in range(len(self.bases_)):
-            self._member = i
-            out.append(self._train(rows, rounds[i], valid))
-        self._member = 0
-        return out
+    from poolcast.model.trainer import LocalTrainer
 
-    monkeypatch.setattr(Forecaster, "_train_members", one_at_a_time)
+    shared = LocalTrainer.train
+
+    def one_at_a_time(self: LocalTrainer, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._binned = None  # every member bins its own dataset
+        return shared(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalTrainer, "train", one_at_a_time)
     separate = ForecastModel("production", num_threads=1).fit(sample_panel)
     assert separate.version_ == fitted.version_

@@ -202,6 +202,10 @@ def get_spark_session(
 
             os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
             os.environ.setdefault("SPARK_SCALA_VERSION", "2.12")
+        if environment == "local":
+            # The executors' Python workers run the model's functions: this interpreter's
+            # packages (numpy, pyarrow, lightgbm, duckdb, poolcast), not the system python3.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.appName(app_name)
         for key, value in session_conf(settings, environment=environment).items():
             builder = builder.config(key, value)

@@ -1,25 +1,22 @@
 """The Spark engine's booster trainer: SynapseML ``LightGBMRegressor`` fits on Spark.
 
-A :class:`~poolcast.model.trainer.Trainer`: the model selects the rows, builds the matrix, target
-and weights, and calibrates, as in the local engine; only ``lightgbm.train`` is replaced by a fit
-on Spark, whose native model string becomes the booster. pyspark, SynapseML and lightgbm are
-imported on first use.
+The Spark engine's compute (``engines._spark_compute``) builds the training DataFrame on the
+executors with the model's own functions; this module only turns it into SynapseML fits, whose
+native model strings become the boosters. pyspark, SynapseML and lightgbm are imported on first
+use.
 """
 
 from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from poolcast.engines._spark_session import SparkSetupError, executor_count
+from poolcast.engines._spark_session import SparkSetupError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
     from pyspark.sql import DataFrame
-
-    from poolcast.settings import Settings
 
 SYNAPSEML_VERSION = "1.1.3"
 LIGHTGBMLIB_VERSION = "3.3.510"  # what synapseml-lightgbm_2.12:1.1.3 brings
@@ -97,135 +94,108 @@ def synapseml_params(
     return params
 
 
-def _best_l1_iteration(booster: Any, matrix: Any, label: Any, weight: Any | None) -> int:
-    """The first iteration with the lowest (weighted) L1 on the validation rows, as LightGBM's
-    early-stopping callback picks it: the score of each prefix of trees, one tree at a time."""
+def prefix_l1(booster_text: str, matrix: Any, label: Any, weight: Any | None) -> Any:
+    """For every prefix of the booster's trees, the (weighted) summed L1 error on these rows,
+    and the weight total last: summed over the validation rows wherever they are, the losses
+    LightGBM's early-stopping callback compares."""
+    import lightgbm as lgb
     import numpy as np
 
+    booster = lgb.Booster(model_str=booster_text)
     trees = booster.num_trees()
-    if trees == 0:
-        return 0
     weight = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
     score = np.zeros(len(label))
-    best, best_loss = 0, np.inf
+    out = np.zeros(trees + 1)
     for i in range(trees):
         score += booster.predict(matrix, start_iteration=i, num_iteration=1, raw_score=True)
-        loss = float(np.sum(weight * np.abs(label - score)) / np.sum(weight))
-        if loss < best_loss:
-            best, best_loss = i + 1, loss
+        out[i] = np.sum(weight * np.abs(label - score))
+    out[trees] = np.sum(weight)
+    return out
+
+
+def best_l1_iteration(sums: Any) -> int:
+    """The first iteration with the lowest loss, from :func:`prefix_l1`'s sums."""
+    import numpy as np
+
+    losses = sums[:-1] / sums[-1]
+    best, best_loss = 0, np.inf
+    for i, loss in enumerate(losses):
+        if float(loss) < best_loss:
+            best, best_loss = i + 1, float(loss)
     return best
 
 
 class SynapseTrainer:
-    """Trains each booster with SynapseML on Spark: the training table goes to Spark through
-    ``to_spark`` (the store's exchange), in ``partitions`` ordered partitions (one LightGBM worker
-    each). ``fits_``: a record of every fit, also in the fitted horizon's metadata."""
+    """Trains boosters with SynapseML on Spark from a training DataFrame the executors built:
+    ``row`` (a dense index), the feature columns, one label column per ensemble member,
+    ``weight`` and ``is_valid``; in ``partitions`` partitions (one LightGBM worker each).
+    ``fits_``: a record of every fit, also in the fitted horizon's metadata."""
 
-    def __init__(self, to_spark: Callable[[pa.Table], DataFrame], partitions: int = 1) -> None:
-        self.to_spark = to_spark
+    def __init__(self, partitions: int = 1) -> None:
         self.partitions = max(1, partitions)
         self.fits_: list[dict[str, Any]] = []
 
-    def train(
-        self, data: Any, *, params: Mapping[str, Any], rounds: int, early_stopping: int
-    ) -> tuple[Any, int, dict[str, Any]]:
-        """``data``: the model's ``TrainingSet``."""
-        import lightgbm as lgb
-        import numpy as np
-        import pyarrow as pa
+    def prepare(self, frame: DataFrame, features: Sequence[str]) -> DataFrame:
+        """The features as one vector column, in this trainer's partitions, ordered by row."""
         from pyspark.ml.feature import VectorAssembler
+
+        # NaN features stay missing values (LightGBM's use_missing), as in the local engine.
+        frame = VectorAssembler(
+            inputCols=list(features), outputCol="features", handleInvalid="keep"
+        ).transform(frame)
+        labels = [c for c in frame.columns if c.startswith("label_")]
+        frame = frame.select("row", "features", *labels, "weight", "is_valid")
+        if self.partitions == 1:
+            # One ordered partition: no shuffle beyond the one that ordered the rows.
+            return frame.coalesce(1).sortWithinPartitions("row")
+        # Every p-th row to partition i = row mod p, exactly: each worker gets training and
+        # validation rows (the validation rows come last; a range split left one worker none,
+        # and LightGBM refuses an empty validation set). Same data and p: same partitions.
+        # (SynapseML #1556: no empty partitions.)
+        return _round_robin(frame, self.partitions).sortWithinPartitions("row")
+
+    def fit(
+        self,
+        frame: DataFrame,
+        *,
+        label: str,
+        params: Mapping[str, Any],
+        rounds: int,
+        early_stopping: int,
+        weighted: bool,
+    ) -> tuple[Any, int]:
+        """A booster from ``prepare``'s frame with ``label`` as its target, and the iteration
+        SynapseML's early stopping chose (0: none named)."""
+        import lightgbm as lgb
         from pyspark.sql import functions as F
         from synapse.ml.lightgbm import LightGBMRegressor
 
-        matrix, label, weight = data.matrix, data.label, data.weight
-        valid_matrix, valid_label = data.valid_matrix, data.valid_label
-        valid_weight, feature_names = data.valid_weight, data.feature_names
-
-        use_valid = valid_matrix is not None
-        parts = [(matrix, label, weight, False)]
-        if valid_matrix is not None and valid_label is not None:
-            parts.append((valid_matrix, valid_label, valid_weight, True))
-        n = len(feature_names)
-        # The model's own matrix (derived features, float32 rounding) as float64 columns, its
-        # target and row weights (each part weighed on its own, as the local engine's datasets).
-        table = pa.table(
-            {
-                **{
-                    f"f{i}": pa.array(
-                        np.concatenate([m[:, i].astype(np.float64) for m, *_ in parts]),
-                        pa.float64(),
-                    )
-                    for i in range(n)
-                },
-                "label": pa.array(np.concatenate([y for _, y, _, _ in parts]), pa.float64()),
-                "weight": pa.array(
-                    np.concatenate([np.ones(len(y)) if w is None else w for _, y, w, _ in parts]),
-                    pa.float64(),
-                ),
-                "is_valid": pa.array(
-                    np.concatenate([np.full(len(y), v) for _, y, _, v in parts]), pa.bool_()
-                ),
-                "row": pa.array(np.arange(sum(len(y) for _, y, _, _ in parts)), pa.int64()),
-            }
-        )
-        frame = self.to_spark(table)
-        # NaN features stay missing values (LightGBM's use_missing), as in the local engine.
-        frame = VectorAssembler(
-            inputCols=[f"f{i}" for i in range(n)], outputCol="features", handleInvalid="keep"
-        ).transform(frame)
-        # Fixed order and partitioning: determinism, and no empty partitions (SynapseML #1556).
-        frame = frame.select("row", "features", "label", "weight", "is_valid")
-        if self.partitions == 1:
-            # One Parquet file is one ordered partition: no shuffle, no sampling job.
-            frame = frame.coalesce(1).sortWithinPartitions("row")
-        else:
-            # Every p-th row to partition i = row mod p, exactly: each worker gets training and
-            # validation rows (the validation rows come last; a range split left one worker none,
-            # and LightGBM refuses an empty validation set). Same data and p: same partitions.
-            frame = _round_robin(frame, self.partitions).sortWithinPartitions("row")
         spark_params = synapseml_params(
             params, rounds=rounds, threads=params["num_threads"], port=choose_listen_port()
         )
-        if use_valid:
+        if early_stopping:
             spark_params["earlyStoppingRound"] = int(early_stopping)
             spark_params["validationIndicatorCol"] = "is_valid"
         else:
             frame = frame.where(~F.col("is_valid"))
-        if weight is not None:  # the spec's choice: the same for every part
+        if weighted:  # the spec's choice: the same for every part
             spark_params["weightCol"] = "weight"
         fitted = LightGBMRegressor(
-            labelCol="label", featuresCol="features", predictionCol="prediction", **spark_params
+            labelCol=label, featuresCol="features", predictionCol="prediction", **spark_params
         ).fit(frame)
         booster = lgb.Booster(model_str=fitted.getNativeModel())
-        best = int(fitted.getBoosterBestIteration()) if use_valid else 0
-        if use_valid and best <= 0:
-            # SynapseML names a best iteration only when early stopping stopped the fit;
-            # LightGBM's own callback also names the best of a fit that ran all its rounds.
-            best = _best_l1_iteration(booster, valid_matrix, valid_label, valid_weight)
-        best = max(best, 0)
-        record = {
-            "rows": len(label),
-            "valid_rows": len(valid_label) if use_valid and valid_label is not None else 0,
-            "rounds": int(rounds),
-            "best_iteration": best,
-            "params": {k: v for k, v in spark_params.items() if k != "defaultListenPort"},
-        }
-        self.fits_.append(record)
-        return booster, best, record  # the model's Trained, as a plain tuple
+        best = int(fitted.getBoosterBestIteration()) if early_stopping else 0
+        self.fits_.append(
+            {"rounds": int(rounds),
+             "params": {k: v for k, v in spark_params.items() if k != "defaultListenPort"}}
+        )
+        return booster, max(best, 0)
 
     def describe(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"engine": "spark", "trainer": TRAINER}
         if records is not None:
             out["synapseml_fits"] = list(records)
         return out
-
-
-def synapse_trainer(exchange: Any, settings: Settings) -> SynapseTrainer:
-    """The Spark engine's trainer on ``exchange`` (a ``store.spark_io.SparkExchange``): one
-    LightGBM worker per executor registered now (``local[N]``: one, the driver's JVM, like the
-    local engine's serial training; a cluster: every executor, however many the batch got)."""
-    partitions = executor_count(exchange.spark)
-    return SynapseTrainer(lambda table: exchange.arrow_to_spark(table, "training"), partitions)
 
 
 def _round_robin(frame: DataFrame, partitions: int) -> DataFrame:

@@ -283,7 +283,6 @@ def _forecast_tables(
 
     from poolcast.engines import spark as spark_engine
     from poolcast.engines._spark_session import get_spark_session
-    from poolcast.engines._synapse import synapse_trainer
     from poolcast.engines.local import compute_features
     from poolcast.model import ForecastModel, forecast_table
     from poolcast.store.queries import read_panel
@@ -305,15 +304,17 @@ def _forecast_tables(
 
     start = time.perf_counter()
     with spark_engine._exchange(spark, store, settings) as exchange:
-        panel_spark = spark_engine.forecast_panel(exchange, settings.train_days)
+        panel = spark_engine.forecast_panel(exchange, settings.train_days)
+        compute = spark_engine.spark_compute(exchange, panel.count())
+        panel = compute.keep(compute.by_pools(panel))
         remote = ForecastModel(
-            model,
-            train_days=settings.train_days,
-            seed=settings.seed,
-            trainer=synapse_trainer(exchange, settings),
-        ).fit(panel_spark)
-        forecasts_spark = forecast_table(remote, panel_spark)
-        horizons_spark = remote.forecasts(panel_spark)
+            model, train_days=settings.train_days, seed=settings.seed, compute=compute
+        ).fit(panel)
+        # The engine's tables, brought here only to compare them.
+        forecasts_spark = exchange.spark_to_arrow(forecast_table(remote, panel), "forecasts")
+        horizons_spark = exchange.spark_to_arrow(remote.forecasts(panel), "horizons")
+        panel_spark = exchange.spark_to_arrow(panel, "panel")
+        compute.close()
         seconds["forecast_spark"] = time.perf_counter() - start
         holdout = None
         if holdout_days > 0:
@@ -367,7 +368,7 @@ def holdout_mae(
     Both models score the same rows; the Spark model is the native LightGBM text that SynapseML
     produced, loaded by ``lightgbm``."""
 
-    from poolcast.engines._synapse import synapse_trainer
+    from poolcast.engines.spark import spark_compute
     from poolcast.model import ForecastModel
 
     cutoff = holdout_cutoff(panel, holdout_days)
@@ -379,13 +380,11 @@ def holdout_mae(
         train_days=settings.train_days,
         seed=settings.seed,
     ).fit(panel, end=cutoff)
+    compute = spark_compute(exchange)
     remote = ForecastModel(
-        model,
-        horizons=(1,),
-        train_days=settings.train_days,
-        seed=settings.seed,
-        trainer=synapse_trainer(exchange, settings),
-    ).fit(panel, end=cutoff)
+        model, horizons=(1,), train_days=settings.train_days, seed=settings.seed, compute=compute
+    ).fit(exchange.arrow_to_spark(panel, "holdout"), end=cutoff)
+    compute.close()
     test = panel.filter(
         pc.and_(
             pc.and_(

@@ -67,6 +67,14 @@ class Compute(Protocol):
         gives on no rows)."""
         ...
 
+    def keep(self, frame: Frame) -> Frame:
+        """``frame``, kept where it lives because it is read more than once."""
+        ...
+
+    def release(self, frame: Frame) -> None:
+        """A kept frame no longer needed."""
+        ...
+
     def columns(self, frame: Frame) -> list[str]: ...
 
     def count(self, frame: Frame) -> int: ...
@@ -93,8 +101,11 @@ class Compute(Protocol):
         (0-based) of them sorted."""
         ...
 
-    def fingerprint(self, frame: Frame, columns: Sequence[str]) -> str:
-        """A hash of exactly these columns of these rows."""
+    def summary(
+        self, frame: Frame, columns: Sequence[str]
+    ) -> tuple[int, dt.date | None, dt.date | None, str]:
+        """Rows, the first and last ``date``, and a hash of exactly these columns of these
+        rows."""
         ...
 
     def train(self, fit: Fit) -> list[Trained]:
@@ -125,6 +136,12 @@ class LocalCompute:
     ) -> pa.Table:
         return fn(frame)
 
+    def keep(self, frame: pa.Table) -> pa.Table:
+        return frame
+
+    def release(self, frame: pa.Table) -> None:
+        return None
+
     def columns(self, frame: pa.Table) -> list[str]:
         return list(frame.column_names)
 
@@ -153,12 +170,16 @@ class LocalCompute:
         values = np.sort(values[np.isfinite(values)])
         return values.size, [float(values[k]) for k in ranks(values.size)]
 
-    def fingerprint(self, frame: pa.Table, columns: Sequence[str]) -> str:
+    def summary(
+        self, frame: pa.Table, columns: Sequence[str]
+    ) -> tuple[int, dt.date | None, dt.date | None, str]:
         table = pa.table({n: frame.column(n) for n in columns})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
-        return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+        first, last = self.date_range(frame) or (None, None)
+        digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+        return frame.num_rows, first, last, digest
 
     def train(self, fit: Fit) -> list[Trained]:
         def part(table: pa.Table) -> TrainingColumns:

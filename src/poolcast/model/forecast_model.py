@@ -191,7 +191,7 @@ class ForecastModel:
         if 1 not in self.horizons:
             raise ValueError("the horizons must include 1: forecasted_apy is the next-day forecast")
         self._check_stacks()
-        panel = with_targets(self.compute, panel, self.horizons)
+        panel = self.compute.keep(with_targets(self.compute, panel, self.horizons))
         self.horizons_: dict[Horizon, Forecaster] = {}
         self.tvl_: dict[str, dict[str, Any]] = {}
         self.skipped_: dict[str, str] = {}
@@ -213,6 +213,7 @@ class ForecastModel:
                 )
             if on_horizon is not None:
                 on_horizon()
+        self.compute.release(panel)
         self.version_ = self._version()
         return self
 

@@ -248,7 +248,7 @@ class Forecaster:
         ``stacked``: forecasters of the spec's ``stack`` horizons already fitted on the same panel
         and ``end`` (a :class:`ForecastModel`'s); the others are fitted here.
         """
-        spec = self._spec()
+        self._spec()  # an unknown model fails here, before any work
         compute = self.compute
         started = time.perf_counter()
         self.stacked_: dict[Horizon, Forecaster] = {}
@@ -256,12 +256,34 @@ class Forecaster:
         target = target_column(self.horizon)
         if target not in compute.columns(panel):
             panel = with_targets(compute, panel, [self.horizon])
-        rows = compute.per_pools(
-            panel, functools.partial(
-                training_rows, train_days=self.train_days, horizon=self.horizon, end=end
+        rows = compute.keep(
+            compute.per_pools(
+                panel,
+                functools.partial(
+                    training_rows, train_days=self.train_days, horizon=self.horizon, end=end
+                ),
             )
         )
-        n_rows = compute.count(rows)
+        try:
+            self._fit_rows(rows, panel, end, stacked)
+        finally:
+            compute.release(rows)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def _fit_rows(
+        self,
+        rows: Frame,
+        panel: Frame,
+        end: dt.date | None,
+        stacked: Mapping[Horizon, Forecaster] | None,
+    ) -> None:
+        spec = self._spec()
+        compute = self.compute
+        target = target_column(self.horizon)
+        n_rows, first, last, fingerprint = compute.summary(
+            rows, _fingerprint_columns(compute.columns(rows), spec.features, target)
+        )
         if n_rows < 10:
             raise ValueError(
                 f"only {n_rows} training rows with an observed {self.horizon}-day-ahead APY "
@@ -274,12 +296,9 @@ class Forecaster:
         self.fit_threads_ = threads
         self.features_ = spec.features
         self.n_train_ = n_rows
-        window = compute.date_range(rows)
-        assert window is not None
-        self.train_window_ = window
-        self.fingerprint_ = compute.fingerprint(
-            rows, _fingerprint_columns(compute.columns(rows), spec.features, target)
-        )
+        assert first is not None and last is not None
+        self.train_window_ = (first, last)
+        self.fingerprint_ = fingerprint
         self.bases_ = spec.bases
         self.members_: list[lgb.Booster] = []
         self.anchors_ = spec.anchors
@@ -293,17 +312,31 @@ class Forecaster:
         rounds = [int(self.lgb_params().get("num_iterations", 100))] * len(self.bases_)
         if spec.calibrate:
             days = spec.calibration_days
-            calib = compute.per_pools(
-                rows, lambda t: t.filter(pc.less(t.column("age"), days))
+            calib = compute.keep(
+                compute.per_pools(rows, lambda t: t.filter(pc.less(t.column("age"), days)))
             )
-            early = compute.per_pools(
-                rows, lambda t: t.filter(pc.greater_equal(t.column("age"), days))
+            early = compute.keep(
+                compute.per_pools(
+                    rows, lambda t: t.filter(pc.greater_equal(t.column("age"), days))
+                )
             )
-            n_calib = compute.count(calib)
-            if n_calib and compute.count(early) >= 10:
-                self._calibrate(early, calib, n_calib, rounds)
-                if self.best_iterations_:
-                    rounds = self.best_iterations_
+            try:
+                n_calib, n_early = compute.total(
+                    rows,
+                    lambda t: np.array(
+                        [pc.sum(pc.less(t.column("age"), days)).as_py() or 0,
+                         pc.sum(pc.greater_equal(t.column("age"), days)).as_py() or 0],
+                        dtype=np.float64,
+                    ),
+                )
+                n_calib = int(n_calib)
+                if n_calib and n_early >= 10:
+                    self._calibrate(early, calib, n_calib, rounds)
+                    if self.best_iterations_:
+                        rounds = self.best_iterations_
+            finally:
+                compute.release(calib)
+                compute.release(early)
         if spec.baseline is None:
             self.members_ = self._train_members(rows, rounds)
         self.member_rounds_ = rounds if spec.baseline is None else [0] * len(rounds)
@@ -313,8 +346,6 @@ class Forecaster:
         for h in spec.stack:
             given = (stacked or {}).get(h)
             self.stacked_[h] = given or _forecaster(self, h).fit(panel, end=end)
-        self.fit_seconds_ = time.perf_counter() - started
-        return self
 
     def _calibrate(
         self, early: Frame, calib: Frame, n_calib: int, rounds: Sequence[int]

@@ -68,9 +68,9 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     started = time.perf_counter()
     with open_engine(store, settings, "forecast") as engine:
         result = StageResult("forecast", engine.name, new_run_id())
-        compute = engine.compute() or LocalCompute()
         with engine.step("reading the panel"):
             panel = engine.forecast_panel(horizon=30)
+            compute = engine.compute() or LocalCompute()
             result.rows_read = compute.count(panel)
             if result.rows_read == 0:
                 raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")

@@ -288,6 +288,36 @@ class SparkExchange:
                 return self.store.merge(target, table, key, update=update, casts=casts)
         return self._merge_jdbc(target, df, key, update=update, casts=casts)
 
+    @contextlib.contextmanager
+    def staged(self, like: str, df: DataFrame) -> Iterator[str | pa.Table]:
+        """``df`` staged for a merge the caller runs in its own transaction: on PostgreSQL an
+        UNLOGGED table shaped like ``like``, written by the executors over JDBC (its name is
+        yielded, the table dropped after); on the embedded store, the rows as Arrow."""
+        like = ident(like)
+        if self._jdbc is None:
+            try:
+                yield self.spark_to_arrow(df, like)
+            except SparkIOError:
+                raise
+            return
+        stage = ident(f"_spark_stage_{like}_{uuid.uuid4().hex[:10]}"[:63])
+        columns = [ident(c) for c in df.columns]
+        self.store.execute(
+            f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(columns)} "  # noqa: S608
+            f"FROM {like} WITH NO DATA"
+        )
+        try:
+            try:
+                self.append_jdbc(stage, df, label=like)
+            except Exception as exc:
+                raise SparkIOError(
+                    f"writing {like} over JDBC failed: {first_line(exc)}; nothing was merged"
+                ) from exc
+            yield stage
+        finally:
+            with contextlib.suppress(Exception):
+                self.store.execute(f"DROP TABLE IF EXISTS {stage}")
+
     def append_jdbc(self, table: str, df: DataFrame, *, label: str | None = None) -> None:
         """Append ``df`` to an existing PostgreSQL table in JDBC batches (staging tables only)."""
         assert self._jdbc is not None, "append_jdbc needs a PostgreSQL store"
