@@ -42,7 +42,7 @@ def test_a_fit_that_ran_all_its_rounds_gets_lightgbms_best_iteration(weighted: b
     picks it as LightGBM's callback does (else the engines' 7-day models differ in rounds)."""
     import lightgbm as lgb
 
-    from poolcast.engines._synapse import _best_l1_iteration
+    from poolcast.engines._synapse import best_l1_iteration, prefix_l1
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, 4))
@@ -55,8 +55,13 @@ def test_a_fit_that_ran_all_its_rounds_gets_lightgbms_best_iteration(weighted: b
     booster = lgb.train(params, train, num_boost_round=40, valid_sets=[valid],
                         callbacks=[lgb.early_stopping(40, verbose=False)])
     assert 1 < booster.best_iteration < 40  # the curve turns inside the run: never stopped
-    best = _best_l1_iteration(booster, x[400:], y[400:], None if w is None else w[400:])
-    assert best == booster.best_iteration
+    # The validation rows in two parts (two partitions): their sums add up.
+    text, wv = booster.model_to_string(), None if w is None else w[400:]
+    parts = [
+        prefix_l1(text, x[a:b], y[a:b], None if wv is None else wv[a - 400 : b - 400])
+        for a, b in ((400, 470), (470, 600))
+    ]
+    assert best_l1_iteration(parts[0] + parts[1]) == booster.best_iteration
 
 
 def test_environment_detection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,7 +330,7 @@ def test_features_match_local(spark, demo_store) -> None:  # type: ignore[no-unt
     metrics = read_panel(store, settings.train_days, horizon=30)
     local = compute_features(metrics)
     with _spark_exchange(spark, store) as ex:
-        remote = engine.forecast_panel(ex, settings.train_days)
+        remote = ex.spark_to_arrow(engine.forecast_panel(ex, settings.train_days), "panel")
     assert remote.num_rows == local.num_rows
     columns = [f.name for f in FEATURES] + ["target_h1"]
     _assert_same(compare_tables("panel", local, remote, KEY, columns))
