@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from poolcast.deploy import dataproc, gcs
+from poolcast.deploy import batch_spec, dataproc, gcs
 from poolcast.deploy._artifacts import ArtifactError, collect, git_version
 
 deploy_app = typer.Typer(
@@ -186,7 +186,12 @@ def _submit(
         else:
             manifest = gcs.latest(storage, bucket)
         batch = dataproc.build_batch(
-            settings, kind, manifest, args=args, properties=_parse_properties(properties)
+            settings,
+            kind,
+            manifest,
+            args=args,
+            properties=_parse_properties(properties),
+            ttl_s=max(60, int(timeout)),
         )
     except (gcs.DeployError, ValueError) as exc:
         _fail(str(exc))
@@ -241,8 +246,10 @@ def _make_submit_command(kind: str) -> None:
         version: Annotated[
             str | None, typer.Option(help="Code version to run (default: what latest/ points at).")
         ] = None,
-        timeout: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 3
-        * 3600.0,
+        timeout: Annotated[
+            float,
+            typer.Option(help="Seconds to wait for a final state; also the batch's ttl."),
+        ] = float(batch_spec.BATCH_TTL_S),
         poll: Annotated[float, typer.Option(help="Seconds between status checks.")] = 30.0,
         wait: Annotated[bool, typer.Option(help="Wait for the batch to finish.")] = True,
         prop: Annotated[
