@@ -11,9 +11,12 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +56,36 @@ _RUN_SCHEMA = pa.schema(
     ]
 )
 _JSON_COLUMNS = ("parameters", "details")
+# What `poolcast runs --status` can select: the stored statuses and `died` (a `running` record
+# whose process is gone).
+STATUSES = ("running", "succeeded", "failed", "stopped", "died")
+STAGES = ("ingest", "metrics", "forecast")
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal (SIGTERM, SIGINT) stopped the run: like Ctrl-C, it unwinds every transaction."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def signal_name(exc: BaseException) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (a run record is written whole); in the
+    main thread only, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # -- run records ----------------------------------------------------------------------------------
@@ -158,24 +191,58 @@ def observed_stage(
         parameters=run_parameters(settings, store.safe_url()),
         started_at=_utcnow(),
     )
-    _write_safely(store, record)
+    with signals_held():
+        _write_safely(store, record)
     event("stage.started", run_id=run_id, stage=stage, engine=settings.engine)
     started = time.perf_counter()
+    commits = store.commits
     try:
         with progress(stage):
             result = fn(store, settings)
     except BaseException as exc:
-        record.status = "failed"
-        record.error = scrub(f"{type(exc).__name__}: {exc}", settings)[:4000]
-        record.finished_at = _utcnow()
-        record.seconds = time.perf_counter() - started
-        _write_safely(store, record)
-        event(
-            "stage.failed", logging.ERROR, run_id=run_id, stage=stage, engine=settings.engine,
-            seconds=round(record.seconds, 3), error=record.error,
-        )
+        with signals_held():
+            _record_end(store, record, settings, exc, started, store.commits > commits)
         send_metrics(record, settings.gcp.project_id, metric_client)
         raise
+    with signals_held():  # a signal now waits until the record says what was committed
+        _record_success(store, record, result, started, run_id)
+    fields = {
+        **result.details,  # the record's own fields win over a detail of the same name
+        "run_id": run_id, "stage": stage, "engine": result.engine,
+        "seconds": round(record.seconds or 0.0, 3), "rows_read": result.rows_read,
+        "rows_written": result.rows_written,
+    }
+    event("stage.succeeded", **fields)
+    send_metrics(record, settings.gcp.project_id, metric_client)
+    return result
+
+
+def _record_end(
+    store: Store, record: RunRecord, settings: Settings, exc: BaseException, started: float,
+    committed: bool,
+) -> None:
+    """A failed or stopped run's record; a stopped one says whether it had committed."""
+    record.finished_at = _utcnow()
+    record.seconds = time.perf_counter() - started
+    if isinstance(exc, KeyboardInterrupt):
+        record.status = "stopped"
+        record.error = f"stopped by {signal_name(exc)}" + (
+            " after it committed its writes" if committed else "; nothing was committed"
+        )
+        record.details = {**record.details, "committed": committed}
+    else:
+        record.status = "failed"
+        record.error = scrub(f"{type(exc).__name__}: {exc}", settings)[:4000]
+    _write_safely(store, record)
+    event(
+        f"stage.{record.status}", logging.ERROR, run_id=record.run_id, stage=record.stage,
+        engine=settings.engine, seconds=round(record.seconds, 3), error=record.error,
+    )
+
+
+def _record_success(
+    store: Store, record: RunRecord, result: StageResult, started: float, run_id: str
+) -> None:
     record.status = "succeeded"
     record.engine = result.engine
     record.finished_at = _utcnow()
@@ -185,15 +252,6 @@ def observed_stage(
     if result.run_id != run_id:
         record.details["stage_run_id"] = result.run_id
     _write_safely(store, record)
-    fields = {
-        **result.details,  # the record's own fields win over a detail of the same name
-        "run_id": run_id, "stage": stage, "engine": result.engine,
-        "seconds": round(record.seconds, 3), "rows_read": result.rows_read,
-        "rows_written": result.rows_written,
-    }
-    event("stage.succeeded", **fields)
-    send_metrics(record, settings.gcp.project_id, metric_client)
-    return result
 
 
 _RUNS_SQL = f"""
@@ -207,22 +265,34 @@ FROM {RUNS_TABLE}
 def recent_runs(
     store: Store, limit: int = 20, *, stage: str | None = None, status: str | None = None
 ) -> list[dict[str, Any]]:
-    """The latest run records, newest first, with JSON columns decoded."""
+    """The latest run records, newest first, with JSON columns decoded.
+
+    ``status`` ``died`` selects the ``running`` records whose process is gone, and ``running``
+    the others."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}: choose from {', '.join(STATUSES)}")
+    stored = "running" if status == "died" else status
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("stage", stage), ("status", status)):
+    for column, value in (("stage", stage), ("status", stored)):
         if value is not None:
             params.append(value)
             where.append(f"{column} = ${len(params)}")
     sql = _RUNS_SQL + (f" WHERE {' AND '.join(where)}" if where else "")
     params.append(int(limit))
-    sql += f" ORDER BY started_at DESC, stage DESC LIMIT ${len(params)}"
+    sql += " ORDER BY started_at DESC, stage DESC"
+    if status not in ("running", "died"):  # those two are told apart after the query
+        sql += f" LIMIT ${len(params)}"
+    else:
+        params.pop()
     rows = store.fetch_arrow(sql, params).to_pylist()
     for row in rows:
         for name in _JSON_COLUMNS:
             row[name] = json.loads(row[name]) if row[name] else {}
         if row["status"] == "running" and _dead(row["host"], row["pid"]):
             row["status"] = "died"  # its process is gone: killed before it could record the end
+    if status in ("running", "died"):
+        rows = [r for r in rows if r["status"] == status][: int(limit)]
     return rows
 
 
