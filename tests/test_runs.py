@@ -167,7 +167,7 @@ def test_cli_ingest_is_recorded_with_its_quarantine(
     assert out.exit_code == 0, out.output
     [row] = json.loads(runner.invoke(app, ["runs", "--store", url, "--json"]).stdout)
     assert row["stage"] == "ingest" and row["status"] == "succeeded"
-    assert row["details"] == {"files": 2, "quarantined": 1}
+    assert row["details"] == {"files": 2, "quarantined": 1, "revised": 0}
     assert row["rows_written"] == row["rows_read"] > 1
 
     out = runner.invoke(app, ["ingest", "--store", url, str(bad)])  # without --skip-bad: refused

@@ -162,12 +162,40 @@ def run_stages(stages: list[str], settings: Settings) -> None:
     try:
         # The command ends with its stages: a Spark session they started is stopped.
         with stopping_spark(), open_store(settings) as s:
+            if "metrics" in stages:
+                check_as_of(s, settings)
             for stage in stages:
                 fn = metrics_stage if stage == "metrics" else forecast_stage
                 results.append(observed_stage(s, stage, settings, fn, run_id=run_id))
     except (StoreError, ValueError, FileNotFoundError) as exc:
+        from poolcast.cli._errors import explain
+
         print_results(results)
-        fail(str(exc))
+        fail(explain(exc))
     print_results(results)
+
+
+def check_as_of(store: Store, settings: Settings) -> None:
+    """An ``--as-of`` that no pool's grid reaches selects nothing: an error, not 0 rows."""
+    from poolcast.spec import FILL_LIMIT_DAYS
+    from poolcast.store import StoreError
+
+    if settings.as_of is None:
+        return
+    store.require_schema()
+    span = store.fetch_arrow(
+        "SELECT CAST(min(timestamp) AS DATE) AS first, CAST(max(timestamp) AS DATE) AS last "
+        "FROM raw_defillama_pool_history"
+    ).to_pylist()[0]
+    first, last = span["first"], span["last"]
+    if first is None:
+        return  # an empty store: metrics writes its empty grid, as documented
+    reach = last + dt.timedelta(days=FILL_LIMIT_DAYS)
+    if settings.as_of < first or settings.as_of > reach:
+        raise StoreError(
+            f"--as-of {settings.as_of} selects no day: the snapshots in {store.safe_url()} "
+            f"cover {first} to {last}, and a pool's grid ends {FILL_LIMIT_DAYS} days after its "
+            f"last snapshot ({reach}); choose a day in between or ingest newer data"
+        )
 
 

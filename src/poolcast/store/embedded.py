@@ -115,7 +115,7 @@ class DuckDBStore(Store):
                 locked = "lock" in str(exc).lower()
                 if not (wait and locked):
                     hint = (
-                        "Another process has it open (a poolcast run writing it, or a command "
+                        "Another poolcast process has it open (a run writing it, or a command "
                         "reading it); wait for it to finish, or set POOLCAST_LOCK_WAIT=true to "
                         "queue behind it."
                         if locked

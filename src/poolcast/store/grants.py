@@ -17,10 +17,11 @@ READ_ONLY_TABLES: tuple[str, ...] = (
     "raw_coinmarketcap_ohlcv",
     "gas_fees_daily",
     "ingest_quarantine",
+    "raw_snapshot_revisions",
     "schema_migrations",
 )
 #: What an ingest role writes on top of the job's rights.
-INGEST_TABLES: tuple[str, ...] = READ_ONLY_TABLES[:5]
+INGEST_TABLES: tuple[str, ...] = READ_ONLY_TABLES[:6]
 
 
 def quote_ident(name: str) -> str:
