@@ -92,6 +92,7 @@ def static_properties(kind: str) -> dict[str, str]:
 
 def _yaml_map(items: Mapping[str, str], indent: int) -> list[str]:
     pad = " " * indent
+
     def quoted(value: str) -> str:
         return f"'{value}'" if '"' in value else json.dumps(value)
 
