@@ -730,13 +730,14 @@ def test_terraform_workflow_account_has_only_the_batch_calls_it_makes():
 
 
 def test_terraform_firewall_only_between_batch_vms():
-    """Issue 22 item 6: the all-ports rule goes from batch VMs to batch VMs (network tag), not
-    from the subnet to every VM of the network; the batches carry that tag."""
+    """Issue 22 item 6: the all-ports rule goes from the subnet to the batch VMs in the subnet
+    (destination range and network tag), not from the subnet to every VM of the network; the
+    batches carry that tag."""
     from poolcast.deploy import batch_spec
 
     rule = _tf()["google_compute_firewall"]["dataproc_internal"]
-    assert "source_ranges" not in rule
-    assert _one(rule["source_tags"]) == _one(rule["target_tags"]) == "${local.dataproc_tag}"
+    assert _one(rule["source_ranges"]) == _one(rule["destination_ranges"]) == "${var.subnet_cidr}"
+    assert _one(rule["target_tags"]) == "${local.dataproc_tag}"
     main = (TERRAFORM / "main.tf").read_text()
     assert f'dataproc_tag = "{batch_spec.NETWORK_TAG}"' in main
     assert f'networkTags: ["{batch_spec.NETWORK_TAG}"]' in WORKFLOW.read_text()

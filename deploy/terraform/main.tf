@@ -209,9 +209,10 @@ resource "google_compute_subnetwork" "dataproc" {
   }
 }
 
-# Dataproc Serverless needs its driver and executors to reach each other on all ports. Only
-# between batch VMs: every batch carries the network tag (executionConfig.networkTags), and the
-# rule neither comes from nor reaches any other VM of the network.
+# Dataproc Serverless needs its driver and executors to reach each other on all ports within the
+# subnet (Google's documented rule: source and destination both the subnet's range). Only there:
+# the destination range keeps it off every other VM of the network, and the target tag (carried by
+# every batch, executionConfig.networkTags) off any other VM put in this subnet.
 resource "google_compute_firewall" "dataproc_internal" {
   project   = var.project_id
   name      = "poolcast-dataproc-internal"
@@ -222,8 +223,9 @@ resource "google_compute_firewall" "dataproc_internal" {
     protocol = "all"
   }
 
-  source_tags = [local.dataproc_tag]
-  target_tags = [local.dataproc_tag]
+  source_ranges      = [var.subnet_cidr]
+  destination_ranges = [var.subnet_cidr]
+  target_tags        = [local.dataproc_tag]
 }
 
 # --- the workflow and who may do what in it ---------------------------------------------------------
