@@ -74,6 +74,50 @@ def signal_name(exc: BaseException) -> str:
     return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
 
 
+_received: list[int] = []  # the signal that is stopping this process, once one came
+
+
+def _importing(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def stop_signal() -> int | None:
+    """The signal that asked this process to stop (under :func:`signals_stop_runs`), if any:
+    a database interrupted by it may raise its own error ("Query interrupted") instead."""
+    return _received[0] if _received else None
+
+
+@contextmanager
+def signals_stop_runs() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Stopped` in the main thread: transactions roll back,
+    progress lines are cleared, the run record says `stopped`. A second signal while stopping
+    is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        if _received:
+            return
+        if _importing(frame):  # an exception inside a C extension's import aborts the process
+            threading.Timer(0.1, os.kill, (os.getpid(), signum)).start()
+            return
+        _received.append(signum)
+        raise Stopped(signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        _received.clear()
+
+
 @contextmanager
 def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends (a run record is written whole); in the
@@ -203,6 +247,9 @@ def observed_stage(
         with signals_held():
             _record_end(store, record, settings, exc, started, store.commits > commits)
         send_metrics(record, settings.gcp.project_id, metric_client)
+        received = stop_signal()
+        if received is not None and not isinstance(exc, KeyboardInterrupt):
+            raise Stopped(received) from exc  # the database's "interrupted" is the signal
         raise
     with signals_held():  # a signal now waits until the record says what was committed
         _record_success(store, record, result, started, run_id)
@@ -224,9 +271,11 @@ def _record_end(
     """A failed or stopped run's record; a stopped one says whether it had committed."""
     record.finished_at = _utcnow()
     record.seconds = time.perf_counter() - started
-    if isinstance(exc, KeyboardInterrupt):
+    received = stop_signal()
+    if isinstance(exc, KeyboardInterrupt) or received is not None:
+        name = signal.Signals(received).name if received is not None else signal_name(exc)
         record.status = "stopped"
-        record.error = f"stopped by {signal_name(exc)}" + (
+        record.error = f"stopped by {name}" + (
             " after it committed its writes" if committed else "; nothing was committed"
         )
         record.details = {**record.details, "committed": committed}

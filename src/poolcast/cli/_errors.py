@@ -8,16 +8,13 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
 from poolcast.log import first_line, redact_url
-from poolcast.runs import Stopped, signal_name
+from poolcast.runs import signals_stop_runs, stop_signal
 
 _EXTRAS = {"google": "gcp", "pyspark": "spark", "synapse": "spark", "pandas": "spark"}
 
@@ -87,56 +84,37 @@ def explain(exc: BaseException) -> str:
     )
 
 
-@contextmanager
-def signals_stop_runs() -> Iterator[None]:
-    """SIGTERM (and SIGINT) raise :class:`Stopped` in the main thread: transactions roll back,
-    the progress line is cleared, the run record says `stopped`. A second signal while stopping
-    is ignored."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        if fired:
-            return
-        fired.append(signum)
-        raise Stopped(signum)
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 class PoolcastGroup(TyperGroup):
     """The top-level command group: its ``invoke`` turns exceptions into one line."""
 
     def invoke(self, ctx: Any) -> Any:  # typer.core.Context (vendored click)
-        try:
-            with signals_stop_runs():
+        with signals_stop_runs():  # the handlers below still see which signal came
+            try:
                 return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: usage, exit
-            raise
-        except KeyboardInterrupt as exc:
-            name = signal_name(exc)
-            code = 128 + int(getattr(exc, "signum", signal.SIGINT))
-            if debug_wanted(ctx):
+            except (typer.Exit, typer.Abort, typer.TyperException):  # typer's: usage, exit
                 raise
-            _line(
-                f"stopped by {name}: nothing is half-written; `poolcast runs` shows what each "
-                "stage committed; rerun to finish"
-            )
-            raise typer.Exit(code) from None
-        except Exception as exc:
-            if debug_wanted(ctx):
-                raise
-            _line(explain(exc))
-            raise typer.Exit(1) from None
+            except KeyboardInterrupt as exc:
+                if debug_wanted(ctx):
+                    raise
+                received = stop_signal() or int(getattr(exc, "signum", signal.SIGINT))
+                _line(_stopped(signal.Signals(received).name))
+                raise typer.Exit(128 + received) from None
+            except Exception as exc:
+                if debug_wanted(ctx):
+                    raise
+                stopped_by = stop_signal()
+                if stopped_by is not None:  # a database turned the signal into its own error
+                    _line(_stopped(signal.Signals(stopped_by).name))
+                    raise typer.Exit(128 + stopped_by) from None
+                _line(explain(exc))
+                raise typer.Exit(1) from None
+
+
+def _stopped(name: str) -> str:
+    return (
+        f"stopped by {name}: nothing is half-written; `poolcast runs` shows what each stage "
+        "committed; rerun to finish"
+    )
 
 
 def _line(message: str) -> None:
