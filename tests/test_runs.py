@@ -361,3 +361,40 @@ def test_no_project_no_monitoring(monkeypatch) -> None:
     monkeypatch.setattr(runs, "_metric_client", lambda: pytest.fail("client created"))
     record = RunRecord("x", "metrics", "local", {}, runs._utcnow(), status="succeeded")
     assert runs.send_metrics(record, None) is False
+
+
+# -- stopped runs (issue 23) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("commit_first", [False, True], ids=["before-commit", "after-commit"])
+def test_a_stopped_stage_is_recorded_by_what_it_committed(
+    store: Store, settings: Settings, commit_first: bool
+) -> None:
+    import signal
+
+    row = pa.table({"pool_id": ["p"], "date": [pa.scalar(0, pa.date32()).as_py()],
+                    "actual_apy": [1.0]})
+
+    def stage(s: Store, _: Settings) -> StageResult:
+        if commit_first:
+            s.merge("pool_daily_metrics", row, ["pool_id", "date"])
+        with s.transaction():
+            s.merge("pool_daily_metrics", row.set_column(2, "actual_apy", pa.array([2.0])),
+                    ["pool_id", "date"])
+            raise runs.Stopped(signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        observed_stage(store, "metrics", settings, stage, run_id="r-stop")
+    [record] = recent_runs(store, status="stopped")
+    assert record["run_id"] == "r-stop" and record["details"] == {"committed": commit_first}
+    assert record["error"] == "stopped by SIGTERM" + (
+        " after it committed its writes" if commit_first else "; nothing was committed"
+    )
+    apy = store.fetch_arrow("SELECT actual_apy FROM pool_daily_metrics").column(0).to_pylist()
+    assert apy == ([1.0] if commit_first else [])  # the open transaction rolled back
+    assert recent_runs(store, status="died") == [] and recent_runs(store, status="running") == []
+
+
+def test_unknown_status_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="unknown status 'bogus'"):
+        recent_runs(store, status="bogus")
