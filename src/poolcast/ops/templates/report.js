@@ -233,7 +233,8 @@ var R = (function () {
     });
   }
 
-  // Active pools by the day of their latest data: green within the stale limit, red before it.
+  // Active pools by the day of their latest data: green within the stale limit, red before it
+  // (at least 3 px high, so that a day with one pool shows next to a day with thousands).
   function freshnessChart(box, fr, asOf) {
     var f = frame(box, 900, 170, [10, 16, 38, 48]);
     var known = fr.by_day.filter(function (b) { return b[0] !== "never"; });
@@ -246,7 +247,8 @@ var R = (function () {
     known.forEach(function (b) {
       [[b[1], COLORS.fresh, "fresh"], [b[2], COLORS.stale, "stale"]].forEach(function (s) {
         if (!s[0]) { return; }
-        var r = el("rect", {x: x(day(b[0])) - w / 2, y: y(s[0]), width: w, height: f.y0 - y(s[0]),
+        var h = Math.max(3, f.y0 - y(s[0]));  // a day with one pool stays visible
+        var r = el("rect", {x: x(day(b[0])) - w / 2, y: f.y0 - h, width: w, height: h,
                             fill: s[1], "class": "bar " + s[2]}, f.svg);
         title(r, s[0] + " " + s[2] + " pool(s) whose latest data is from " + b[0]);
         mark(f);

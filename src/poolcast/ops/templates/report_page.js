@@ -114,6 +114,9 @@
       sortKey = c.key;
       fill();
     });
+    th.addEventListener("keydown", function (ev) {
+      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); th.click(); }
+    });
   });
   function fill() {
     var col = columns.filter(function (c) { return c.key === sortKey; })[0] || columns[0];
