@@ -235,6 +235,8 @@ def test_report_renders_every_section(daily_store: tuple[Store, Settings], tmp_p
     for svg in re.findall(r"<svg.*?</svg>", panels):  # one dated axis: the same month labels
         assert re.findall(r">(\w{3} \d{4})</text>", svg) == ["Apr 2025", "May 2025", "Jun 2025",
                                                            "Jul 2025"]
+        ahead = [float(x) for x in re.findall(r'<rect x="([-\d.]+)"[^>]*series-ahead', svg)]
+        assert ahead and max(ahead) + 6 <= 420 - 16  # the 30-day forecast inside the plot
     errors = _section(dom, "errors")
     assert errors.count('class="bar"') >= 3  # a distribution, not one bar
     backtest = _section(dom, "backtest")
