@@ -329,7 +329,7 @@ def test_empty_store_page(store: Store, tmp_path: Path) -> None:
     dom = _dom(tmp_path, page)
     assert _shown(dom, "empty") and not any(_shown(dom, s) for s in SECTIONS[:-1])
     body = _section(dom, "empty")
-    assert "Nothing to report yet: no pool snapshots in" in body
+    assert f"No pool snapshots in {store.safe_url()} yet. Run, in this order" in body
     assert f"<code>poolcast ingest data/sample --store {store.safe_url()}</code>" in body
     assert "no finished runs recorded" in _section(dom, "runs")
 

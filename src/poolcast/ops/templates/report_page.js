@@ -27,7 +27,9 @@
       if (s.id !== "empty" && s.id !== "runs") { s.hidden = true; }
     });
     var box = section("empty-body");
-    html("p", "Nothing to report yet: " + data.empty.reason + ". Run, in this order:", box);
+    var why = data.empty.reason.charAt(0).toUpperCase() + data.empty.reason.slice(1);
+    html("p", why.replace(/\.$/, "") + ". Run, in this order (data/sample is the shipped " +
+         "sample; give your own API files instead):", box);
     var ol = html("ol", null, box, "steps");
     data.empty.steps.forEach(function (s) {
       var li = html("li", null, ol);
