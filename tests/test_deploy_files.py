@@ -407,6 +407,22 @@ def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
     assert forecast["spark.dynamicAllocation.enabled"] == "false"
 
 
+def test_code_version_label_is_the_same_for_any_version_name(emulator, google, monkeypatch):
+    """A version named by hand (`deploy upload --version Release.2`) is label-safe on both paths."""
+    from poolcast.deploy import batch_spec, gcs
+
+    manifest = _manifest_files()
+    manifest.version = "Release.2_rc"
+    client = gcs.make_client(PROJECT)
+    client.bucket(BUCKET).blob("latest/MANIFEST.json").upload_from_string(
+        manifest.to_json(), content_type="application/json"
+    )
+    _run(emulator)
+    for create, kind in zip(google.creates, ("metrics", "forecast"), strict=True):
+        assert create["body"]["labels"] == batch_spec.labels(kind, "Release.2_rc")
+        assert create["body"]["labels"]["code-version"] == "release-2_rc"
+
+
 def test_submit_defaults_are_terraform_defaults():
     """What the workflow gets from variables.tf is what `poolcast submit` uses by default."""
     from poolcast.deploy import batch_spec
