@@ -567,6 +567,16 @@ def test_cli_submit_forecast_waits_and_exits_0_on_success(fake, cli_env):
     assert fake.create_requests[0].parent == f"projects/{PROJECT}/locations/{REGION}"
 
 
+def test_cli_submit_timeout_is_the_batch_ttl_as_in_the_workflow(fake, cli_env):
+    """Issue 22 item 7: the workflow's BATCH_TIMEOUT_SECONDS is both its wait and the ttl;
+    submit's --timeout is the same (default 3 h: batch_spec.BATCH_TTL_S)."""
+    common = ["--region", REGION, "--poll", "0", "--db-password-secret", "poolcast-db-password"]
+    assert _invoke("metrics", *common).exit_code == 0
+    assert _invoke("metrics", *common, "--timeout", "7200").exit_code == 0
+    ttls = [r.batch.environment_config.execution_config.ttl for r in fake.create_requests]
+    assert [t.total_seconds() for t in ttls] == [10800, 7200]
+
+
 def test_cli_submit_model_dir(fake, cli_env, monkeypatch):
     monkeypatch.delenv("POOLCAST_MODEL_DIR", raising=False)
     res = _invoke("forecast", "--region", REGION, "--no-wait")

@@ -246,7 +246,7 @@ def _submit(
             manifest,
             args=args,
             properties=_parse_properties(properties),
-            ttl_s=max(60, int(timeout)),
+            ttl_s=max(600, int(timeout)),  # Dataproc: ttl at least 10 minutes
         )
     except (gcs.DeployError, ValueError) as exc:
         _fail(str(exc))
