@@ -769,8 +769,23 @@ def test_terraform_first_apply_enables_what_it_uses_and_builds_run_as_their_own_
         services
     )
     tf = _tf()
-    for name, account in tf["google_service_account"].items():
-        assert _one(account.get("depends_on")) == "${google_project_service.enabled}", name
+    # every resource that calls an API Terraform enables waits for it
+    for rtype in (
+        "google_service_account",
+        "google_project_iam_custom_role",
+        "google_compute_network",
+        "google_compute_subnetwork",
+        "google_compute_firewall",
+        "google_storage_bucket",
+        "google_secret_manager_secret",
+        "google_workflows_workflow",
+        "google_cloud_scheduler_job",
+        "google_cloudbuild_trigger",
+        "google_cloud_run_v2_job_iam_member",
+    ):
+        for name, resource in tf[rtype].items():
+            depends = _one(resource.get("depends_on"))
+            assert depends == "${google_project_service.enabled}", f"{rtype}.{name}"
     assert "cloudbuild.gserviceaccount.com" not in main and "cloudbuild_member" not in main
     trigger = tf["google_cloudbuild_trigger"]["upload"]
     assert _one(trigger["service_account"]) == "${google_service_account.build.id}"

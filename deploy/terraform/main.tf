@@ -207,6 +207,8 @@ resource "google_compute_subnetwork" "dataproc" {
     flow_sampling        = 0.5
     metadata             = "INCLUDE_ALL_METADATA"
   }
+
+  depends_on = [google_project_service.enabled]
 }
 
 # Dataproc Serverless needs its driver and executors to reach each other on all ports within the
@@ -226,6 +228,8 @@ resource "google_compute_firewall" "dataproc_internal" {
   source_ranges      = [var.subnet_cidr]
   destination_ranges = [var.subnet_cidr]
   target_tags        = [local.dataproc_tag]
+
+  depends_on = [google_project_service.enabled]
 }
 
 # --- the workflow and who may do what in it ---------------------------------------------------------
@@ -251,6 +255,8 @@ resource "google_project_iam_custom_role" "batch_runner" {
     "dataproc.batches.get",
     "dataproc.operations.cancel",
   ]
+
+  depends_on = [google_project_service.enabled]
 }
 
 resource "google_project_iam_member" "workflow_dataproc" {
@@ -282,6 +288,8 @@ resource "google_cloud_run_v2_job_iam_member" "workflow_runs_job" {
   name     = each.value
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.workflow.email}"
+
+  depends_on = [google_project_service.enabled]
 }
 
 # Follow the job executions the connector waits for (read-only).
