@@ -184,12 +184,15 @@ def test_only_db_init_ingest_and_generate_make_a_store(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "x.duckdb"
     for args in (
         ["sql", "SELECT 1"], ["runs"], ["validate"], ["report", "-o", str(tmp_path / "r.html")],
-        ["backtest"], ["metrics"], ["forecast"], ["run"], ["db", "grant", "job"],
+        ["backtest"], ["metrics"], ["forecast"], ["run"],
     ):
         result = runner.invoke(app, [*args, "--store", str(missing)])
         assert result.exit_code == 1, (args, result.output)
         assert f"no poolcast store at {missing}" in result.output, (args, result.output)
         assert not missing.parent.exists(), args
+    grant = runner.invoke(app, ["db", "grant", "job", "--store", str(missing)])
+    assert grant.exit_code == 1 and "roles exist only on PostgreSQL" in grant.output
+    assert not missing.parent.exists()
     data = small_history(tmp_path / "in")
     makers = (["db", "init"], ["ingest", str(data)], ["generate", "--pools", "2", "--days", "3"])
     for args in makers:

@@ -55,9 +55,12 @@ def db_grant(
     ] = False,
 ) -> None:
     """Least-privilege PostgreSQL role: read the raw tables, write only the job's own tables."""
-    from poolcast.store.grants import grant_job_role
+    from poolcast.store import StoreError
+    from poolcast.store.grants import NO_ROLES, grant_job_role
 
     settings = settings_from(store=store)
+    if not settings.store_url().startswith(("postgresql://", "postgres://")):
+        raise StoreError(NO_ROLES)
     with open_store(settings) as s:
         statements = grant_job_role(s, role, create=create, ingest=with_ingest, spark=spark)
     for statement in statements:
