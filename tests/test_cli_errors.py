@@ -303,3 +303,43 @@ def test_a_signal_stops_a_run_cleanly(
     assert stopped[0]["details"]["committed"] is False
     listed = runner.invoke(app, ["runs", "--store", url, "--status", "stopped", "--json"])
     assert [r["stage"] for r in json.loads(listed.stdout)] == ["forecast"]
+
+
+def test_disk_and_permission_failures_say_what_to_do() -> None:
+    """A full or read-only disk, as the handler words them (this suite runs as root on one disk,
+    so the failures themselves are not provoked here)."""
+    import errno
+
+    import duckdb
+
+    from poolcast.cli._errors import explain
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/poolcast.duckdb")
+    assert explain(full) == (
+        "the disk is full /data/poolcast.duckdb: free some space and rerun; nothing half-written"
+    )
+    ro = OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x.duckdb")
+    assert explain(ro).startswith("cannot write /mnt/ro/x.duckdb: Read-only file system")
+    wal = duckdb.IOException('Could not write file "x.wal": No space left on device')
+    assert explain(wal).startswith("the disk is full: ")
+
+
+def test_readers_work_on_a_store_that_cannot_be_written(tmp_path: Path) -> None:
+    """A read-only store (here an immutable file: this suite runs as root, whom file modes do not
+    stop): the readers open it; a writer says so in one line."""
+    path = tmp_path / "ro.duckdb"
+    with open_store(str(path)) as s:
+        s.init_schema()
+        ingest(s, [small_history(tmp_path / "in")])
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        for args in (["runs"], ["sql", "SELECT count(*) AS n FROM pools"],
+                     ["report", "-o", str(tmp_path / "r.html")]):
+            result = runner.invoke(app, [*args, "--store", str(path)])
+            assert result.exit_code == 0, (args, result.output)
+        writer = _cli("ingest", str(tmp_path / "in"), "--store", str(path))
+        assert writer.returncode == 1
+        assert "cannot be written here" in _one_error_line(writer)
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

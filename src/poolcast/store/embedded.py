@@ -114,11 +114,18 @@ class DuckDBStore(Store):
             except duckdb.IOException as exc:
                 locked = "lock" in str(exc).lower()
                 if not (wait and locked):
+                    denied = any(
+                        w in str(exc) for w in ("not permitted", "denied", "Read-only")
+                    )
                     hint = (
                         "Another poolcast process has it open (a run writing it, or a command "
                         "reading it); wait for it to finish, or set POOLCAST_LOCK_WAIT=true to "
                         "queue behind it."
                         if locked
+                        else "It cannot be written here (a read-only file, folder or mount?); "
+                        "the commands that only read it (runs, sql, validate, report, "
+                        "backtest) still work."
+                        if denied and not read_only
                         else "Is it a poolcast store (a DuckDB file) that this account may "
                         "read?"
                     )
