@@ -31,7 +31,7 @@ from poolcast.log import Progress, event, setup_logging
 from poolcast.runs import RunRecord, observed_stage, recent_runs, scrub, write_record
 from poolcast.settings import Settings
 from poolcast.stages import StageResult, metrics_stage
-from poolcast.store import Store
+from poolcast.store import Store, open_store
 
 PROJECT = "acme-prod"
 
@@ -398,3 +398,36 @@ def test_a_stopped_stage_is_recorded_by_what_it_committed(
 def test_unknown_status_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="unknown status 'bogus'"):
         recent_runs(store, status="bogus")
+
+
+_KILLED_AFTER_COMMIT = """
+import os, signal, sys
+import pyarrow as pa
+from poolcast.runs import observed_stage
+from poolcast.settings import Settings
+from poolcast.store import open_store
+
+store = open_store(sys.argv[1])
+row = pa.table({"pool_id": ["p"], "date": [pa.scalar(0, pa.date32()).as_py()],
+                "actual_apy": [1.0]})
+
+def stage(s, settings):
+    s.merge("pool_daily_metrics", row, ["pool_id", "date"])
+    os.kill(os.getpid(), signal.SIGKILL)  # right after the commit, before the record
+
+observed_stage(store, "metrics", Settings(), stage, run_id="r-killed")
+"""
+
+
+def test_a_run_killed_right_after_its_commit_is_recorded_as_committed(store: Store) -> None:
+    url = store.url
+    store.close()
+    child = subprocess.run([sys.executable, "-c", _KILLED_AFTER_COMMIT, url], timeout=60)
+    assert child.returncode == -9
+    with open_store(url) as s:
+        [record] = recent_runs(s)
+        assert record["run_id"] == "r-killed" and record["status"] == "committed"
+        assert record["details"] == {"committed": True} and record["finished_at"] is None
+        assert s.fetch_arrow("SELECT actual_apy FROM pool_daily_metrics").column(0).to_pylist() == [
+            1.0
+        ]

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -57,8 +57,9 @@ _RUN_SCHEMA = pa.schema(
 )
 _JSON_COLUMNS = ("parameters", "details")
 # What `poolcast runs --status` can select: the stored statuses and `died` (a `running` record
-# whose process is gone).
-STATUSES = ("running", "succeeded", "failed", "stopped", "died")
+# whose process is gone). `committed`: the stage's writes committed, with this record in their
+# transaction, and the process ended before it could record more (SIGKILL right after a commit).
+STATUSES = ("running", "committed", "succeeded", "failed", "stopped", "died")
 STAGES = ("ingest", "metrics", "forecast")
 
 
@@ -240,10 +241,13 @@ def observed_stage(
     event("stage.started", run_id=run_id, stage=stage, engine=settings.engine)
     started = time.perf_counter()
     commits = store.commits
+    mark = _committed_marker(store, record)
+    store.before_commit.append(mark)
     try:
         with progress(stage):
             result = fn(store, settings)
     except BaseException as exc:
+        store.before_commit.remove(mark)
         with signals_held():
             _record_end(store, record, settings, exc, started, store.commits > commits)
         send_metrics(record, settings.gcp.project_id, metric_client)
@@ -251,6 +255,7 @@ def observed_stage(
         if received is not None and not isinstance(exc, KeyboardInterrupt):
             raise Stopped(received) from exc  # the database's "interrupted" is the signal
         raise
+    store.before_commit.remove(mark)
     with signals_held():  # a signal now waits until the record says what was committed
         _record_success(store, record, result, started, run_id)
     fields = {
@@ -262,6 +267,30 @@ def observed_stage(
     event("stage.succeeded", **fields)
     send_metrics(record, settings.gcp.project_id, metric_client)
     return result
+
+
+def _committed_marker(store: Store, record: RunRecord) -> Callable[[], None]:
+    """Inside the stage's own transaction, just before it commits: the record says `committed`,
+    so a process killed right after the commit is not taken for one that wrote nothing. On
+    PostgreSQL a savepoint keeps a failed record write from failing the stage."""
+
+    def mark() -> None:
+        committed = replace(record, status="committed", details={**record.details,
+                                                                   "committed": True})
+        savepoint = store.dialect == "postgres"
+        try:
+            if savepoint:
+                store.execute("SAVEPOINT poolcast_run_record")
+            write_record(store, committed)
+            if savepoint:
+                store.execute("RELEASE SAVEPOINT poolcast_run_record")
+        except Exception as exc:  # noqa: BLE001 - observing must not fail the run
+            if not savepoint:
+                raise  # DuckDB has no savepoints: its transaction cannot go on
+            store.execute("ROLLBACK TO SAVEPOINT poolcast_run_record")
+            event("run_record.unmarked", logging.WARNING, error=first_line(exc, typed=True))
+
+    return mark
 
 
 def _record_end(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -52,6 +52,9 @@ class Store(ABC):
     def __init__(self) -> None:
         self._depth = 0
         self.commits = 0  # transactions committed: tells a stopped run whether it wrote
+        # Called inside each outermost transaction just before it commits (the run record says
+        # "committed" atomically with the stage's writes).
+        self.before_commit: list[Callable[[], None]] = []
 
     # -- connection primitives, one per backend ------------------------------------------------
     @abstractmethod
@@ -109,6 +112,8 @@ class Store(ABC):
         self._depth = 1
         try:
             yield
+            for hook in list(self.before_commit):
+                hook()
         except BaseException:
             self._depth = 0
             self._rollback()
