@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from readers import reader_url
 
 from poolcast.store import Store, StoreError, ident, open_store
