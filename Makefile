@@ -19,12 +19,49 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,test,spark,gcp,bench]'
 	touch $@ $(VENV)/.demo-installed
 
-## demo: load the shipped sample data into the embedded store, run metrics and forecast
+## demo: load the shipped sample data into the embedded store, run metrics and forecast, and say
+## what is in the store now: the counts explained, then the latest forecasts
+DEMO_AS_OF := (SELECT MAX(date) FROM pool_daily_metrics WHERE is_observed)
+DEMO_COUNTS := SELECT 'pools with daily metrics' AS what, COUNT(DISTINCT pool_id) AS n \
+  FROM pool_daily_metrics \
+  UNION ALL SELECT 'pool-days of metrics up to the latest data day (the metrics rows)', \
+  COUNT(*) FROM pool_daily_metrics WHERE date <= $(DEMO_AS_OF) \
+  UNION ALL SELECT 'rows for the day after the data: only a next-day forecast', COUNT(*) \
+  FROM pool_daily_metrics WHERE date > $(DEMO_AS_OF) \
+  UNION ALL SELECT 'pools with data in the last 7 days (the others stopped reporting)', \
+  COUNT(DISTINCT pool_id) FROM pool_daily_metrics WHERE is_observed AND date > $(DEMO_AS_OF) - 7 \
+  UNION ALL SELECT 'pools with 1/7/30-day forecasts, made on their latest day', \
+  COUNT(DISTINCT pool_id) FROM forecasts
+DEMO_LATEST := SELECT p.symbol, p.project, p.chain, f.made_on, f.horizon, f.target_date, \
+  CAST(f.value AS DECIMAL(10,2)) AS apy, CAST(f.lower AS DECIMAL(10,2)) AS low_80, \
+  CAST(f.upper AS DECIMAL(10,2)) AS high_80 \
+  FROM forecasts AS f JOIN pools AS p ON p.pool_id = f.pool_id \
+  WHERE f.metric = 'apy' AND f.made_on = (SELECT MAX(made_on) FROM forecasts) \
+  ORDER BY p.symbol, f.target_date, f.horizon
+
 demo: $(VENV)/.demo-installed
+	@echo "== 1/4 Create the tables in $(STORE)"
 	$(BIN)/poolcast db init --store $(STORE)
-	$(BIN)/poolcast ingest --store $(STORE) data/sample
-	$(BIN)/poolcast run --store $(STORE)
-	$(BIN)/poolcast sql --store $(STORE) "SELECT count(DISTINCT pool_id) AS pools, count(DISTINCT date) AS days, count(*) AS rows, count(rolling_apy_7d) AS with_7d, count(forecasted_apy) AS forecasts FROM pool_daily_metrics"
+	@echo
+	@echo "== 2/4 Load the sample in data/sample: DefiLlama pools and their APY/TVL history,"
+	@echo "   ETH and BTC prices from CoinMarketCap, daily gas fees from Etherscan"
+	POOLCAST_LOG_LEVEL=WARNING $(BIN)/poolcast ingest --store $(STORE) data/sample
+	@echo
+	@echo "== 3/4 Daily metrics for every pool (step 7), then its APY forecasts 1, 7 and 30 days"
+	@echo "   ahead with 80% intervals (step 11). One line per stage: seconds, rows read and"
+	@echo "   written, then the stage's numbers (as_of: the latest data day; days: the metrics"
+	@echo "   window; forecasts: pools forecast; model: where the trained model was saved)"
+	POOLCAST_LOG_LEVEL=WARNING $(BIN)/poolcast run --store $(STORE)
+	@echo
+	@echo "== 4/4 What is in the store now. Most sample pools stopped reporting in May/June 2025,"
+	@echo "   so their forecasts were made on their own last day:"
+	@$(BIN)/poolcast sql --store $(STORE) "$(DEMO_COUNTS)"
+	@echo
+	@echo "The latest forecasts (apy, and the 80% interval low_80 to high_80, in %):"
+	@$(BIN)/poolcast sql --store $(STORE) "$(DEMO_LATEST)"
+	@echo
+	@echo "Next: $(BIN)/poolcast report --store $(STORE)   # poolcast-report.html: every pool's forecasts,"
+	@echo "      data freshness, checks, backtest; $(BIN)/poolcast --help lists every command"
 
 ## test: the whole suite against a throwaway PostgreSQL server, Spark local[2] and the real jars
 test: $(VENV)/.test-installed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from readers import reader_url
 from typer.testing import CliRunner
 
 from poolcast.cli import app
@@ -28,7 +29,7 @@ def _demo(store: str, sample_dir: Path, models: Path) -> list[dict]:
     rows = _ok(
         "sql",
         "--store",
-        store,
+        reader_url(store) if store.startswith("postgresql://") else store,
         "--format",
         "json",
         "SELECT pool_id, date, forecasted_apy FROM pool_daily_metrics "

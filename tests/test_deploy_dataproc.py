@@ -7,6 +7,7 @@ real protobuf messages, so what is asserted here is the request as it arrives on
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -227,6 +228,51 @@ def _submit(client, settings, kind, manifest=None, **kw):
 # --- the request that arrives ---
 
 
+def test_driver_gets_project_id_for_monitoring_and_staging(fake, client, settings):
+    """Issue 22 item 4: without PROJECT_ID the driver never writes Cloud Monitoring and the
+    Spark engine has no gs:// staging default."""
+    for kind in ("metrics", "forecast"):
+        _submit(client, settings, kind)
+    for req in fake.create_requests:
+        props = dict(req.batch.runtime_config.properties)
+        assert props["spark.dataproc.driverEnv.PROJECT_ID"] == PROJECT
+
+
+def test_driver_env_uses_the_names_settings_reads(fake, client, settings, monkeypatch):
+    """Every driverEnv variable a batch gets is one the driver's load_settings() reads back to
+    the value submit had (the seed is POOLCAST_SEED; a bare SEED was ignored)."""
+    settings.seed = 7
+    settings.train_days = 45
+    _submit(client, settings, "forecast")
+    props = dict(fake.create_requests[0].batch.runtime_config.properties)
+    prefix = "spark.dataproc.driverEnv."
+    env = {k[len(prefix) :]: v for k, v in props.items() if k.startswith(prefix)}
+    for key in list(os.environ):
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    driver = load_settings()
+    assert (driver.seed, driver.train_days, driver.db_host) == (7, 45, "10.1.2.3")
+    assert driver.gcp.project_id == PROJECT and driver.db_sslmode == "require"
+    assert driver.model_dir == f"gs://{PROJECT}-poolcast-models/models"
+
+
+@pytest.mark.parametrize("mode", [None, "require", "verify-full"])
+def test_batch_database_connection_is_always_encrypted(fake, client, settings, mode):
+    """Issue 22 item 5: DB_SSLMODE is always sent (require unless the settings ask for more)."""
+    settings.db_sslmode = mode
+    _submit(client, settings, "metrics")
+    props = dict(fake.create_requests[0].batch.runtime_config.properties)
+    assert props["spark.dataproc.driverEnv.DB_SSLMODE"] == (mode or "require")
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer"])
+def test_batch_refuses_an_sslmode_that_may_not_encrypt(settings, mode):
+    settings.db_sslmode = mode
+    with pytest.raises(ValueError, match="unencrypted"):
+        dataproc.build_batch(settings, "metrics", _manifest())
+
+
 def test_metrics_request_arrives_with_runtime_files_jars_properties_and_ids(fake, client, settings):
     name, batch_id, request_id = _submit(client, settings, "metrics")
     assert len(fake.create_requests) == 1
@@ -264,8 +310,9 @@ def test_metrics_request_arrives_with_runtime_files_jars_properties_and_ids(fake
         f"projects/{PROJECT}/regions/{REGION}/subnetworks/dataproc-subnet"
     )
     assert execution.staging_bucket == f"{PROJECT}-spark-staging"
-    assert execution.ttl.total_seconds() == 4 * 3600
-    assert batch.labels["stage"] == "metrics"
+    assert execution.ttl.total_seconds() == 3 * 3600  # batch_spec.BATCH_TTL_S, as the workflow
+    assert list(execution.network_tags) == ["poolcast-dataproc"]  # the firewall rule's tag
+    assert batch.labels["stage"] == "metrics" and batch.labels["code-version"] == SHA
 
     # the password never travels: not in properties, args, or anywhere in the request bytes
     assert PASSWORD.encode() not in dataproc_v1.CreateBatchRequest.serialize(req)
@@ -295,7 +342,7 @@ MODEL_DIR_KEY = "spark.dataproc.driverEnv.POOLCAST_MODEL_DIR"
 @pytest.mark.parametrize("kind", ["forecast", "metrics"])
 def test_batches_keep_models_in_the_models_bucket_by_default(fake, client, settings, kind):
     """A local model dir (the default `models`) would be the driver's disk, gone with the batch."""
-    assert settings.model_dir == "models"
+    assert not settings.model_dir.startswith("gs://")  # a local folder by default
     _submit(client, settings, kind)
     props = dict(fake.create_requests[0].batch.runtime_config.properties)
     assert props[MODEL_DIR_KEY] == f"gs://{PROJECT}-poolcast-models/models"
@@ -518,6 +565,16 @@ def test_cli_submit_forecast_waits_and_exits_0_on_success(fake, cli_env):
     assert props["spark.executor.instances"] == "5"
     assert props["spark.dynamicAllocation.enabled"] == "false"
     assert fake.create_requests[0].parent == f"projects/{PROJECT}/locations/{REGION}"
+
+
+def test_cli_submit_timeout_is_the_batch_ttl_as_in_the_workflow(fake, cli_env):
+    """Issue 22 item 7: the workflow's BATCH_TIMEOUT_SECONDS is both its wait and the ttl;
+    submit's --timeout is the same (default 3 h: batch_spec.BATCH_TTL_S)."""
+    common = ["--region", REGION, "--poll", "0", "--db-password-secret", "poolcast-db-password"]
+    assert _invoke("metrics", *common).exit_code == 0
+    assert _invoke("metrics", *common, "--timeout", "7200").exit_code == 0
+    ttls = [r.batch.environment_config.execution_config.ttl for r in fake.create_requests]
+    assert [t.total_seconds() for t in ttls] == [10800, 7200]
 
 
 def test_cli_submit_model_dir(fake, cli_env, monkeypatch):

@@ -7,8 +7,15 @@ language). The emulator has no Dataproc connector and drops query parameters fro
 calls, so the one shim here, :func:`_connector`, maps each ``googleapis.*`` call to the real REST
 method and path (with ``batchId``/``requestId`` as query parameters) and sends it with the
 emulator's own HTTP client to a fake Google API server on 127.0.0.1; HTTP errors come back as the
-emulator's ``WorkflowError`` with their status code. The shim does not emulate the connectors'
-built-in polling: the pipeline turns it off (``skip_polling: true``) and the test checks that.
+emulator's ``WorkflowError`` with their status code. Like the real connectors, the shim puts path
+arguments into the URL *as given*: Google's Cloud Storage connector page says object names must be
+URL-encoded by the workflow (``text.url_encode``), else a name with a folder fails. Cloud Storage
+requests go on, with the connector's own path, to ``gcp-storage-emulator`` holding a manifest the
+real ``google-cloud-storage`` client uploaded; an object path of more than one segment gets
+Cloud Storage's 404 before it. The emulator's ``text.url_encode`` is Python's ``quote`` (which
+keeps ``/``); it is replaced by the documented one, which encodes every reserved character. The
+shim does not emulate the connectors' built-in polling: the pipeline turns it off
+(``skip_polling: true``) and the test checks that.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import uuid
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlparse
+from urllib.error import HTTPError
+from urllib.parse import parse_qs, quote, urlparse
+from urllib.request import urlopen
 
 import pytest
 
@@ -40,14 +49,27 @@ SHA = "feedfacecafebeef0000111122223333aaaabbbb"
 JOBS_INGEST = ["fetch-pools", "fetch-history", "fetch-market", "fetch-gas", "filter-pools", "load"]
 JOBS_MIDDLE = ["group-pools", "icebox", "snapshots"]
 JOBS_FINAL = ["rank", "allocate", "report", "notify", "cleanup", "audit"]
+SECRET = f"projects/{PROJECT}/secrets/poolcast-db-password/versions/latest"
+
+
+def _tf_default(name: str) -> str:
+    """A variable's default in variables.tf, as the string Terraform hands the workflow."""
+    text = (TERRAFORM / "variables.tf").read_text()
+    block = re.search(r'variable "' + name + r'" \{(.*?)\n\}', text, re.S)
+    assert block, name
+    default = re.search(r"^\s*default\s*=\s*(.+)$", block.group(1), re.M)
+    assert default, name
+    return default.group(1).strip().strip('"')
 
 
 # --- a fake of the Google APIs the pipeline calls ---
 
 
 class FakeGoogle:
-    def __init__(self, manifest: dict) -> None:
+    def __init__(self, manifest: dict, storage_url: str) -> None:
         self.manifest = manifest
+        self.storage_url = storage_url  # gcp-storage-emulator
+        self.storage_paths: list[str] = []  # raw paths, as the connector sent them
         self.lock = threading.Lock()
         self.log: list[tuple[str, str]] = []  # (method, path) in order
         self.creates: list[dict] = []
@@ -60,14 +82,21 @@ class FakeGoogle:
         self.jobs_run: list[str] = []
         self.failing_jobs: set[str] = set()
 
+    def storage(self, raw_path: str, raw_query: str):
+        """Cloud Storage: an object is one path segment after /o/ (a '/' in its name is %2F);
+        anything else is not an object, and GCS answers 404. The rest goes to the emulator."""
+        self.storage_paths.append(raw_path)
+        if not re.fullmatch(r"/storage/v1/b/[^/]+/o/[^/]+", raw_path):
+            return 404, {"error": {"code": 404, "message": f"No such object: {raw_path}"}}
+        try:
+            with urlopen(f"{self.storage_url}{raw_path}?{raw_query}", timeout=10) as resp:
+                return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+        except HTTPError as exc:
+            return exc.code, {"error": {"code": exc.code, "message": exc.reason}}
+
     def handle(self, method: str, path: str, query: dict, body: dict | None):
         with self.lock:
             self.log.append((method, path))
-            m = re.fullmatch(r"/storage/v1/b/([^/]+)/o/([^/]+)", path)
-            if m and method == "GET":
-                assert query.get("alt") == ["media"]
-                assert m.group(1) == BUCKET and unquote(m.group(2)) == "latest/MANIFEST.json"
-                return 200, self.manifest
             m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/batches", path)
             if m and method == "POST":
                 return self._create(m.group(1), query, body)
@@ -129,10 +158,14 @@ def _serve(fake: FakeGoogle) -> tuple[ThreadingHTTPServer, str]:
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
-            status, payload = fake.handle(self.command, url.path, parse_qs(url.query), body)
-            data = json.dumps(payload).encode()
+            if url.path.startswith("/storage/"):
+                reply = fake.storage(url.path, url.query)
+            else:
+                reply = fake.handle(self.command, url.path, parse_qs(url.query), body)
+            status, payload, ctype = (*reply, "application/json")[:3]
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -171,7 +204,7 @@ ROUTES = {
 @pytest.fixture
 def emulator(monkeypatch):
     wf_main = pytest.importorskip("workflows_emulator.main")
-    from workflows_emulator.lib import http_utils, sys_utils
+    from workflows_emulator.lib import http_utils, sys_utils, text_utils
 
     state = {"now": 1_000_000.0, "connector_calls": []}
 
@@ -181,13 +214,8 @@ def emulator(monkeypatch):
         params = args.pop("connector_params", {})
         method, template, query_keys = ROUTES[call]
         state["connector_calls"].append((call, copy.deepcopy(args), params))
-        path = template.format(
-            **{
-                k: quote(str(v), safe="" if k == "object" else "/")
-                for k, v in args.items()
-                if isinstance(v, str | int)
-            }
-        )
+        # as given, as the connectors do: encoding an object name is the workflow's job
+        path = template.format(**{k: str(v) for k, v in args.items() if isinstance(v, str | int)})
         query = {k: args[k] for k in query_keys if k in args}
         return http_utils.request(method, state["base"] + path, body=args.get("body"), query=query)[
             "body"
@@ -199,27 +227,36 @@ def emulator(monkeypatch):
         sys_utils, "sleep", lambda seconds: state.__setitem__("now", state["now"] + seconds)
     )
     monkeypatch.setattr(wf_main, "sleep", lambda _s: None)  # retry backoff
+    # Workflows' text.url_encode percent-encodes reserved characters, "/" included (the emulator's
+    # is urllib's quote, which keeps "/").
+    monkeypatch.setattr(text_utils, "url_encode", lambda source: quote(source, safe="-_.~"))
     env = {
         "GOOGLE_CLOUD_PROJECT_ID": PROJECT,
         "GOOGLE_CLOUD_LOCATION": LOCATION,
         "GOOGLE_CLOUD_WORKFLOW_EXECUTION_ID": str(uuid.uuid4()),
+        # user_env_vars as main.tf sets them, with variables.tf's defaults
         "CODE_BUCKET": BUCKET,
         "STAGING_BUCKET": f"{PROJECT}-spark-staging",
         "DATAPROC_SERVICE_ACCOUNT": f"dataproc-spark-sa@{PROJECT}.iam.gserviceaccount.com",
         "DATAPROC_SUBNETWORK": f"projects/{PROJECT}/regions/{LOCATION}/subnetworks/dataproc-subnet",
-        "BATCH_TIMEOUT_SECONDS": "10800",
-        "CLOUD_RUN_JOBS_INGEST": ",".join(JOBS_INGEST),
-        "CLOUD_RUN_JOBS_MIDDLE": ",".join(JOBS_MIDDLE),
-        "CLOUD_RUN_JOBS_FINAL": ",".join(JOBS_FINAL),
-        "DB_HOST": "10.20.0.3",
-        "DB_PORT": "5432",
-        "DB_NAME": "defiyieldopt_db",
-        "DB_USER": "defiyieldopt_user",
-        "DB_PASSWORD_SECRET": f"projects/{PROJECT}/secrets/poolcast-db-password/versions/latest",
-        "TRAIN_DAYS": "60",
-        "SEED": "42",
-        "FORECAST_EXECUTORS": "2",
-        "MODEL_DIR": f"gs://{PROJECT}-poolcast-models/models",
+        "BATCH_TIMEOUT_SECONDS": _tf_default("batch_timeout_seconds"),
+        "CLOUD_RUN_JOBS": json.dumps(
+            {"ingest": JOBS_INGEST, "middle": JOBS_MIDDLE, "final": JOBS_FINAL}
+        ),
+        "DRIVER_ENV": json.dumps(
+            {
+                "DB_HOST": "10.20.0.3",
+                "DB_PORT": _tf_default("db_port"),
+                "DB_NAME": _tf_default("db_name"),
+                "DB_USER": _tf_default("db_user"),
+                "DB_SSLMODE": _tf_default("db_sslmode"),
+                "TRAIN_DAYS": _tf_default("train_days"),
+                "POOLCAST_SEED": _tf_default("seed"),
+                "DB_PASSWORD_SECRET": SECRET,
+                "POOLCAST_MODEL_DIR": f"gs://{PROJECT}-poolcast-models/models",
+            }
+        ),
+        "FORECAST_EXECUTORS": _tf_default("forecast_executors"),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -250,8 +287,18 @@ def _manifest_files():
 
 
 @pytest.fixture
-def google(emulator):
-    fake = FakeGoogle(json.loads(_manifest_files().to_json()))
+def google(emulator, gcs_emulator, monkeypatch):
+    from poolcast.deploy import gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    client = gcs.make_client(PROJECT)
+    bucket = client.bucket(BUCKET)
+    if not bucket.exists():
+        client.create_bucket(BUCKET)
+    manifest = _manifest_files()
+    for name in ("latest/MANIFEST.json", f"versions/{SHA}/MANIFEST.json"):
+        bucket.blob(name).upload_from_string(manifest.to_json(), content_type="application/json")
+    fake = FakeGoogle(json.loads(manifest.to_json()), gcs_emulator)
     server, base = _serve(fake)
     emulator[1]["base"] = base
     yield fake
@@ -324,33 +371,110 @@ def test_pipeline_runs_steps_in_order_and_batches_succeed(emulator, google):
     assert google.creates[0]["requestId"] != google.creates[1]["requestId"]
 
 
-def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
-    """The workflow and `poolcast submit` send the same batch (one source of truth, tested)."""
+def _submit_body(emulator, kind: str) -> dict:
+    """The body `poolcast submit` sends for ``kind``, with the settings Terraform's defaults give
+    the workflow (what the deployment configures, as the DRIVER_ENV the emulator was given)."""
     from poolcast.deploy import dataproc
     from poolcast.settings import load_settings
 
-    _run(emulator)
     settings = load_settings()
     settings.gcp.project_id, settings.gcp.region = PROJECT, LOCATION
-    settings.gcp.db_password_secret = emulator[1]["env"]["DB_PASSWORD_SECRET"]
-    manifest = _manifest_files()
+    settings.gcp.db_password_secret = SECRET
+    settings.db_host = "10.20.0.3"
+    settings.spark.executor_instances = int(_tf_default("forecast_executors"))
+    batch = dataproc.build_batch(
+        settings,
+        kind,
+        _manifest_files(),
+        args=["--incremental"],
+        ttl_s=int(_tf_default("batch_timeout_seconds")),
+    )
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(type(batch).pb(batch))  # as it goes on the wire: no default fields
+
+
+def test_pipeline_batch_request_matches_the_python_submit(emulator, google):
+    """Issue 22 item 7: the workflow and `poolcast submit` send the same batch, body for body
+    (properties, env, files, runtime, ttl, labels, network tags), with Terraform's defaults."""
+    _run(emulator)
     for create, kind in zip(google.creates, ("metrics", "forecast"), strict=True):
-        body = create["body"]
-        expected = dataproc.build_batch(settings, kind, manifest)
-        py = type(expected).to_dict(expected, preserving_proto_field_name=False)
-        assert body["runtimeConfig"]["properties"] == py["runtimeConfig"]["properties"]
-        assert body["runtimeConfig"]["version"] == "1.2"
-        assert body["pysparkBatch"]["mainPythonFileUri"] == manifest.main_uri(kind)
-        for key in ("pythonFileUris", "jarFileUris", "archiveUris"):
-            assert body["pysparkBatch"][key] == py["pysparkBatch"][key], key
-        execution = body["environmentConfig"]["executionConfig"]
-        for key in ("serviceAccount", "subnetworkUri", "stagingBucket"):
-            assert execution[key] == py["environmentConfig"]["executionConfig"][key], key
-        assert execution["ttl"] == "10800s"
-        assert 'PASSWORD"' not in json.dumps(body) and "DB_PASSWORD_SECRET" in json.dumps(body)
+        body, expected = create["body"], _submit_body(emulator, kind)
+        for key in sorted(set(body) | set(expected)):
+            assert body.get(key) == expected.get(key), (kind, key)
+        assert 'PASSWORD"' not in json.dumps(create["body"])
     forecast = google.creates[1]["body"]["runtimeConfig"]["properties"]
     assert forecast["spark.dynamicAllocation.enabled"] == "false"
-    assert forecast["spark.executor.instances"] == "2"
+
+
+def test_code_version_label_is_the_same_for_any_version_name(emulator, google, monkeypatch):
+    """A version named by hand (`deploy upload --version Release.2`) is label-safe on both paths."""
+    from poolcast.deploy import batch_spec, gcs
+
+    manifest = _manifest_files()
+    manifest.version = "Release.2_rc"
+    client = gcs.make_client(PROJECT)
+    client.bucket(BUCKET).blob("latest/MANIFEST.json").upload_from_string(
+        manifest.to_json(), content_type="application/json"
+    )
+    _run(emulator)
+    for create, kind in zip(google.creates, ("metrics", "forecast"), strict=True):
+        assert create["body"]["labels"] == batch_spec.labels(kind, "Release.2_rc")
+        assert create["body"]["labels"]["code-version"] == "release-2_rc"
+
+
+def test_submit_defaults_are_terraform_defaults():
+    """What the workflow gets from variables.tf is what `poolcast submit` uses by default."""
+    from poolcast.deploy import batch_spec
+    from poolcast.settings import Settings
+
+    defaults = Settings.model_construct()
+    assert int(_tf_default("forecast_executors")) == defaults.spark.executor_instances
+    assert int(_tf_default("batch_timeout_seconds")) == batch_spec.BATCH_TTL_S
+    assert _tf_default("db_sslmode") == batch_spec.DEFAULT_DB_SSLMODE
+    assert (_tf_default("db_name"), _tf_default("db_user")) == (defaults.db_name, defaults.db_user)
+    assert (int(_tf_default("db_port")), int(_tf_default("train_days"))) == (
+        defaults.db_port,
+        defaults.train_days,
+    )
+    assert int(_tf_default("seed")) == defaults.seed
+
+
+def test_workflow_job_environment_is_generated_from_the_batch_spec():
+    """The block between the marks is what poolcast.deploy.batch_spec renders (run `poolcast
+    deploy render-workflow` after changing it)."""
+    from poolcast.deploy import batch_spec
+
+    text = WORKFLOW.read_text()
+    assert batch_spec.splice_workflow(text) == text
+
+
+def test_driver_gets_project_id_and_an_encrypted_db_connection(emulator, google):
+    """Issue 22 items 4 and 5: PROJECT_ID (Cloud Monitoring, gs:// staging) and DB_SSLMODE."""
+    _run(emulator)
+    for create in google.creates:
+        props = create["body"]["runtimeConfig"]["properties"]
+        assert props["spark.dataproc.driverEnv.PROJECT_ID"] == PROJECT
+        assert props["spark.dataproc.driverEnv.DB_SSLMODE"] in ("require", "verify-full")
+        assert props["spark.dataproc.driverEnv.POOLCAST_SEED"] == "42"
+
+
+@pytest.mark.parametrize(
+    ("args", "path"),
+    [
+        ({}, f"/storage/v1/b/{BUCKET}/o/latest%2FMANIFEST.json"),
+        (
+            {"manifest": f"versions/{SHA}/MANIFEST.json"},
+            f"/storage/v1/b/{BUCKET}/o/versions%2F{SHA}%2FMANIFEST.json",
+        ),
+    ],
+)
+def test_manifest_name_reaches_cloud_storage_url_encoded(emulator, google, args, path):
+    """Issue 22 item 1: the connector puts `object` into the path as given; unencoded,
+    latest/MANIFEST.json is two segments and Cloud Storage answers 404 at the first step."""
+    result = _run(emulator, args)
+    assert google.storage_paths == [path]
+    assert result["code_version"] == SHA
 
 
 MODEL_DIR_KEY = "spark.dataproc.driverEnv.POOLCAST_MODEL_DIR"
@@ -501,6 +625,15 @@ def _tf() -> dict[str, dict[str, dict]]:
     return resources
 
 
+def _jsonencoded(value: str) -> dict:
+    """The map inside ``${jsonencode({...})}`` as hcl2 writes it."""
+    import ast
+
+    inner = re.fullmatch(r"\$\{jsonencode\((.*)\)\}", value, re.S)
+    assert inner, value
+    return ast.literal_eval(inner.group(1))
+
+
 def _one(value):
     """hcl2 wraps attribute values and blocks in one-element lists."""
     while isinstance(value, list) and len(value) == 1:
@@ -537,7 +670,10 @@ def test_terraform_buckets():
     # the name the Python side sends as POOLCAST_MODEL_DIR is the bucket Terraform makes
     assert gcs.models_bucket("P") == _one(models["name"]).replace("${var.project_id}", "P")
     env = _one(tf["google_workflows_workflow"]["pipeline"]["user_env_vars"])
-    assert env["MODEL_DIR"] == "gs://${google_storage_bucket.poolcast_models.name}/models"
+    driver_env = _jsonencoded(env["DRIVER_ENV"])
+    assert driver_env["POOLCAST_MODEL_DIR"] == (
+        "gs://${google_storage_bucket.poolcast_models.name}/models"
+    )
     assert gcs.default_model_dir("P") == "gs://P-poolcast-models/models"
 
 
@@ -552,7 +688,8 @@ def test_terraform_least_privilege():
         for a in tf["google_project_iam_member"].values()
         if _one(a["member"]) == dataproc_sa and "count" not in a
     }
-    assert on_project == {"roles/dataproc.worker"}
+    # dataproc.worker (Dataproc requires it), metricWriter (issue 22 item 4: stage metrics)
+    assert on_project == {"roles/dataproc.worker", "roles/monitoring.metricWriter"}
     bucket_grants = {
         (_one(a["bucket"]), _one(a["role"]), _one(a["member"]))
         for a in tf["google_storage_bucket_iam_member"].values()
@@ -562,7 +699,10 @@ def test_terraform_least_privilege():
     assert (staging, "roles/storage.objectAdmin", dataproc_sa) in bucket_grants
     assert (code, "roles/storage.objectViewer", dataproc_sa) in bucket_grants
     assert (code, "roles/storage.objectAdmin", dataproc_sa) not in bucket_grants
-    assert (code, "roles/storage.objectAdmin", "${local.cloudbuild_member}") in bucket_grants
+    build_sa = "serviceAccount:${google_service_account.build.email}"
+    assert {(b, r) for b, r, m in bucket_grants if m == build_sa} == {
+        (code, "roles/storage.objectAdmin")
+    }
     # models: the batch account reads and writes them; nobody else is granted on that bucket
     models = "${google_storage_bucket.poolcast_models.name}"
     assert {(r, m) for b, r, m in bucket_grants if b == models} == {
@@ -577,6 +717,104 @@ def test_terraform_least_privilege():
     assert secret == "roles/secretmanager.secretAccessor"
     acts_as = tf["google_service_account_iam_member"]["workflow_acts_as_dataproc"]
     assert _one(acts_as["service_account_id"]) == "${google_service_account.dataproc.name}"
+
+
+def test_terraform_workflow_account_has_only_the_batch_calls_it_makes():
+    """Issue 22 item 6: no roles/dataproc.editor project-wide; a custom role with exactly the
+    permissions run_dataproc_batch's connector calls need."""
+    tf = _tf()
+    workflow_sa = "serviceAccount:${google_service_account.workflow.email}"
+    roles = {
+        _one(a["role"])
+        for a in tf["google_project_iam_member"].values()
+        if _one(a["member"]) == workflow_sa
+    }
+    assert not any(r.startswith("roles/dataproc.") for r in roles), roles
+    assert "${google_project_iam_custom_role.batch_runner.id}" in roles
+    custom = tf["google_project_iam_custom_role"]["batch_runner"]
+    assert set(_one(custom["permissions"])) == {
+        "dataproc.batches.create",
+        "dataproc.batches.get",
+        "dataproc.operations.cancel",
+    }
+    calls = set(
+        re.findall(
+            r"call: googleapis\.dataproc\.v1\.projects\.locations\.(\w+\.\w+)", WORKFLOW.read_text()
+        )
+    )
+    assert calls == {"batches.create", "batches.get", "operations.cancel"}
+
+
+def test_terraform_firewall_only_between_batch_vms():
+    """Issue 22 item 6: the all-ports rule goes from the subnet to the batch VMs in the subnet
+    (destination range and network tag), not from the subnet to every VM of the network; the
+    batches carry that tag."""
+    from poolcast.deploy import batch_spec
+
+    rule = _tf()["google_compute_firewall"]["dataproc_internal"]
+    assert _one(rule["source_ranges"]) == _one(rule["destination_ranges"]) == "${var.subnet_cidr}"
+    assert _one(rule["target_tags"]) == "${local.dataproc_tag}"
+    main = (TERRAFORM / "main.tf").read_text()
+    assert f'dataproc_tag = "{batch_spec.NETWORK_TAG}"' in main
+    assert f'networkTags: ["{batch_spec.NETWORK_TAG}"]' in WORKFLOW.read_text()
+
+
+def test_terraform_first_apply_enables_what_it_uses_and_builds_run_as_their_own_account():
+    """Issue 22 item 3: IAM and Cloud Build APIs are enabled, and every service account waits
+    for the enabled services; Cloud Build runs as poolcast-build (set on the trigger), so the
+    bucket grant reaches the account builds use, whatever the organization's default is."""
+    main = (TERRAFORM / "main.tf").read_text()
+    services = set(re.findall(r'"([a-z]+\.googleapis\.com)"', main.split("network_self_link")[0]))
+    assert {"iam.googleapis.com", "cloudbuild.googleapis.com", "monitoring.googleapis.com"} <= (
+        services
+    )
+    tf = _tf()
+    # every resource that calls an API Terraform enables waits for it
+    for rtype in (
+        "google_service_account",
+        "google_project_iam_custom_role",
+        "google_compute_network",
+        "google_compute_subnetwork",
+        "google_compute_firewall",
+        "google_storage_bucket",
+        "google_secret_manager_secret",
+        "google_workflows_workflow",
+        "google_cloud_scheduler_job",
+        "google_cloudbuild_trigger",
+        "google_cloud_run_v2_job_iam_member",
+    ):
+        for name, resource in tf[rtype].items():
+            depends = _one(resource.get("depends_on"))
+            assert depends == "${google_project_service.enabled}", f"{rtype}.{name}"
+    assert "cloudbuild.gserviceaccount.com" not in main and "cloudbuild_member" not in main
+    trigger = tf["google_cloudbuild_trigger"]["upload"]
+    assert _one(trigger["service_account"]) == "${google_service_account.build.id}"
+    assert _one(trigger["filename"]) == "cloudbuild.yaml"
+    assert _one(tf["google_project_iam_member"]["build_logs"]["role"]) == "roles/logging.logWriter"
+    doc = __import__("yaml").safe_load(CLOUDBUILD.read_text())
+    # a build with a user-chosen account must say where its logs go
+    assert doc["options"]["logging"] == "CLOUD_LOGGING_ONLY"
+
+
+def test_terraform_no_connector_switch_without_a_connector():
+    """Issue 22 item 5: use_cloud_sql_connector only granted a role; no connector is used."""
+    text = "".join(p.read_text() for p in TERRAFORM.glob("*.tf"))
+    assert "use_cloud_sql_connector" not in text and "cloudsql.client" not in text
+    tf_var = _tf()["__variables__"]["db_sslmode"]
+    assert _one(tf_var["default"]) == "require"
+
+
+def test_terraform_rollback_state_and_lock():
+    """Issue 22 item 9: an earlier commit's apply can replace or remove the workflow (provider
+    6.x protects it by default); state lives in a GCS backend; the lock file is committed."""
+    tf = _tf()
+    workflow = tf["google_workflows_workflow"]["pipeline"]
+    assert _one(workflow["deletion_protection"]) is False
+    versions = (TERRAFORM / "versions.tf").read_text()
+    assert re.search(r'backend "gcs" \{', versions)
+    assert re.search(r'version\s*=\s*">= 6\.', versions)  # deletion_protection is 6.x
+    ignored = (TERRAFORM / ".gitignore").read_text().split()
+    assert ".terraform.lock.hcl" not in ignored
 
 
 def test_terraform_network_workflow_and_schedule():
@@ -598,7 +836,14 @@ def test_terraform_network_workflow_and_schedule():
         "GOOGLE_CLOUD_LOCATION",
         "GOOGLE_CLOUD_WORKFLOW_EXECUTION_ID",
     }
-    assert "DB_PASSWORD" not in env and env["DB_PASSWORD_SECRET"].endswith("/versions/latest")
+    assert len(env) <= 20  # Workflows' limit on user_env_vars
+    from poolcast.deploy import batch_spec
+
+    driver_env = _jsonencoded(env["DRIVER_ENV"])
+    assert tuple(driver_env) == batch_spec.DRIVER_ENV_KEYS
+    assert "DB_PASSWORD" not in driver_env
+    assert driver_env["DB_PASSWORD_SECRET"].endswith("/versions/latest")
+    assert set(_jsonencoded(env["CLOUD_RUN_JOBS"])) == {"ingest", "middle", "final"}
     yaml.safe_load(text)
 
     job = tf["google_cloud_scheduler_job"]["daily"]

@@ -143,6 +143,12 @@ def test_runtime_requirements_skip_what_the_runtime_ships():
 # --- upload / list / rollback on the emulator ---
 
 
+@pytest.mark.parametrize("version", ["", "a/b", "x" * 64])
+def test_upload_refuses_a_version_name_that_cannot_be_a_path_or_a_label(client, tmp_path, version):
+    with pytest.raises(gcs.DeployError, match="invalid version"):
+        gcs.upload_version(client, BUCKET, version, _files(tmp_path), package_version="0.1.0")
+
+
 def test_upload_writes_version_then_latest_pointer(client, tmp_path):
     manifest = gcs.upload_version(
         client, BUCKET, "aaa111", _files(tmp_path), package_version="0.1.0"

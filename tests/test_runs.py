@@ -31,7 +31,7 @@ from poolcast.log import Progress, event, setup_logging
 from poolcast.runs import RunRecord, observed_stage, recent_runs, scrub, write_record
 from poolcast.settings import Settings
 from poolcast.stages import StageResult, metrics_stage
-from poolcast.store import Store
+from poolcast.store import Store, open_store
 
 PROJECT = "acme-prod"
 
@@ -167,7 +167,7 @@ def test_cli_ingest_is_recorded_with_its_quarantine(
     assert out.exit_code == 0, out.output
     [row] = json.loads(runner.invoke(app, ["runs", "--store", url, "--json"]).stdout)
     assert row["stage"] == "ingest" and row["status"] == "succeeded"
-    assert row["details"] == {"files": 2, "quarantined": 1}
+    assert row["details"] == {"files": 2, "quarantined": 1, "revised": 0}
     assert row["rows_written"] == row["rows_read"] > 1
 
     out = runner.invoke(app, ["ingest", "--store", url, str(bad)])  # without --skip-bad: refused
@@ -361,3 +361,73 @@ def test_no_project_no_monitoring(monkeypatch) -> None:
     monkeypatch.setattr(runs, "_metric_client", lambda: pytest.fail("client created"))
     record = RunRecord("x", "metrics", "local", {}, runs._utcnow(), status="succeeded")
     assert runs.send_metrics(record, None) is False
+
+
+# -- stopped runs (issue 23) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("commit_first", [False, True], ids=["before-commit", "after-commit"])
+def test_a_stopped_stage_is_recorded_by_what_it_committed(
+    store: Store, settings: Settings, commit_first: bool
+) -> None:
+    import signal
+
+    row = pa.table({"pool_id": ["p"], "date": [pa.scalar(0, pa.date32()).as_py()],
+                    "actual_apy": [1.0]})
+
+    def stage(s: Store, _: Settings) -> StageResult:
+        if commit_first:
+            s.merge("pool_daily_metrics", row, ["pool_id", "date"])
+        with s.transaction():
+            s.merge("pool_daily_metrics", row.set_column(2, "actual_apy", pa.array([2.0])),
+                    ["pool_id", "date"])
+            raise runs.Stopped(signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        observed_stage(store, "metrics", settings, stage, run_id="r-stop")
+    [record] = recent_runs(store, status="stopped")
+    assert record["run_id"] == "r-stop" and record["details"] == {"committed": commit_first}
+    assert record["error"] == "stopped by SIGTERM" + (
+        " after it committed its writes" if commit_first else "; nothing was committed"
+    )
+    apy = store.fetch_arrow("SELECT actual_apy FROM pool_daily_metrics").column(0).to_pylist()
+    assert apy == ([1.0] if commit_first else [])  # the open transaction rolled back
+    assert recent_runs(store, status="died") == [] and recent_runs(store, status="running") == []
+
+
+def test_unknown_status_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="unknown status 'bogus'"):
+        recent_runs(store, status="bogus")
+
+
+_KILLED_AFTER_COMMIT = """
+import os, signal, sys
+import pyarrow as pa
+from poolcast.runs import observed_stage
+from poolcast.settings import Settings
+from poolcast.store import open_store
+
+store = open_store(sys.argv[1])
+row = pa.table({"pool_id": ["p"], "date": [pa.scalar(0, pa.date32()).as_py()],
+                "actual_apy": [1.0]})
+
+def stage(s, settings):
+    s.merge("pool_daily_metrics", row, ["pool_id", "date"])
+    os.kill(os.getpid(), signal.SIGKILL)  # right after the commit, before the record
+
+observed_stage(store, "metrics", Settings(), stage, run_id="r-killed")
+"""
+
+
+def test_a_run_killed_right_after_its_commit_is_recorded_as_committed(store: Store) -> None:
+    url = store.url
+    store.close()
+    child = subprocess.run([sys.executable, "-c", _KILLED_AFTER_COMMIT, url], timeout=60)
+    assert child.returncode == -9
+    with open_store(url) as s:
+        [record] = recent_runs(s)
+        assert record["run_id"] == "r-killed" and record["status"] == "committed"
+        assert record["details"] == {"committed": True} and record["finished_at"] is None
+        assert s.fetch_arrow("SELECT actual_apy FROM pool_daily_metrics").column(0).to_pylist() == [
+            1.0
+        ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 import typer
 from fault_inputs import POOLS, pools_file, small_history, snap, write
+from readers import reader_url
 from typer.testing import CliRunner
 
 from poolcast.cli import app
@@ -175,16 +177,107 @@ WRITES = [
 ]
 
 
+def _sql_url(store: Store) -> str:
+    """Where `poolcast sql` may run: a role without superuser rights on PostgreSQL; the file,
+    closed here first (the sandbox does not share a file with an unconfined connection)."""
+    if store.dialect == "postgres":
+        return reader_url(store.url)
+    store.close()
+    return store.url
+
+
 @pytest.mark.parametrize("statement", WRITES)
 def test_sql_command_stays_read_only(small_store: Store, store_url: str, statement: str) -> None:
     before = store_checksums(small_store)
     tables = row_count(small_store, "pools")
-    result = runner.invoke(app, ["sql", statement, "--store", store_url])
+    result = runner.invoke(app, ["sql", statement, "--store", _sql_url(small_store)])
     assert result.exit_code == 1, result.output
-    assert "error:" in result.output
-    assert store_checksums(small_store) == before and row_count(small_store, "pools") == tables
-    with pytest.raises(Exception):  # noqa: B017 - either store's own "no such table" error
-        small_store.fetch_arrow("SELECT * FROM evil")
+    assert "error:" in result.output and "Traceback" not in result.output
+    with open_store(store_url) as after:
+        assert store_checksums(after) == before and row_count(after, "pools") == tables
+        with pytest.raises(Exception):  # noqa: B017 - either store's own "no such table" error
+            after.fetch_arrow("SELECT * FROM evil")
+
+
+# What issue 23 reached from `poolcast sql` on the embedded store: the host's files, the network,
+# extension installs, a checkpoint.
+HOST_READS = [
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM read_blob('/etc/passwd')",
+    "SELECT * FROM glob('/root/**')",
+    "SELECT * FROM read_parquet('https://example.com/x.parquet')",
+    "SELECT * FROM sqlite_scan('/tmp/x.db', 't')",
+    "SELECT * FROM read_json_auto('/etc/passwd')",
+    "INSTALL httpfs",
+    "SELECT * FROM checkpoint()",
+    "SELECT current_setting('enable_external_access') AS v, * FROM read_text('/etc/hostname')",
+]
+
+
+@pytest.mark.parametrize("statement", HOST_READS)
+def test_sql_on_the_embedded_store_reaches_nothing_but_the_store(
+    small_store: Store, statement: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if small_store.dialect != "duckdb":
+        pytest.skip("DuckDB's table functions; PostgreSQL's are test_sql_on_postgres_*")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where an extension install would go
+    url = _sql_url(small_store)
+    before = Path(url).read_bytes()
+    result = runner.invoke(app, ["sql", statement, "--store", url])
+    if "checkpoint" in statement:  # runs, but a read-only database has nothing to write
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "root:" not in result.output
+    assert not (tmp_path / "home").exists()
+    assert Path(url).read_bytes() == before
+
+
+def test_sql_stops_at_its_timeout(small_store: Store) -> None:
+    query = (
+        "SELECT count(*) AS n FROM range(1000000000000)"
+        if small_store.dialect == "duckdb"
+        # set_config cannot lift the timeout of the statement already running
+        else "SELECT set_config('statement_timeout', '0', true), pg_sleep(30)"
+    )
+    url = _sql_url(small_store)
+    started = time.monotonic()
+    result = runner.invoke(app, ["sql", query, "--store", url, "--timeout", "0.5"])
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1, result.output
+    assert "ran longer than 0.5 s and was stopped" in result.output
+    ok = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM pools", "--store", url])
+    assert ok.exit_code == 0 and "(1 row)" in ok.output
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT pg_read_file('/etc/hostname')",
+        "SELECT * FROM pg_ls_dir('.')",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+        "SELECT lo_import('/etc/hostname')",
+        "SELECT set_config('role', 'postgres', true), "
+        "query_to_xml('SELECT pg_read_file(''/etc/hostname'')', true, false, '')",
+    ],
+)
+def test_sql_on_postgres_reaches_no_files_and_no_sessions(pg_url: str, statement: str) -> None:
+    url = reader_url(fresh_pg_schema_url(pg_url))
+    result = runner.invoke(app, ["sql", statement, "--store", url])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+@pytest.mark.postgres
+def test_sql_refuses_to_run_as_a_superuser(pg_url: str) -> None:
+    url = fresh_pg_schema_url(pg_url)  # the test server's superuser
+    result = runner.invoke(app, ["sql", "SELECT pg_read_file('/etc/hostname')", "--store", url])
+    assert result.exit_code == 1
+    assert "does not run as 'postgres'" in result.output and "db grant" in result.output
 
 
 # -- the password ------------------------------------------------------------------------------

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from readers import reader_url
 
-from poolcast.store import Store, StoreError, ident
+from poolcast.store import Store, StoreError, ident, open_store
 from poolcast.store._schema import latest_version
 
 
@@ -48,12 +52,17 @@ def test_failed_transaction_writes_nothing(store: Store) -> None:
 
 
 def test_readonly_query_refuses_writes(store: Store) -> None:
-    assert store.readonly_query("SELECT count(*) AS n FROM pools").to_pylist() == [{"n": 0}]
-    with pytest.raises(Exception):  # noqa: B017 - each database raises its own error class
-        store.readonly_query("DELETE FROM pools")
-    with pytest.raises(Exception):  # noqa: B017
-        store.readonly_query("SELECT 1; DROP TABLE pools")
-    assert store.fetch_arrow("SELECT count(*) AS n FROM pools").to_pylist() == [{"n": 0}]
+    url = reader_url(store.url) if store.dialect == "postgres" else store.url
+    if store.dialect == "duckdb":
+        store.close()  # the sandbox will not share the file with an unconfined connection
+    with open_store(url, sandbox=True) as reader:
+        assert reader.readonly_query("SELECT count(*) AS n FROM pools").to_pylist() == [{"n": 0}]
+        with pytest.raises(StoreError):
+            reader.readonly_query("DELETE FROM pools")
+        with pytest.raises(StoreError):
+            reader.readonly_query("SELECT 1; DROP TABLE pools")
+    with open_store(store.url) as again:
+        assert again.fetch_arrow("SELECT count(*) AS n FROM pools").to_pylist() == [{"n": 0}]
 
 
 @pytest.mark.parametrize("bad", ["pools; DROP TABLE x", "Pools", "a b", "", "x" * 64, "1abc"])
@@ -67,3 +76,60 @@ def test_store_without_schema_says_what_to_do(store_url: str) -> None:
 
     with open_store(store_url) as s, pytest.raises(StoreError, match="poolcast db init"):
         s.require_schema()
+
+
+# -- opening: only the commands that make a store create one; readers open it read-only ----------
+
+
+def test_a_missing_store_is_not_created_unless_asked(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "x.duckdb"
+    for kwargs in ({"create": False}, {"read_only": True}, {"sandbox": True}):
+        with pytest.raises(StoreError, match="no poolcast store at .*db init"):
+            open_store(str(target), **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "nope").exists()
+    with open_store(str(target)) as made:  # create=True: db init, ingest, generate
+        made.init_schema()
+    assert target.exists()
+
+
+def test_a_directory_or_a_foreign_file_is_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="is a directory, not a poolcast store"):
+        open_store(str(tmp_path))
+    foreign = tmp_path / "notes.duckdb"
+    foreign.write_text("hello")
+    with pytest.raises(StoreError, match="Is it a poolcast store"):
+        open_store(str(foreign), read_only=True)
+    assert foreign.read_text() == "hello"
+
+
+def test_read_only_opens_share_the_file_and_write_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    with open_store(str(path)) as s:
+        s.init_schema()
+    before = path.read_bytes()
+    # Another process holds the file read-only for a while: a reader here still opens it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
+         "read_only=True); print('open', flush=True); time.sleep(30)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with open_store(str(path), read_only=True, create=False) as reader:
+            assert reader.schema_version() == latest_version()
+            with pytest.raises(Exception, match="read-only"):
+                reader.execute("DELETE FROM pools")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert path.read_bytes() == before
+
+
+@pytest.mark.postgres
+def test_read_only_postgres_sessions_refuse_writes(store: Store) -> None:
+    if store.dialect != "postgres":
+        pytest.skip("the embedded case is test_read_only_opens_share_the_file_and_write_nothing")
+    with open_store(store.url, read_only=True) as reader:
+        assert reader.fetch_arrow("SELECT count(*) AS n FROM pools").to_pylist() == [{"n": 0}]
+        with pytest.raises(Exception, match="read-only transaction"):
+            reader.execute("INSERT INTO pools (pool_id) VALUES ('x')")

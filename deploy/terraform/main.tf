@@ -2,16 +2,18 @@
 # service account with least privilege (bucket- and secret-level grants, no project-wide storage
 # role), a subnetwork with Private Google Access, the workflow and its schedule.
 
-data "google_project" "this" {
-  project_id = var.project_id
-}
-
 locals {
+  # Every API a resource below needs (IAM for the service accounts, Cloud Build for the trigger,
+  # Monitoring for the batches' metrics). Resources depend on these, so a first apply on an empty
+  # project enables them before it uses them.
   services = [
+    "cloudbuild.googleapis.com",
     "cloudscheduler.googleapis.com",
     "compute.googleapis.com",
     "dataproc.googleapis.com",
+    "iam.googleapis.com",
     "logging.googleapis.com",
+    "monitoring.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
@@ -19,8 +21,9 @@ locals {
     "workflows.googleapis.com",
   ]
   network_self_link = var.network != "" ? var.network : google_compute_network.vpc[0].self_link
-  cloudbuild_member = var.cloudbuild_service_account != "" ? "serviceAccount:${var.cloudbuild_service_account}" : "serviceAccount:${data.google_project.this.number}@cloudbuild.gserviceaccount.com"
   cloud_run_jobs    = toset(concat(var.cloud_run_jobs_ingest, var.cloud_run_jobs_middle, var.cloud_run_jobs_final))
+  # Network tag of every batch VM (poolcast.deploy.batch_spec.NETWORK_TAG).
+  dataproc_tag = "poolcast-dataproc"
 }
 
 resource "google_project_service" "enabled" {
@@ -118,6 +121,8 @@ resource "google_service_account" "dataproc" {
   project      = var.project_id
   account_id   = "dataproc-spark-sa"
   display_name = "Dataproc Serverless batches of poolcast"
+
+  depends_on = [google_project_service.enabled]
 }
 
 # Dataproc Serverless requires this role on the project for the workload's service account.
@@ -127,11 +132,10 @@ resource "google_project_iam_member" "dataproc_worker" {
   member  = "serviceAccount:${google_service_account.dataproc.email}"
 }
 
-resource "google_project_iam_member" "dataproc_cloudsql_client" {
-  count = var.use_cloud_sql_connector ? 1 : 0
-
+# Each stage writes its duration, records and status to Cloud Monitoring (poolcast.runs).
+resource "google_project_iam_member" "dataproc_metric_writer" {
   project = var.project_id
-  role    = "roles/cloudsql.client"
+  role    = "roles/monitoring.metricWriter"
   member  = "serviceAccount:${google_service_account.dataproc.email}"
 }
 
@@ -203,9 +207,14 @@ resource "google_compute_subnetwork" "dataproc" {
     flow_sampling        = 0.5
     metadata             = "INCLUDE_ALL_METADATA"
   }
+
+  depends_on = [google_project_service.enabled]
 }
 
-# Dataproc Serverless needs its driver and executors to reach each other on all ports.
+# Dataproc Serverless needs its driver and executors to reach each other on all ports within the
+# subnet (Google's documented rule: source and destination both the subnet's range). Only there:
+# the destination range keeps it off every other VM of the network, and the target tag (carried by
+# every batch, executionConfig.networkTags) off any other VM put in this subnet.
 resource "google_compute_firewall" "dataproc_internal" {
   project   = var.project_id
   name      = "poolcast-dataproc-internal"
@@ -216,7 +225,11 @@ resource "google_compute_firewall" "dataproc_internal" {
     protocol = "all"
   }
 
-  source_ranges = [var.subnet_cidr]
+  source_ranges      = [var.subnet_cidr]
+  destination_ranges = [var.subnet_cidr]
+  target_tags        = [local.dataproc_tag]
+
+  depends_on = [google_project_service.enabled]
 }
 
 # --- the workflow and who may do what in it ---------------------------------------------------------
@@ -225,12 +238,30 @@ resource "google_service_account" "workflow" {
   project      = var.project_id
   account_id   = "poolcast-workflow"
   display_name = "poolcast pipeline workflow"
+
+  depends_on = [google_project_service.enabled]
 }
 
-# Create, get and cancel batches (Dataproc has no per-batch IAM).
+# Exactly what run_dataproc_batch calls: create and get a batch, cancel its operation at the
+# deadline (Dataproc has no per-batch IAM; roles/dataproc.editor would also allow clusters, jobs,
+# workflow templates and deleting any batch).
+resource "google_project_iam_custom_role" "batch_runner" {
+  project     = var.project_id
+  role_id     = "poolcastBatchRunner"
+  title       = "poolcast batch runner"
+  description = "Create, follow and cancel Dataproc Serverless batches (the poolcast workflow)."
+  permissions = [
+    "dataproc.batches.create",
+    "dataproc.batches.get",
+    "dataproc.operations.cancel",
+  ]
+
+  depends_on = [google_project_service.enabled]
+}
+
 resource "google_project_iam_member" "workflow_dataproc" {
   project = var.project_id
-  role    = "roles/dataproc.editor"
+  role    = google_project_iam_custom_role.batch_runner.id
   member  = "serviceAccount:${google_service_account.workflow.email}"
 }
 
@@ -257,6 +288,8 @@ resource "google_cloud_run_v2_job_iam_member" "workflow_runs_job" {
   name     = each.value
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.workflow.email}"
+
+  depends_on = [google_project_service.enabled]
 }
 
 # Follow the job executions the connector waits for (read-only).
@@ -281,24 +314,35 @@ resource "google_workflows_workflow" "pipeline" {
   call_log_level  = "LOG_ERRORS_ONLY"
   source_contents = file("${path.module}/../workflows/pipeline.yaml")
 
+  # A revision from an earlier commit must be deployable over this one, and `terraform apply`
+  # of the commit before the migration must be able to remove it (provider 6.x protects it).
+  deletion_protection = false
+
+  # 8 of the 20 variables Workflows allows: what the batches' drivers get travels as one JSON
+  # map (keys: poolcast.deploy.batch_spec.DRIVER_ENV_KEYS), the Cloud Run jobs as another.
   user_env_vars = {
     CODE_BUCKET              = google_storage_bucket.spark_code.name
     STAGING_BUCKET           = google_storage_bucket.spark_staging.name
     DATAPROC_SERVICE_ACCOUNT = google_service_account.dataproc.email
     DATAPROC_SUBNETWORK      = google_compute_subnetwork.dataproc.id
     BATCH_TIMEOUT_SECONDS    = tostring(var.batch_timeout_seconds)
-    CLOUD_RUN_JOBS_INGEST    = join(",", var.cloud_run_jobs_ingest)
-    CLOUD_RUN_JOBS_MIDDLE    = join(",", var.cloud_run_jobs_middle)
-    CLOUD_RUN_JOBS_FINAL     = join(",", var.cloud_run_jobs_final)
-    DB_HOST                  = var.db_host
-    DB_PORT                  = tostring(var.db_port)
-    DB_NAME                  = var.db_name
-    DB_USER                  = var.db_user
-    DB_PASSWORD_SECRET       = "${google_secret_manager_secret.db_password.id}/versions/latest"
-    TRAIN_DAYS               = tostring(var.train_days)
-    SEED                     = tostring(var.seed)
-    MODEL_DIR                = "gs://${google_storage_bucket.poolcast_models.name}/models"
     FORECAST_EXECUTORS       = tostring(var.forecast_executors)
+    CLOUD_RUN_JOBS = jsonencode({
+      ingest = var.cloud_run_jobs_ingest
+      middle = var.cloud_run_jobs_middle
+      final  = var.cloud_run_jobs_final
+    })
+    DRIVER_ENV = jsonencode({
+      DB_HOST            = var.db_host
+      DB_PORT            = tostring(var.db_port)
+      DB_NAME            = var.db_name
+      DB_USER            = var.db_user
+      DB_SSLMODE         = var.db_sslmode
+      TRAIN_DAYS         = tostring(var.train_days)
+      POOLCAST_SEED      = tostring(var.seed)
+      DB_PASSWORD_SECRET = "${google_secret_manager_secret.db_password.id}/versions/latest"
+      POOLCAST_MODEL_DIR = "gs://${google_storage_bucket.poolcast_models.name}/models"
+    })
   }
 
   depends_on = [google_project_service.enabled]
@@ -310,6 +354,8 @@ resource "google_service_account" "scheduler" {
   project      = var.project_id
   account_id   = "poolcast-scheduler"
   display_name = "Starts the poolcast pipeline workflow"
+
+  depends_on = [google_project_service.enabled]
 }
 
 resource "google_project_iam_member" "scheduler_invokes_workflows" {
@@ -344,10 +390,50 @@ resource "google_cloud_scheduler_job" "daily" {
   depends_on = [google_project_service.enabled]
 }
 
-# --- Cloud Build uploads the Spark code: this bucket only ------------------------------------------
+# --- Cloud Build uploads the Spark code: its own account, this bucket only ----------------------
+# The default Cloud Build identity depends on an organization setting (the legacy Cloud Build
+# account or the Compute Engine default account): a grant to one of them may miss the account
+# builds really use. Builds run as this account instead: set it on the trigger (below, or
+# `gcloud builds triggers create ... --service-account`, see docs/deployment.md).
 
-resource "google_storage_bucket_iam_member" "cloudbuild_code" {
+resource "google_service_account" "build" {
+  project      = var.project_id
+  account_id   = "poolcast-build"
+  display_name = "Cloud Build: tests and uploads poolcast's Spark code"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_storage_bucket_iam_member" "build_code" {
   bucket = google_storage_bucket.spark_code.name
   role   = "roles/storage.objectAdmin"
-  member = local.cloudbuild_member
+  member = "serviceAccount:${google_service_account.build.email}"
+}
+
+# A build with its own account writes its logs itself (cloudbuild.yaml: CLOUD_LOGGING_ONLY).
+resource "google_project_iam_member" "build_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = "serviceAccount:${google_service_account.build.email}"
+}
+
+# The trigger, when the repository is connected to Cloud Build (github_owner/github_repo set).
+resource "google_cloudbuild_trigger" "upload" {
+  count = var.github_repo != "" ? 1 : 0
+
+  project         = var.project_id
+  name            = "poolcast-upload"
+  description     = "Tests, then uploads the Spark code of every commit on the main branch."
+  filename        = "cloudbuild.yaml"
+  service_account = google_service_account.build.id
+
+  github {
+    owner = var.github_owner
+    name  = var.github_repo
+    push {
+      branch = var.github_branch
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
 }

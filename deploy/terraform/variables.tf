@@ -50,10 +50,15 @@ variable "db_password_secret_id" {
   default     = "poolcast-db-password"
 }
 
-variable "use_cloud_sql_connector" {
-  description = "Grant roles/cloudsql.client to the batch service account (only for the Cloud SQL connector or IAM database auth; plain private-IP JDBC does not need it)."
-  type        = bool
-  default     = false
+variable "db_sslmode" {
+  description = "DB_SSLMODE of the batches: require (encrypted) or, with the server CA on the workers, verify-ca/verify-full (see docs/deployment.md)."
+  type        = string
+  default     = "require"
+
+  validation {
+    condition     = contains(["require", "verify-ca", "verify-full"], var.db_sslmode)
+    error_message = "db_sslmode must encrypt: require, verify-ca or verify-full."
+  }
 }
 
 variable "train_days" {
@@ -69,9 +74,9 @@ variable "seed" {
 }
 
 variable "forecast_executors" {
-  description = "Fixed spark.executor.instances of the forecast batch (dynamic allocation is off for SynapseML LightGBM)."
+  description = "Fixed spark.executor.instances of the forecast batch (dynamic allocation is off for SynapseML LightGBM); the same default as `poolcast submit`."
   type        = number
-  default     = 4
+  default     = 2
 }
 
 variable "batch_timeout_seconds" {
@@ -110,8 +115,20 @@ variable "time_zone" {
   default     = "Etc/UTC"
 }
 
-variable "cloudbuild_service_account" {
-  description = "Email of the service account Cloud Build runs as (it uploads the Spark code); empty means the legacy PROJECT_NUMBER@cloudbuild.gserviceaccount.com."
+variable "github_owner" {
+  description = "GitHub owner of the repository connected to Cloud Build (for the upload trigger)."
   type        = string
   default     = ""
+}
+
+variable "github_repo" {
+  description = "GitHub repository connected to Cloud Build; empty creates no trigger (create it by hand with --service-account, see docs/deployment.md)."
+  type        = string
+  default     = ""
+}
+
+variable "github_branch" {
+  description = "Branch whose pushes the trigger builds (a regular expression)."
+  type        = string
+  default     = "^main$"
 }

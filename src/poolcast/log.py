@@ -47,34 +47,71 @@ class _JsonFormatter(logging.Formatter):
 
 
 class _TextFormatter(logging.Formatter):
-    """Short lines for a person at a terminal."""
+    """Short lines for a person at a terminal: the event, then every field as ``key=value``
+    (a value with spaces in quotes)."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        return f"{record.levelname.lower()}: {record.getMessage()} {extra}".rstrip()
+        extra = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None)
+        line = f"{record.levelname.lower()}: {record.getMessage()} {extra}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() for c in text) else text
+
+
+_JSON = _JsonFormatter()
+_TEXT = _TextFormatter()
+
+
+class _Handler(logging.StreamHandler[IO[str]]):
+    """poolcast's one handler. Without an explicit stream it writes to whatever ``sys.stderr``
+    is when a line is logged (a test runner or CLI runner replaces it), and it chooses JSON or
+    text per line: JSON unless that stream is a terminal, or as ``fmt`` or
+    ``POOLCAST_LOG_FORMAT`` (``json``/``text``) says."""
+
+    def __init__(self, stream: IO[str] | None, fmt: str | None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._follow = stream is None
+        self._fmt = fmt
+        self.set_name("poolcast")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow:
+            self.stream = sys.stderr
+        fmt = self._fmt or os.environ.get("POOLCAST_LOG_FORMAT") or (
+            "text" if _isatty(self.stream) else "json"
+        )
+        self.setFormatter(_TEXT if fmt.strip().lower() == "text" else _JSON)
+        super().emit(record)
 
 
 def setup_logging(stream: IO[str] | None = None, fmt: str | None = None) -> None:
-    """Send poolcast's logs to ``stream`` (stderr): JSON lines unless it is a terminal.
+    """Send poolcast's logs to ``stream`` (by default stderr, as it is at each line): JSON lines
+    unless it is a terminal.
 
     ``fmt`` or ``POOLCAST_LOG_FORMAT`` (``json``/``text``) overrides the choice. Idempotent: a
     second call replaces the handler, so repeated CLI invocations in one process do not stack.
+    :func:`event` calls it when nothing has, so every command logs the same way.
     """
-    stream = stream or sys.stderr
-    fmt = fmt or os.environ.get("POOLCAST_LOG_FORMAT") or ("text" if _isatty(stream) else "json")
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    handler.set_name("poolcast")
     for old in [h for h in log.handlers if h.get_name() == "poolcast"]:
         log.removeHandler(old)
-    log.addHandler(handler)
-    log.setLevel(os.environ.get("POOLCAST_LOG_LEVEL", "INFO").upper())
+    log.addHandler(_Handler(stream, fmt))
+    log.setLevel(os.environ.get("POOLCAST_LOG_LEVEL", "INFO").strip().upper() or "INFO")
     log.propagate = False
 
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log ``name`` with structured ``fields`` (keys become JSON keys)."""
+    """Log ``name`` with structured ``fields`` (keys become JSON keys; on a terminal,
+    ``key=value`` after the name). Sets up poolcast's handler first when no command has."""
+    if not any(h.get_name() == "poolcast" for h in log.handlers):
+        setup_logging()
     log.log(level, name, extra={"fields": fields})
 
 

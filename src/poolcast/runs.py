@@ -11,10 +11,13 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -53,6 +56,81 @@ _RUN_SCHEMA = pa.schema(
     ]
 )
 _JSON_COLUMNS = ("parameters", "details")
+# What `poolcast runs --status` can select: the stored statuses and `died` (a `running` record
+# whose process is gone). `committed`: the stage's writes committed, with this record in their
+# transaction, and the process ended before it could record more (SIGKILL right after a commit).
+STATUSES = ("running", "committed", "succeeded", "failed", "stopped", "died")
+STAGES = ("ingest", "metrics", "forecast")
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal (SIGTERM, SIGINT) stopped the run: like Ctrl-C, it unwinds every transaction."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def signal_name(exc: BaseException) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+_received: list[int] = []  # the signal that is stopping this process, once one came
+
+
+def _importing(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def stop_signal() -> int | None:
+    """The signal that asked this process to stop (under :func:`signals_stop_runs`), if any:
+    a database interrupted by it may raise its own error ("Query interrupted") instead."""
+    return _received[0] if _received else None
+
+
+@contextmanager
+def signals_stop_runs() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Stopped` in the main thread: transactions roll back,
+    progress lines are cleared, the run record says `stopped`. A second signal while stopping
+    is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        if _received:
+            return
+        if _importing(frame):  # an exception inside a C extension's import aborts the process
+            threading.Timer(0.1, os.kill, (os.getpid(), signum)).start()
+            return
+        _received.append(signum)
+        raise Stopped(signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        _received.clear()
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (a run record is written whole); in the
+    main thread only, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # -- run records ----------------------------------------------------------------------------------
@@ -158,24 +236,91 @@ def observed_stage(
         parameters=run_parameters(settings, store.safe_url()),
         started_at=_utcnow(),
     )
-    _write_safely(store, record)
+    with signals_held():
+        _write_safely(store, record)
     event("stage.started", run_id=run_id, stage=stage, engine=settings.engine)
     started = time.perf_counter()
+    commits = store.commits
+    mark = _committed_marker(store, record)
+    store.before_commit.append(mark)
     try:
         with progress(stage):
             result = fn(store, settings)
     except BaseException as exc:
+        store.before_commit.remove(mark)
+        with signals_held():
+            _record_end(store, record, settings, exc, started, store.commits > commits)
+        send_metrics(record, settings.gcp.project_id, metric_client)
+        received = stop_signal()
+        if received is not None and not isinstance(exc, KeyboardInterrupt):
+            raise Stopped(received) from exc  # the database's "interrupted" is the signal
+        raise
+    store.before_commit.remove(mark)
+    with signals_held():  # a signal now waits until the record says what was committed
+        _record_success(store, record, result, started, run_id)
+    fields = {
+        **result.details,  # the record's own fields win over a detail of the same name
+        "run_id": run_id, "stage": stage, "engine": result.engine,
+        "seconds": round(record.seconds or 0.0, 3), "rows_read": result.rows_read,
+        "rows_written": result.rows_written,
+    }
+    event("stage.succeeded", **fields)
+    send_metrics(record, settings.gcp.project_id, metric_client)
+    return result
+
+
+def _committed_marker(store: Store, record: RunRecord) -> Callable[[], None]:
+    """Inside the stage's own transaction, just before it commits: the record says `committed`,
+    so a process killed right after the commit is not taken for one that wrote nothing. On
+    PostgreSQL a savepoint keeps a failed record write from failing the stage."""
+
+    def mark() -> None:
+        committed = replace(record, status="committed", details={**record.details,
+                                                                   "committed": True})
+        savepoint = store.dialect == "postgres"
+        try:
+            if savepoint:
+                store.execute("SAVEPOINT poolcast_run_record")
+            write_record(store, committed)
+            if savepoint:
+                store.execute("RELEASE SAVEPOINT poolcast_run_record")
+        except Exception as exc:  # noqa: BLE001 - observing must not fail the run
+            if not savepoint:
+                raise  # DuckDB has no savepoints: its transaction cannot go on
+            store.execute("ROLLBACK TO SAVEPOINT poolcast_run_record")
+            event("run_record.unmarked", logging.WARNING, error=first_line(exc, typed=True))
+
+    return mark
+
+
+def _record_end(
+    store: Store, record: RunRecord, settings: Settings, exc: BaseException, started: float,
+    committed: bool,
+) -> None:
+    """A failed or stopped run's record; a stopped one says whether it had committed."""
+    record.finished_at = _utcnow()
+    record.seconds = time.perf_counter() - started
+    received = stop_signal()
+    if isinstance(exc, KeyboardInterrupt) or received is not None:
+        name = signal.Signals(received).name if received is not None else signal_name(exc)
+        record.status = "stopped"
+        record.error = f"stopped by {name}" + (
+            " after it committed its writes" if committed else "; nothing was committed"
+        )
+        record.details = {**record.details, "committed": committed}
+    else:
         record.status = "failed"
         record.error = scrub(f"{type(exc).__name__}: {exc}", settings)[:4000]
-        record.finished_at = _utcnow()
-        record.seconds = time.perf_counter() - started
-        _write_safely(store, record)
-        event(
-            "stage.failed", logging.ERROR, run_id=run_id, stage=stage, engine=settings.engine,
-            seconds=round(record.seconds, 3), error=record.error,
-        )
-        send_metrics(record, settings.gcp.project_id, metric_client)
-        raise
+    _write_safely(store, record)
+    event(
+        f"stage.{record.status}", logging.ERROR, run_id=record.run_id, stage=record.stage,
+        engine=settings.engine, seconds=round(record.seconds, 3), error=record.error,
+    )
+
+
+def _record_success(
+    store: Store, record: RunRecord, result: StageResult, started: float, run_id: str
+) -> None:
     record.status = "succeeded"
     record.engine = result.engine
     record.finished_at = _utcnow()
@@ -185,15 +330,6 @@ def observed_stage(
     if result.run_id != run_id:
         record.details["stage_run_id"] = result.run_id
     _write_safely(store, record)
-    fields = {
-        **result.details,  # the record's own fields win over a detail of the same name
-        "run_id": run_id, "stage": stage, "engine": result.engine,
-        "seconds": round(record.seconds, 3), "rows_read": result.rows_read,
-        "rows_written": result.rows_written,
-    }
-    event("stage.succeeded", **fields)
-    send_metrics(record, settings.gcp.project_id, metric_client)
-    return result
 
 
 _RUNS_SQL = f"""
@@ -207,22 +343,34 @@ FROM {RUNS_TABLE}
 def recent_runs(
     store: Store, limit: int = 20, *, stage: str | None = None, status: str | None = None
 ) -> list[dict[str, Any]]:
-    """The latest run records, newest first, with JSON columns decoded."""
+    """The latest run records, newest first, with JSON columns decoded.
+
+    ``status`` ``died`` selects the ``running`` records whose process is gone, and ``running``
+    the others."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}: choose from {', '.join(STATUSES)}")
+    stored = "running" if status == "died" else status
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("stage", stage), ("status", status)):
+    for column, value in (("stage", stage), ("status", stored)):
         if value is not None:
             params.append(value)
             where.append(f"{column} = ${len(params)}")
     sql = _RUNS_SQL + (f" WHERE {' AND '.join(where)}" if where else "")
     params.append(int(limit))
-    sql += f" ORDER BY started_at DESC, stage DESC LIMIT ${len(params)}"
+    sql += " ORDER BY started_at DESC, stage DESC"
+    if status not in ("running", "died"):  # those two are told apart after the query
+        sql += f" LIMIT ${len(params)}"
+    else:
+        params.pop()
     rows = store.fetch_arrow(sql, params).to_pylist()
     for row in rows:
         for name in _JSON_COLUMNS:
             row[name] = json.loads(row[name]) if row[name] else {}
         if row["status"] == "running" and _dead(row["host"], row["pid"]):
             row["status"] = "died"  # its process is gone: killed before it could record the end
+    if status in ("running", "died"):
+        rows = [r for r in rows if r["status"] == status][: int(limit)]
     return rows
 
 

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     apy_ceiling: float = Field(
         default=10_000.0, gt=0, validation_alias=AliasChoices("apy_ceiling", "POOLCAST_APY_CEILING")
     )
+    # Where forecast models are saved and looked for (a folder or gs://...). Settings() keeps
+    # "models"; load_settings() (every command) puts it next to the store when not given, so
+    # every command finds the same models from any directory (default_model_dir).
     model_dir: str = Field(
         default="models", validation_alias=AliasChoices("model_dir", "POOLCAST_MODEL_DIR")
     )
@@ -167,13 +170,41 @@ class Settings(BaseSettings):
         return DEFAULT_STORE
 
 
+def default_model_dir(store_url: str) -> str:
+    """The model folder of a store when ``POOLCAST_MODEL_DIR`` is not set: ``models`` in the
+    embedded store file's folder (relative exactly when the store's path is), so the store and
+    its models go together whatever the current directory; for PostgreSQL, which has no folder,
+    one per database (and schema) under ``$XDG_DATA_HOME/poolcast/models`` (by default
+    ``~/.local/share/poolcast/models``)."""
+    import os
+    import re
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    if not store_url.startswith(("postgresql://", "postgres://")):
+        return os.path.join(os.path.dirname(os.path.expanduser(store_url)), "models")
+    url = urlsplit(store_url)
+    options = " ".join(parse_qs(url.query).get("options", []))
+    schema = re.search(r"search_path=([^\s,]+)", unquote(options))
+    parts = [url.hostname or "localhost", str(url.port or 5432), url.path.lstrip("/") or "db"]
+    if schema:
+        parts.append(schema.group(1))
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return os.path.join(base, "poolcast", "models", key)
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment with CLI overrides (``None`` means "not given")."""
+    """Settings from the environment with CLI overrides (``None`` means "not given").
+
+    Without ``POOLCAST_MODEL_DIR`` (or a ``model_dir`` override) the model folder is the store's
+    (:func:`default_model_dir`)."""
     import os
 
     master = overrides.pop("spark_master", None) or os.environ.get("POOLCAST_SPARK_MASTER")
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = Settings(**given)  # type: ignore[arg-type]
+    if "model_dir" not in settings.model_fields_set:
+        settings.model_dir = default_model_dir(settings.store_url())
     if master:
         settings.spark.master = str(master).strip()
     exchange = os.environ.get("POOLCAST_SPARK_EXCHANGE")

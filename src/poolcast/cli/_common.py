@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import pyarrow as pa
 import typer
 
+from poolcast.cli._errors import PoolcastGroup
 from poolcast.deploy.cli import deploy_app, submit_app
 from poolcast.settings import Engine, Settings, load_settings
 
@@ -15,11 +16,27 @@ if TYPE_CHECKING:
     from poolcast.store import Store
 
 app = typer.Typer(
+    cls=PoolcastGroup,
     help="Daily DeFi stablecoin pool metrics and APY forecasts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _top(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="On an error, show the traceback instead of one line "
+            "[env: POOLCAST_DEBUG]",
+        ),
+    ] = False,
+) -> None:
+    """Daily DeFi stablecoin pool metrics and APY forecasts."""
+
+
 db_app = typer.Typer(help="Create and manage the store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(deploy_app, name="deploy")
@@ -55,11 +72,15 @@ AsOfOpt = Annotated[
     ),
 ]
 LookbackOpt = Annotated[
-    int | None, typer.Option("--lookback-days", help="Days of history per run [default: 365]")
+    int | None,
+    typer.Option("--lookback-days", min=1, help="Days of history per run [default: 365]"),
 ]
 TrainDaysOpt = Annotated[
     int | None,
-    typer.Option("--train-days", help="Training window in days [env: TRAIN_DAYS; default: 60]"),
+    typer.Option(
+        "--train-days", min=7, max=3650,
+        help="Training window in days [env: TRAIN_DAYS; default: 60]",
+    ),
 ]
 
 IncrementalOpt = Annotated[
@@ -85,10 +106,14 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(
+    settings: Settings, *, read_only: bool = False, create: bool = False, sandbox: bool = False
+) -> Store:
+    """The configured store. Only `db init`, `ingest` and `generate` ``create`` one; the commands
+    that only read open it ``read_only`` (no writers' lock, read-only transactions)."""
     from poolcast.store import open_configured
 
-    return open_configured(settings)
+    return open_configured(settings, read_only=read_only, create=create, sandbox=sandbox)
 
 
 def format_table(table: pa.Table, max_rows: int = 50) -> str:
@@ -137,12 +162,40 @@ def run_stages(stages: list[str], settings: Settings) -> None:
     try:
         # The command ends with its stages: a Spark session they started is stopped.
         with stopping_spark(), open_store(settings) as s:
+            if "metrics" in stages:
+                check_as_of(s, settings)
             for stage in stages:
                 fn = metrics_stage if stage == "metrics" else forecast_stage
                 results.append(observed_stage(s, stage, settings, fn, run_id=run_id))
     except (StoreError, ValueError, FileNotFoundError) as exc:
+        from poolcast.cli._errors import explain
+
         print_results(results)
-        fail(str(exc))
+        fail(explain(exc))
     print_results(results)
+
+
+def check_as_of(store: Store, settings: Settings) -> None:
+    """An ``--as-of`` that no pool's grid reaches selects nothing: an error, not 0 rows."""
+    from poolcast.spec import FILL_LIMIT_DAYS
+    from poolcast.store import StoreError
+
+    if settings.as_of is None:
+        return
+    store.require_schema()
+    span = store.fetch_arrow(
+        "SELECT CAST(min(timestamp) AS DATE) AS first, CAST(max(timestamp) AS DATE) AS last "
+        "FROM raw_defillama_pool_history"
+    ).to_pylist()[0]
+    first, last = span["first"], span["last"]
+    if first is None:
+        return  # an empty store: metrics writes its empty grid, as documented
+    reach = last + dt.timedelta(days=FILL_LIMIT_DAYS)
+    if settings.as_of < first or settings.as_of > reach:
+        raise StoreError(
+            f"--as-of {settings.as_of} selects no day: the snapshots in {store.safe_url()} "
+            f"cover {first} to {last}, and a pool's grid ends {FILL_LIMIT_DAYS} days after its "
+            f"last snapshot ({reach}); choose a day in between or ingest newer data"
+        )
 
 

@@ -157,7 +157,7 @@ def backtest(
             models=names, last_cutoff=last.date() if last else None,
             unseen_folds=unseen_folds, seed=settings.seed, headroom=headroom,
         )
-        with open_store(settings) as s:
+        with open_store(settings, read_only=True) as s:
             result = backtest_store(s, config)
     except (StoreError, ValueError) as exc:
         fail(str(exc))

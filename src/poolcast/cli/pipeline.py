@@ -29,16 +29,10 @@ from poolcast.settings import Settings
 @db_app.command("init")
 def db_init(store: StoreOpt = None) -> None:
     """Create or upgrade the schema (idempotent, versioned migrations)."""
-    from poolcast.store import StoreError
-
     settings = settings_from(store=store)
-    try:
-        with open_store(settings) as s:
-            applied = s.init_schema()
-            version = s.schema_version()
-    except StoreError as exc:
-        fail(str(exc))
-        return
+    with open_store(settings, create=True) as s:
+        applied = s.init_schema()
+        version = s.schema_version()
     if applied:
         typer.echo(f"{s.safe_url()}: applied migrations {applied}; schema version {version}")
     else:
@@ -62,15 +56,13 @@ def db_grant(
 ) -> None:
     """Least-privilege PostgreSQL role: read the raw tables, write only the job's own tables."""
     from poolcast.store import StoreError
-    from poolcast.store.grants import grant_job_role
+    from poolcast.store.grants import NO_ROLES, grant_job_role
 
     settings = settings_from(store=store)
-    try:
-        with open_store(settings) as s:
-            statements = grant_job_role(s, role, create=create, ingest=with_ingest, spark=spark)
-    except StoreError as exc:
-        fail(str(exc))
-        return
+    if not settings.store_url().startswith(("postgresql://", "postgres://")):
+        raise StoreError(NO_ROLES)
+    with open_store(settings) as s:
+        statements = grant_job_role(s, role, create=create, ingest=with_ingest, spark=spark)
     for statement in statements:
         typer.echo(f"{statement};")
 
@@ -102,20 +94,30 @@ def ingest(
         return StageResult(
             "ingest", "local", run_id, rows_read=sum(r.read.values()),
             rows_written=sum(r.written.values()),
-            details={"files": r.files, "quarantined": r.quarantined},
+            details={"files": r.files, "quarantined": r.quarantined, "revised": r.revised},
         )
 
-    with open_store(settings) as s:
+    with open_store(settings, create=True) as s:
         s.init_schema()
         try:
             observed_stage(s, "ingest", settings, stage, run_id=run_id)
-        except (IngestError, FileNotFoundError) as exc:
+        except IngestError as exc:  # its list of bad records follows the error line
             fail(str(exc))
             return
     report = done[0]
     typer.echo(f"ingested {report.files} file(s) into {s.safe_url()}")
     for table, n in report.read.items():
-        typer.echo(f"  {table:<28} read {n:>8}  written {report.written.get(table, 0):>8}")
+        line = f"  {table:<28} read {n:>8}  written {report.written.get(table, 0):>8}"
+        if table in report.revisions:
+            line += f"  revised {report.revisions[table]:>8}"
+        typer.echo(line)
+    if report.revised:
+        typer.echo(
+            f"  {report.revised} stored snapshot(s) revised with new values; the old ones are "
+            "kept in raw_snapshot_revisions"
+        )
+        for where in report.revised_examples:
+            typer.echo(f"    {where}")
     if report.quarantined:
         typer.echo(f"  {report.quarantined} bad record(s) quarantined in ingest_quarantine")
 
@@ -139,7 +141,7 @@ def generate(
 
     settings = settings_from(store=store)
     started = time.perf_counter()
-    with open_store(settings) as s:
+    with open_store(settings, create=True) as s:
         s.init_schema()
         report = run_generate(
             s, pools, days, seed=seed, end=end.date() if end else DEFAULT_END

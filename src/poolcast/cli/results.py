@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,36 +15,48 @@ from poolcast.cli._common import (
     AsOfOpt,
     StoreOpt,
     app,
-    fail,
     format_table,
     open_store,
     settings_from,
 )
+from poolcast.runs import STAGES, STATUSES
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+Status = StrEnum("Status", {s: s for s in STATUSES})  # type: ignore[misc]
+Stage = StrEnum("Stage", {s: s for s in STAGES})  # type: ignore[misc]
 
 
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="One read-only SELECT")],
     store: StoreOpt = None,
-    output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
-    max_rows: Annotated[int, typer.Option("--max-rows")] = 50,
+    output: Annotated[Format, typer.Option("--format", help="Output format")] = Format.table,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", min=1, help="Rows shown in the table format")
+    ] = 50,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.1, max=3600, help="Seconds the query may run before it is stopped"
+        ),
+    ] = 30.0,
 ) -> None:
-    """Run a read-only query against the store and print the result."""
-    from poolcast.store import StoreError
+    """Run a read-only query against the store and print the result.
 
+    The query sees the store's tables and nothing else: no files, network or extensions on the
+    embedded store, a read-only transaction without superuser rights on PostgreSQL."""
     settings = settings_from(store=store)
-    try:
-        with open_store(settings) as s:
-            table = s.readonly_query(query)
-    except StoreError as exc:
-        fail(str(exc))
-        return
-    except Exception as exc:  # noqa: BLE001 - the database's own message is what the user needs
-        fail(str(exc).strip().splitlines()[0])
-        return
-    if output == "json":
+    with open_store(settings, sandbox=True) as s:
+        table = s.readonly_query(query, timeout_s=timeout)
+    if output == Format.json:
         typer.echo(json.dumps(table.to_pylist(), default=str))
-    elif output == "csv":
+    elif output == Format.csv:
         import pyarrow.csv as pacsv
 
         buf = pa.BufferOutputStream()
@@ -57,24 +70,23 @@ def sql(
 def runs(
     store: StoreOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many, newest first")] = 20,
-    stage: Annotated[str | None, typer.Option("--stage", help="Only this stage")] = None,
+    stage: Annotated[Stage | None, typer.Option("--stage", help="Only this stage")] = None,
     status: Annotated[
-        str | None, typer.Option("--status", help="running, succeeded or failed")
+        Status | None,
+        typer.Option("--status", help="Only this status (died: running, but its process is gone)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for machines")] = False,
 ) -> None:
     """Recent stage runs from the pipeline_runs table."""
     from poolcast.runs import recent_runs, runs_table
-    from poolcast.store import StoreError
 
     settings = settings_from(store=store)
-    try:
-        with open_store(settings) as s:
-            s.require_schema()
-            rows = recent_runs(s, limit, stage=stage, status=status)
-    except StoreError as exc:
-        fail(str(exc))
-        return
+    with open_store(settings, read_only=True) as s:
+        s.require_schema()
+        rows = recent_runs(
+            s, limit, stage=stage.value if stage else None,
+            status=status.value if status else None,
+        )
     if as_json:
         typer.echo(json.dumps(rows, default=str))
     else:
@@ -93,15 +105,10 @@ def validate(
 ) -> None:
     """Check the store before trusting a run; exit code 1 when a check fails."""
     from poolcast.ops.validate import format_checks, run_checks
-    from poolcast.store import StoreError
 
     settings = settings_from(store=store, as_of=as_of)
-    try:
-        with open_store(settings) as s:
-            result = run_checks(s, settings, sample=sample, seed=seed)
-    except StoreError as exc:
-        fail(str(exc))
-        return
+    with open_store(settings, read_only=True) as s:
+        result = run_checks(s, settings, sample=sample, seed=seed)
     typer.echo(json.dumps(result.to_dict(), default=str) if as_json else format_checks(result))
     if not result.ok:
         raise typer.Exit(1)
@@ -123,15 +130,10 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (no internet needed to view it)."""
     from poolcast.ops.report import write_report
-    from poolcast.store import StoreError
 
     settings = settings_from(store=store, as_of=as_of)
-    try:
-        with open_store(settings) as s:
-            path = write_report(s, settings, output, top=top, days=days, backtest=backtest)
-    except (StoreError, OSError, ValueError) as exc:  # ValueError: --backtest is not JSON
-        fail(str(exc))
-        return
+    with open_store(settings, read_only=True) as s:
+        path = write_report(s, settings, output, top=top, days=days, backtest=backtest)
     typer.echo(f"wrote {path}")
 
 

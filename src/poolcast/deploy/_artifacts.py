@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from poolcast.deploy import _native
+
 #: The entry points, by batch kind, relative to the package directory.
 ENTRY_SCRIPTS: dict[str, str] = {
     "metrics": "jobs/metrics_job.py",
@@ -194,8 +196,14 @@ def build_pydeps(
     python_version: str = "3.12",
     platforms: Sequence[str] = ("manylinux_2_28_x86_64", "manylinux2014_x86_64"),
     skip: Iterable[str] = RUNTIME_PROVIDED_PYTHON,
+    libgomp: Path | None = None,
 ) -> Path:
     """``pydeps.zip``: ``requirements`` installed for the runtime's Python, minus what it ships.
+
+    Also minus protobuf and grpcio (the runtime's Google libraries are built on its own; first
+    on ``PYTHONPATH``, ours would shadow them), and with ``libgomp`` next to each library that
+    needs it (:mod:`poolcast.deploy._native`; ``libgomp``: a copy to use instead of downloading
+    the manylinux one).
 
     Binary wheels only (``--only-binary=:all:``) for the runtime's platform (glibc 2.28 or newer,
     x86_64), so nothing is compiled here and the result imports on the Dataproc image. Needs PyPI
@@ -236,6 +244,11 @@ def build_pydeps(
             base = base[: -len(".libs")]
         if base.lower().replace("-", "_") in skip_names or entry.name == "bin":
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    _native.drop_distributions(site, _native.RUNTIME_SHARED_PYTHON)
+    try:
+        _native.vendor_libgomp(site, libgomp)
+    except (_native.NativeError, subprocess.CalledProcessError) as exc:
+        raise ArtifactError(str(exc)) from exc
     target = out_dir / "pydeps.zip"
     with zipfile.ZipFile(target, "w") as zf:
         for path in sorted(p for p in site.rglob("*") if p.is_file()):

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from poolcast.deploy import dataproc, gcs
+from poolcast.deploy import batch_spec, dataproc, gcs
 from poolcast.deploy._artifacts import ArtifactError, collect, git_version
 
 deploy_app = typer.Typer(
@@ -142,6 +142,61 @@ def rollback_cmd(
     typer.echo(f"latest: {previous or '(none)'} -> {manifest.version}")
 
 
+def _repo_root(repo: Path | None) -> Path:
+    """The checkout the deploy files are in: --repo, else the first folder up from here with
+    deploy/terraform in it."""
+    if repo is not None:
+        return repo
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "deploy" / "terraform").is_dir():
+            return folder
+    _fail("no deploy/terraform here or above: run from the checkout or pass --repo")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+RepoOpt = Annotated[
+    Path | None, typer.Option("--repo", help="The checkout (default: found from here up).")
+]
+
+
+@deploy_app.command("plan")
+def plan_cmd(project: ProjectOpt = None, region: RegionOpt = None, repo: RepoOpt = None) -> None:
+    """Print what a deployment would create and check this machine's prerequisites (files, tools,
+    versions, names) without calling Google. Exit 1 when a check fails."""
+    from poolcast.deploy import plan
+    from poolcast.settings import load_settings
+
+    settings = load_settings()
+    if project:
+        settings.gcp.project_id = project
+    if region:
+        settings.gcp.region = region
+    root = _repo_root(repo)
+    checks = plan.check_local(settings, root) + plan.check_tools()
+    typer.echo(plan.render(settings, root, checks))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@deploy_app.command("render-workflow")
+def render_workflow_cmd(
+    repo: RepoOpt = None,
+    check: Annotated[bool, typer.Option(help="Only check; exit 1 if it is stale.")] = False,
+) -> None:
+    """Write the workflow's generated job_environment block from poolcast.deploy.batch_spec."""
+    path = _repo_root(repo) / "deploy" / "workflows" / "pipeline.yaml"
+    text = path.read_text()
+    new = batch_spec.splice_workflow(text)
+    if new == text:
+        typer.echo(f"{path}: up to date")
+        return
+    if check:
+        _fail(f"{path}: stale; run poolcast deploy render-workflow")
+    path.write_text(new)
+    typer.echo(f"{path}: rewritten")
+
+
 def _parse_properties(values: list[str]) -> dict[str, str]:
     out = {}
     for item in values:
@@ -186,7 +241,12 @@ def _submit(
         else:
             manifest = gcs.latest(storage, bucket)
         batch = dataproc.build_batch(
-            settings, kind, manifest, args=args, properties=_parse_properties(properties)
+            settings,
+            kind,
+            manifest,
+            args=args,
+            properties=_parse_properties(properties),
+            ttl_s=max(600, int(timeout)),  # Dataproc: ttl at least 10 minutes
         )
     except (gcs.DeployError, ValueError) as exc:
         _fail(str(exc))
@@ -241,8 +301,10 @@ def _make_submit_command(kind: str) -> None:
         version: Annotated[
             str | None, typer.Option(help="Code version to run (default: what latest/ points at).")
         ] = None,
-        timeout: Annotated[float, typer.Option(help="Seconds to wait for a final state.")] = 3
-        * 3600.0,
+        timeout: Annotated[
+            float,
+            typer.Option(help="Seconds to wait for a final state; also the batch's ttl."),
+        ] = float(batch_spec.BATCH_TTL_S),
         poll: Annotated[float, typer.Option(help="Seconds between status checks.")] = 30.0,
         wait: Annotated[bool, typer.Option(help="Wait for the batch to finish.")] = True,
         prop: Annotated[

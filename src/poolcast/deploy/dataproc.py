@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from poolcast.deploy import batch_spec
 from poolcast.deploy.gcs import Manifest, default_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,22 +42,9 @@ KINDS = ("metrics", "forecast")
 #: Dataproc's rule for batch IDs; we also keep the ends alphanumeric.
 BATCH_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,61}[a-z0-9]$")
 
-#: Sizing the plan gives (Task 2.4), with serverless' allowed core counts (4, 8 or 16).
-BASE_PROPERTIES: dict[str, str] = {
-    "spark.sql.adaptive.coalescePartitions.enabled": "true",
-    "spark.driver.cores": "4",
-    "spark.executor.cores": "4",
-    "spark.executor.memory": "9600m",
-}
-#: The metrics batch scales with the work (the plan's dynamic allocation, bounded for cost).
-METRICS_PROPERTIES: dict[str, str] = {
-    "spark.dynamicAllocation.enabled": "true",
-    "spark.dynamicAllocation.minExecutors": "2",
-    "spark.dynamicAllocation.maxExecutors": "20",
-}
-
-#: Job settings passed to the driver as environment variables (never the password itself).
-_JOB_ENV_FIELDS = ("db_host", "db_port", "db_name", "db_user", "db_sslmode", "train_days", "seed")
+#: Re-exported: the batch definition lives in :mod:`poolcast.deploy.batch_spec`.
+BASE_PROPERTIES = batch_spec.BASE_PROPERTIES
+METRICS_PROPERTIES = batch_spec.METRICS_PROPERTIES
 
 
 class BatchError(RuntimeError):
@@ -129,20 +117,35 @@ def model_dir(settings: Settings) -> str:
     return default_model_dir(settings.gcp.project_id)
 
 
+def db_sslmode(settings: Settings) -> str:
+    """The batch's ``DB_SSLMODE``: the settings' if it encrypts, else ``require``; a mode that
+    may send the connection in clear (``disable``, ``allow``, ``prefer``) is refused."""
+    mode = settings.db_sslmode or batch_spec.DEFAULT_DB_SSLMODE
+    if mode not in batch_spec.ENCRYPTED_SSLMODES:
+        raise ValueError(
+            f"DB_SSLMODE={mode} would let a batch talk to the database unencrypted: use one of "
+            + ", ".join(batch_spec.ENCRYPTED_SSLMODES)
+        )
+    return mode
+
+
 def job_environment(settings: Settings, manifest: Manifest) -> dict[str, str]:
     """Environment of the batch driver: where the store is, which code, where the password is,
-    where the models are kept (``POOLCAST_MODEL_DIR``, read by ``Settings.model_dir``)."""
+    where the models are kept (``POOLCAST_MODEL_DIR``, read by ``Settings.model_dir``), and the
+    project (``PROJECT_ID``: Cloud Monitoring and the gs:// staging default need it)."""
     env = {
         "SPARK_ENVIRONMENT": "dataproc",
         "POOLCAST_CODE_VERSION": manifest.version,
-        "POOLCAST_MODEL_DIR": model_dir(settings),
+        "PROJECT_ID": str(settings.gcp.project_id),
     }
-    for name in _JOB_ENV_FIELDS:
-        value = getattr(settings, name)
+    for name, attribute in batch_spec.CONFIGURED_ENV.items():
+        value = getattr(settings, attribute)
         if value is not None:
-            env[name.upper()] = str(value)
+            env[name] = str(value)
+    env["DB_SSLMODE"] = db_sslmode(settings)
     if settings.gcp.db_password_secret:
         env["DB_PASSWORD_SECRET"] = secret_version_name(settings)
+    env["POOLCAST_MODEL_DIR"] = model_dir(settings)
     return env
 
 
@@ -166,17 +169,15 @@ def batch_properties(
     if kind not in KINDS:
         raise ValueError(f"unknown batch kind {kind!r}: one of {', '.join(KINDS)}")
     training = kind == "forecast"
-    props = dict(BASE_PROPERTIES)
+    props = dict(batch_spec.BASE_PROPERTIES)
     if not training:
-        props.update(METRICS_PROPERTIES)
+        props.update(batch_spec.METRICS_PROPERTIES)
     # The engine's own rules win over our defaults (dynamic allocation off for training).
     props.update(engine_properties(settings, training=training))
     for key, value in job_environment(settings, manifest).items():
         props[f"spark.dataproc.driverEnv.{key}"] = value
-    if manifest.uris("archive"):
-        # archiveUris "...pydeps.zip#pydeps" is unpacked as ./pydeps in each container.
-        props["spark.dataproc.driverEnv.PYTHONPATH"] = "./pydeps"
-        props["spark.executorEnv.PYTHONPATH"] = "./pydeps"
+    # Always: a missing ./pydeps on the path is harmless, and the workflow sets it the same way.
+    props.update(batch_spec.PYDEPS_PROPERTIES)
     props.update(extra or {})
     if training and props.get("spark.dynamicAllocation.enabled", "").lower() != "false":
         raise ValueError(
@@ -207,7 +208,7 @@ def build_batch(
     *,
     args: Sequence[str] = (),
     properties: Mapping[str, str] | None = None,
-    ttl_s: int = 4 * 3600,
+    ttl_s: int = batch_spec.BATCH_TTL_S,
     labels: Mapping[str, str] | None = None,
 ) -> Batch:
     """The ``Batch`` body for one stage of one uploaded version."""
@@ -219,7 +220,6 @@ def build_batch(
         raise ValueError("no GCP project: pass --project or set PROJECT_ID")
     props = batch_properties(settings, kind, manifest, properties)
     _refuse_secrets(settings, props, args)
-    version_label = re.sub(r"[^a-z0-9_-]", "-", manifest.version.lower())[:63]
     return dataproc_v1.Batch(
         pyspark_batch=dataproc_v1.PySparkBatch(
             main_python_file_uri=manifest.main_uri(kind),
@@ -235,9 +235,10 @@ def build_batch(
                 subnetwork_uri=subnetwork_uri(settings),
                 staging_bucket=f"{gcp.project_id}-spark-staging",
                 ttl=duration_pb2.Duration(seconds=ttl_s),
+                network_tags=[batch_spec.NETWORK_TAG],
             )
         ),
-        labels={"app": "poolcast", "stage": kind, "code-version": version_label, **(labels or {})},
+        labels={**batch_spec.labels(kind, manifest.version), **(labels or {})},
     )
 
 

@@ -167,7 +167,8 @@ def upload_version(
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> Manifest:
     """Upload ``artifacts`` to ``versions/<version>/``, write its manifest, move ``latest/``."""
-    if not version or "/" in version:
+    if not version or "/" in version or len(version) > 63:
+        # at most 63 characters: the name is also the batches' code-version label
         raise DeployError(f"invalid version {version!r}")
     names = [a.name for a in artifacts]
     if len(set(names)) != len(names):

@@ -3,6 +3,8 @@
 Everything is validated before anything is written. A bad record names its file, pool, record and
 field; without ``skip_bad`` nothing is written at all, with it the good records load and the bad
 ones go to ``ingest_quarantine`` with their reason. Re-ingesting the same files changes nothing.
+A snapshot re-delivered with new values is a revision: counted apart, its old values kept in
+``raw_snapshot_revisions``, or refused (``POOLCAST_INGEST_REVISIONS=refuse``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +23,41 @@ import pyarrow as pa
 
 from poolcast.log import progress
 from poolcast.store import Store
+from poolcast.store._schema import ARROW_SCHEMAS, KEYS
+from poolcast.store.revisions import changed_rows, keep_revisions, without_keys
+
+HISTORY = "raw_defillama_pool_history"
 
 # A snapshot more than this far ahead of the clock is not real (clock skew allowance).
 _FUTURE_SLACK = dt.timedelta(hours=1)
 # Nothing on a blockchain predates the Unix epoch; earlier stamps are corrupt (and overflow dates).
 _EARLIEST = dt.datetime(1970, 1, 1)
+# Plausible first days: DeFi pool yields (POOLCAST_INGEST_EARLIEST), market prices (Bitcoin's
+# first block), Ethereum gas (Ethereum's first block). Earlier records are corrupt.
+DEFAULT_EARLIEST_SNAPSHOT = dt.date(2019, 1, 1)
+_EARLIEST_PRICE = dt.datetime(2009, 1, 3)
+_EARLIEST_GAS = dt.date(2015, 7, 30)
+# The bounds `poolcast validate` checks (its value_ranges): what ingest refuses to store.
+APY_FLOOR = -100.0
+TVL_CEILING = 1e12  # no single pool holds a trillion dollars
+REVISION_POLICIES = ("accept", "refuse")
+
+
+def earliest_snapshot() -> dt.date:
+    """POOLCAST_INGEST_EARLIEST (YYYY-MM-DD): snapshots before it are refused."""
+    text = os.environ.get("POOLCAST_INGEST_EARLIEST", "").strip()
+    try:
+        return dt.date.fromisoformat(text) if text else DEFAULT_EARLIEST_SNAPSHOT
+    except ValueError:
+        raise ValueError(f"POOLCAST_INGEST_EARLIEST={text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def revision_policy() -> str:
+    """POOLCAST_INGEST_REVISIONS: ``accept`` (default; the old values are kept) or ``refuse``."""
+    text = os.environ.get("POOLCAST_INGEST_REVISIONS", "").strip().lower() or "accept"
+    if text not in REVISION_POLICIES:
+        raise ValueError(f"POOLCAST_INGEST_REVISIONS={text!r}: choose accept or refuse")
+    return text
 
 
 @dataclass(frozen=True)
@@ -60,10 +93,18 @@ class IngestError(ValueError):
 
 @dataclass
 class IngestReport:
+    """``written``: new rows per table; ``revisions``: stored rows replaced by new values."""
+
     files: int = 0
     read: dict[str, int] = field(default_factory=dict)
     written: dict[str, int] = field(default_factory=dict)
+    revisions: dict[str, int] = field(default_factory=dict)
+    revised_examples: list[str] = field(default_factory=list)
     quarantined: int = 0
+
+    @property
+    def revised(self) -> int:
+        return sum(self.revisions.values())
 
     def add(self, table: str, read: int) -> None:
         self.read[table] = self.read.get(table, 0) + read
@@ -111,8 +152,11 @@ def _number(
     return number, None
 
 
-def _timestamp(value: Any) -> tuple[dt.datetime | None, str | None]:
-    """An ISO-8601 string with a zone (converted to UTC) or epoch seconds; naive UTC out."""
+def _timestamp(
+    value: Any, earliest: dt.datetime = _EARLIEST, what: str = "1970"
+) -> tuple[dt.datetime | None, str | None]:
+    """An ISO-8601 string with a zone (converted to UTC) or epoch seconds; naive UTC out.
+    Stamps before ``earliest`` (``what`` says why it is the bound) are refused."""
     if isinstance(value, bool):
         return None, f"not a timestamp: {value!r}"
     if isinstance(value, int | float):
@@ -133,8 +177,8 @@ def _timestamp(value: Any) -> tuple[dt.datetime | None, str | None]:
             stamp = parsed.astimezone(dt.UTC).replace(tzinfo=None)
         except OverflowError:
             return None, f"timestamp {_short(value)} is out of range"
-    if stamp < _EARLIEST:
-        return None, f"{stamp.isoformat()}Z is before 1970"
+    if stamp < max(earliest, _EARLIEST):
+        return None, f"{stamp.isoformat()}Z is before {what}"
     return stamp, None
 
 
@@ -182,6 +226,9 @@ def _dumps(obj: Any) -> str:
 def _parse_chart(
     path: Path, pool_id: str, rows: list[Any], batch: _Batch, apy_ceiling: float, now: dt.datetime
 ) -> int:
+    first = earliest_snapshot()
+    first_stamp = dt.datetime.combine(first, dt.time())
+    why_first = f"{first}, earlier than any DeFi pool data (POOLCAST_INGEST_EARLIEST)"
     batch.charts.add(pool_id)
     for i, rec in enumerate(rows):
         if not isinstance(rec, dict):
@@ -193,15 +240,15 @@ def _parse_chart(
             continue
         raw = _dumps(rec)
         problems: list[tuple[str, str]] = []
-        ts, err = _timestamp(rec.get("timestamp"))
+        ts, err = _timestamp(rec.get("timestamp"), first_stamp, why_first)
         if err:
             problems.append(("timestamp", err))
         elif ts is not None and ts > now + _FUTURE_SLACK:
             problems.append(("timestamp", f"{ts.isoformat()}Z is in the future"))
-        _, err = _number(rec.get("apy"), minimum=-100.0, maximum=apy_ceiling)
+        _, err = _number(rec.get("apy"), minimum=APY_FLOOR, maximum=apy_ceiling)
         if err:
             problems.append(("apy", err))
-        _, err = _number(rec.get("tvlUsd"), minimum=0.0)
+        _, err = _number(rec.get("tvlUsd"), minimum=0.0, maximum=TVL_CEILING)
         if err:
             problems.append(("tvlUsd", err))
         if not problems and ts is not None:
@@ -290,16 +337,18 @@ def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch, now: dt.dateti
         batch.bad.append(BadRecord(str(path), None, None, "data", "expected data.symbol, quotes"))
         return 0
     for i, q in enumerate(quotes):
-        ts, err = _timestamp(q.get("time_open") if isinstance(q, dict) else None)
+        ts, err = _timestamp(
+            q.get("time_open") if isinstance(q, dict) else None, _EARLIEST_PRICE,
+            f"{_EARLIEST_PRICE.date()}, Bitcoin's first block",
+        )
         if ts is not None and ts > now + _FUTURE_SLACK:
             err = f"{ts.isoformat()}Z is in the future"
         quote = q.get("quote") if isinstance(q, dict) else None
         usd = quote.get("USD") if isinstance(quote, dict) else None
         close, cerr = _number(usd.get("close") if isinstance(usd, dict) else None, minimum=0.0)
+        price = ("quote.USD.close", cerr) if cerr else _price_problem(usd)
         unstorable = _unstorable(q)
-        problem = (
-            ("time_open", err) if err else ("quote.USD.close", cerr) if cerr else unstorable
-        )
+        problem = ("time_open", err) if err else price if price else unstorable
         if problem:
             fld, why = problem
             batch.bad.append(BadRecord(str(path), symbol, i, fld, str(why), _safe_raw(q)))
@@ -308,6 +357,18 @@ def _parse_ohlcv(path: Path, data: dict[str, Any], batch: _Batch, now: dt.dateti
             {"symbol": symbol, "data_timestamp": ts, "raw_json_data": _dumps(q["quote"])}
         )
     return len(quotes)
+
+
+def _price_problem(usd: Any) -> tuple[str, str] | None:
+    """open/high/low, where given, are prices like close: numbers, not below 0."""
+    if not isinstance(usd, dict):
+        return None
+    for name in ("open", "high", "low"):
+        if usd.get(name) is not None:
+            _, err = _number(usd[name], minimum=0.0)
+            if err:
+                return f"quote.USD.{name}", err
+    return None
 
 
 def _parse_gas(path: Path, batch: _Batch) -> int:
@@ -320,28 +381,60 @@ def _parse_gas(path: Path, batch: _Batch) -> int:
 
 def _parse_gas_rows(path: Path, batch: _Batch) -> int:
     n = 0
+    today = dt.datetime.now(dt.UTC).date()
     with path.open(newline="", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh)):
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("Date(UTC)", "Value (Wei)") if c not in (reader.fieldnames or [])]
+        if missing:
+            columns = ", ".join(repr(c) for c in missing)
+            batch.bad.append(
+                BadRecord(str(path), None, None, "file", f"not an Etherscan gas CSV: no {columns} "
+                          "column")
+            )
+            return 0
+        for i, row in enumerate(reader):
             n += 1
-            day_text = row.get("Date(UTC)") or ""
-            try:
-                month, day, year = (int(x) for x in day_text.split("/"))
-                day_value = dt.date(year, month, day)
-            except (ValueError, TypeError, AttributeError):
-                batch.bad.append(
-                    BadRecord(str(path), None, i, "Date(UTC)", f"bad date {day_text!r}")
-                )
+            day_value, why = _gas_date(row.get("Date(UTC)"), today)
+            if why:
+                batch.bad.append(BadRecord(str(path), None, i, "Date(UTC)", why))
                 continue
-            try:
-                wei = float(row.get("Value (Wei)") or "nan")
-            except (ValueError, TypeError):
-                wei = math.nan
-            gwei, err = _number(wei / 1e9, minimum=0.0)
+            gwei, err = _gas_value(row.get("Value (Wei)"))
             if err:
                 batch.bad.append(BadRecord(str(path), None, i, "Value (Wei)", err))
                 continue
             batch.gas.append({"date": day_value, "actual_avg_gas_gwei": gwei})
     return n
+
+
+def _gas_date(text: Any, today: dt.date) -> tuple[dt.date | None, str | None]:
+    """Etherscan's M/D/YYYY, between Ethereum's first block and tomorrow."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "missing"
+    try:
+        month, day, year = (int(x) for x in text.split("/"))
+        value = dt.date(year, month, day)
+    except (ValueError, TypeError):
+        return None, f"not a date (M/D/YYYY): {_short(text)}"
+    if value < _EARLIEST_GAS:
+        return None, f"{value} is before {_EARLIEST_GAS}, Ethereum's first block"
+    if value > today + dt.timedelta(days=1):
+        return None, f"{value} is in the future"
+    return value, None
+
+
+def _gas_value(text: Any) -> tuple[float | None, str | None]:
+    """The day's average gas price in Wei (a count, not below 0), returned in Gwei."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "missing"
+    try:
+        wei = float(text)
+    except ValueError:
+        return None, f"not a number: {_short(text)}"
+    if not math.isfinite(wei):
+        return None, f"not finite: {_short(text)}"
+    if wei < 0:
+        return None, f"{text.strip()} Wei is below 0"
+    return wei / 1e9, None
 
 
 def _parse_file(path: Path, batch: _Batch, report: IngestReport, apy_ceiling: float) -> None:
@@ -357,7 +450,16 @@ def _parse_file(path: Path, batch: _Batch, report: IngestReport, apy_ceiling: fl
     except OSError as exc:
         batch.bad.append(BadRecord(str(path), None, None, "file", f"cannot read: {exc}"))
         return
+    refused = _api_refusal(doc)
+    if refused:
+        batch.bad.append(BadRecord(str(path), None, None, "status", refused))
+        return
     data = doc.get("data") if isinstance(doc, dict) else None
+    if isinstance(data, list) and not data and path.stem.lower().startswith("pools"):
+        batch.bad.append(
+            BadRecord(str(path), None, None, "data", "the /pools response lists no pools")
+        )
+        return
     if isinstance(data, dict) and "quotes" in data:
         report.add("raw_coinmarketcap_ohlcv", _parse_ohlcv(path, data, batch, now))
     elif isinstance(data, list) and data and isinstance(data[0], dict) and "pool" in data[0]:
@@ -374,53 +476,21 @@ def _parse_file(path: Path, batch: _Batch, report: IngestReport, apy_ceiling: fl
         )
 
 
-_SCHEMAS = {
-    "pools": pa.schema(
-        [
-            ("pool_id", pa.string()),
-            ("chain", pa.string()),
-            ("project", pa.string()),
-            ("symbol", pa.string()),
-            ("stablecoin", pa.bool_()),
-            ("il_risk", pa.string()),
-            ("exposure", pa.string()),
-            ("is_active", pa.bool_()),
-            ("raw_json_data", pa.string()),
-        ]
-    ),
-    "raw_defillama_pool_history": pa.schema(
-        [
-            ("pool_id", pa.string()),
-            ("timestamp", pa.timestamp("us")),
-            ("raw_json_data", pa.string()),
-        ]
-    ),
-    "raw_coinmarketcap_ohlcv": pa.schema(
-        [
-            ("symbol", pa.string()),
-            ("data_timestamp", pa.timestamp("us")),
-            ("raw_json_data", pa.string()),
-        ]
-    ),
-    "gas_fees_daily": pa.schema([("date", pa.date32()), ("actual_avg_gas_gwei", pa.float64())]),
-    "ingest_quarantine": pa.schema(
-        [
-            ("file", pa.string()),
-            ("pool_id", pa.string()),
-            ("record_index", pa.int64()),
-            ("field", pa.string()),
-            ("reason", pa.string()),
-            ("raw", pa.string()),
-        ]
-    ),
-}
-_KEYS = {
-    "pools": ["pool_id"],
-    "raw_defillama_pool_history": ["pool_id", "timestamp"],
-    "raw_coinmarketcap_ohlcv": ["symbol", "data_timestamp"],
-    "gas_fees_daily": ["date"],
-    "ingest_quarantine": ["file", "pool_id", "record_index", "field"],
-}
+def _api_refusal(doc: Any) -> str | None:
+    """Why an API response is not data: DefiLlama's ``status`` other than ``success``,
+    CoinMarketCap's ``status.error_code`` other than 0."""
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if status is None or (isinstance(status, str) and status.strip().lower() == "success"):
+        return None
+    if isinstance(status, dict):
+        if status.get("error_code") in (0, "0", None):
+            return None
+        code, message = status.get("error_code"), status.get("error_message")
+        what = f"error_code {_short(code)}"
+    else:
+        what, message = f"status {_short(status)}", doc.get("message") or doc.get("error")
+    detail = f" ({_short(message)})" if message else ""
+    return f"an API error response, {what}{detail}: not data; fetch it again"
 
 
 def _known_pools(store: Store) -> set[str]:
@@ -432,9 +502,16 @@ def ingest(
 ) -> IngestReport:
     """Validate every file, then write all of it in one transaction (or nothing)."""
     store.require_schema()
+    policy = revision_policy()
     report = IngestReport()
     batch = _Batch()
+    paths = list(paths)
     files = list(_files(paths))
+    if not files:
+        shown = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+        raise FileNotFoundError(
+            f"no .json or .csv files in {shown}: nothing to ingest; check the path"
+        )
     with progress("ingest", total=len(files)) as bar:  # on a terminal only
         for path in files:
             report.files += 1
@@ -455,36 +532,63 @@ def ingest(
         if h["pool_id"] not in drop and (h["pool_id"], h["timestamp"]) not in batch.conflicts
     ]
 
-    if batch.bad and not skip_bad:
-        raise IngestError(batch.bad)
-
     json_type = "JSONB" if store.dialect == "postgres" else "JSON"
-    tables = {
-        "pools": batch.pools,
-        "raw_defillama_pool_history": batch.history,
-        "raw_coinmarketcap_ohlcv": batch.ohlcv,
-        "gas_fees_daily": batch.gas,
-        "ingest_quarantine": [
-            {
-                "file": b.file,
-                "pool_id": b.pool_id or "",
-                "record_index": -1 if b.index is None else b.index,
-                "field": b.field,
-                "reason": b.reason,
-                "raw": b.raw,
-            }
-            for b in batch.bad
-        ],
-    }
     with store.transaction():
-        for name, rows in tables.items():
-            if not rows:
+        history = _table(HISTORY, batch.history)
+        revised = changed_rows(store, HISTORY, history, KEYS[HISTORY], "raw_json_data", json_type)
+        if revised.num_rows and policy == "refuse":
+            _refuse_revisions(batch, revised)
+            history = without_keys(history, revised, KEYS[HISTORY])
+            revised = revised.slice(0, 0)
+        if batch.bad and not skip_bad:
+            raise IngestError(batch.bad)
+        if revised.num_rows:
+            report.revised_examples = keep_revisions(store, history, revised, json_type)
+            report.revisions[HISTORY] = revised.num_rows
+        tables = {
+            "pools": _table("pools", batch.pools),
+            HISTORY: history,
+            "raw_coinmarketcap_ohlcv": _table("raw_coinmarketcap_ohlcv", batch.ohlcv),
+            "gas_fees_daily": _table("gas_fees_daily", batch.gas),
+            "ingest_quarantine": _table("ingest_quarantine", _quarantine_rows(batch.bad)),
+        }
+        for name, data in tables.items():
+            if not data.num_rows:
                 continue
-            data = pa.Table.from_pylist(_dedupe(rows, _KEYS[name]), schema=_SCHEMAS[name])
             casts = {"raw_json_data": json_type} if "raw_json_data" in data.column_names else {}
-            report.written[name] = store.merge(name, data, _KEYS[name], casts=casts)
+            changed = store.merge(name, data, KEYS[name], casts=casts)
+            report.written[name] = changed - report.revisions.get(name, 0)
     report.quarantined = len(batch.bad)
     return report
+
+
+def _table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(_dedupe(rows, KEYS[name]), schema=ARROW_SCHEMAS[name])
+
+
+def _quarantine_rows(bad: list[BadRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "file": b.file,
+            "pool_id": b.pool_id or "",
+            "record_index": -1 if b.index is None else b.index,
+            "field": b.field,
+            "reason": b.reason,
+            "raw": b.raw,
+        }
+        for b in bad
+    ]
+
+
+def _refuse_revisions(batch: _Batch, revised: pa.Table) -> None:
+    """POOLCAST_INGEST_REVISIONS=refuse: each snapshot that would revise a stored one is bad."""
+    for pool, ts in zip(*(revised[k].to_pylist() for k in KEYS[HISTORY]), strict=True):
+        raw, file, index = batch.seen.get((pool, ts), ("", f"{pool}.json", None))
+        why = (
+            f"revises the stored snapshot at {ts.isoformat()}Z with other values "
+            "(POOLCAST_INGEST_REVISIONS=refuse; =accept loads it, keeping the old values)"
+        )
+        batch.bad.append(BadRecord(file, pool, index, "timestamp", why, raw))
 
 
 def _dedupe(rows: list[dict[str, Any]], key: list[str]) -> list[dict[str, Any]]:

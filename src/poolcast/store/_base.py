@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -27,6 +27,15 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached (down, restarting, network): worth a bounded retry."""
 
 
+def no_store_message(url: str) -> str:
+    """What to say when a command that needs an existing store is pointed at nothing."""
+    return (
+        f"no poolcast store at {redact_url(url)}: check --store (or POOLCAST_STORE); "
+        f"`poolcast db init --store {redact_url(url)}` creates one, as do `poolcast ingest` and "
+        "`poolcast generate`"
+    )
+
+
 def ident(name: str) -> str:
     """A validated SQL identifier: we never build SQL from unchecked names."""
     if not _IDENT.match(name):
@@ -42,6 +51,10 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self._depth = 0
+        self.commits = 0  # transactions committed: tells a stopped run whether it wrote
+        # Called inside each outermost transaction just before it commits (the run record says
+        # "committed" atomically with the stage's writes).
+        self.before_commit: list[Callable[[], None]] = []
 
     # -- connection primitives, one per backend ------------------------------------------------
     @abstractmethod
@@ -75,8 +88,8 @@ class Store(ABC):
         """Replace a broken connection with a fresh one (a server store after a restart)."""
 
     @abstractmethod
-    def readonly_query(self, sql: str) -> pa.Table:
-        """Run a user's query in a read-only transaction."""
+    def readonly_query(self, sql: str, timeout_s: float | None = None) -> pa.Table:
+        """Run a user's query in a read-only transaction, stopped after ``timeout_s``."""
 
     # -- shared behaviour -------------------------------------------------------------------------
     def __enter__(self) -> Store:
@@ -99,6 +112,8 @@ class Store(ABC):
         self._depth = 1
         try:
             yield
+            for hook in list(self.before_commit):
+                hook()
         except BaseException:
             self._depth = 0
             self._rollback()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 DIALECT_TYPES = {
     "postgres": {"json": "JSONB"},
     "duckdb": {"json": "JSON"},
@@ -152,8 +154,82 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS forecasts_target_idx ON forecasts (target_date)",
         ),
     ),
+    Migration(
+        4,
+        "raw_snapshot_revisions: the values a re-delivered snapshot replaced (ingest)",
+        (
+            """CREATE TABLE IF NOT EXISTS raw_snapshot_revisions (
+    pool_id TEXT NOT NULL,
+    timestamp TIMESTAMP NOT NULL,
+    revised_at TIMESTAMP NOT NULL,
+    old_raw_json_data {json} NOT NULL,
+    new_raw_json_data {json} NOT NULL,
+    PRIMARY KEY (pool_id, timestamp, revised_at)
+)""",
+        ),
+    ),
 )
 
 
 def latest_version() -> int:
     return max(m.version for m in MIGRATIONS)
+
+
+# The raw tables as Arrow: what ingest writes (the keys are their primary keys).
+ARROW_SCHEMAS = {
+    "pools": pa.schema(
+        [
+            ("pool_id", pa.string()),
+            ("chain", pa.string()),
+            ("project", pa.string()),
+            ("symbol", pa.string()),
+            ("stablecoin", pa.bool_()),
+            ("il_risk", pa.string()),
+            ("exposure", pa.string()),
+            ("is_active", pa.bool_()),
+            ("raw_json_data", pa.string()),
+        ]
+    ),
+    "raw_defillama_pool_history": pa.schema(
+        [
+            ("pool_id", pa.string()),
+            ("timestamp", pa.timestamp("us")),
+            ("raw_json_data", pa.string()),
+        ]
+    ),
+    "raw_coinmarketcap_ohlcv": pa.schema(
+        [
+            ("symbol", pa.string()),
+            ("data_timestamp", pa.timestamp("us")),
+            ("raw_json_data", pa.string()),
+        ]
+    ),
+    "gas_fees_daily": pa.schema([("date", pa.date32()), ("actual_avg_gas_gwei", pa.float64())]),
+    "ingest_quarantine": pa.schema(
+        [
+            ("file", pa.string()),
+            ("pool_id", pa.string()),
+            ("record_index", pa.int64()),
+            ("field", pa.string()),
+            ("reason", pa.string()),
+            ("raw", pa.string()),
+        ]
+    ),
+    "raw_snapshot_revisions": pa.schema(
+        [
+            ("pool_id", pa.string()),
+            ("timestamp", pa.timestamp("us")),
+            ("revised_at", pa.timestamp("us")),
+            ("old_raw_json_data", pa.string()),
+            ("new_raw_json_data", pa.string()),
+        ]
+    ),
+}
+KEYS = {
+    "pools": ["pool_id"],
+    "raw_defillama_pool_history": ["pool_id", "timestamp"],
+    "raw_coinmarketcap_ohlcv": ["symbol", "data_timestamp"],
+    "gas_fees_daily": ["date"],
+    "ingest_quarantine": ["file", "pool_id", "record_index", "field"],
+    "raw_snapshot_revisions": ["pool_id", "timestamp", "revised_at"],
+}

@@ -18,6 +18,7 @@ DATA_TABLES: tuple[str, ...] = (
     "raw_coinmarketcap_ohlcv",
     "gas_fees_daily",
     "ingest_quarantine",
+    "raw_snapshot_revisions",
     "pool_daily_metrics",
     "pool_forecasts_staging",
 )

@@ -17,10 +17,17 @@ READ_ONLY_TABLES: tuple[str, ...] = (
     "raw_coinmarketcap_ohlcv",
     "gas_fees_daily",
     "ingest_quarantine",
+    "raw_snapshot_revisions",
     "schema_migrations",
 )
 #: What an ingest role writes on top of the job's rights.
-INGEST_TABLES: tuple[str, ...] = READ_ONLY_TABLES[:5]
+INGEST_TABLES: tuple[str, ...] = READ_ONLY_TABLES[:6]
+
+
+NO_ROLES = (
+    "roles exist only on PostgreSQL; the embedded file is protected by its file permissions "
+    "(chmod 600, owned by the account that runs the job)"
+)
 
 
 def quote_ident(name: str) -> str:
@@ -48,10 +55,7 @@ def grant_statements(
     needs CREATE on the schema. It owns, and can drop, only the tables it creates.
     """
     if store.dialect != "postgres":
-        raise StoreError(
-            "roles exist only on PostgreSQL; the embedded file is protected by its file "
-            "permissions (chmod 600, owned by the account that runs the job)"
-        )
+        raise StoreError(NO_ROLES)
     role = ident(role)
     info = store.fetch_arrow("SELECT current_schema() AS s, current_database() AS d").to_pylist()[0]
     if info["s"] is None:

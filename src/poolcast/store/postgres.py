@@ -25,12 +25,34 @@ _PERMANENT = (
 )
 
 
+# Roles whose rights a query could use to reach the server's files or programs, or (through
+# set_config('role', ...)) a superuser's: `poolcast sql` does not run for their members.
+_PRIVILEGED_SQL = """
+SELECT r.rolname FROM pg_roles AS r
+WHERE pg_has_role(session_user, r.oid, 'MEMBER')
+  AND (r.rolsuper OR r.rolname IN
+       ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program'))
+ORDER BY r.rolsuper DESC, r.rolname
+LIMIT 1
+"""
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's own words from an ADBC error, without the driver's prefix."""
+    reason = first_line(exc)
+    return reason.split("ERROR:", 1)[1].strip() if "ERROR:" in reason else reason
+
+
 class PostgresStore(Store):
+    """``read_only``: every transaction of the session is read-only (the commands that only
+    read open it so)."""
+
     dialect = "postgres"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         super().__init__()
         self.url = url
+        self.read_only = read_only
         self._con = self._connect()
 
     def _connect(self) -> pg.Connection:
@@ -45,6 +67,8 @@ class PostgresStore(Store):
             ) from None
         with con.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
+            if self.read_only:
+                cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         con.commit()
         return con
 
@@ -91,6 +115,7 @@ class PostgresStore(Store):
 
     def _commit(self) -> None:
         self._con.commit()
+        self.commits += 1
 
     def _rollback(self) -> None:
         self._con.rollback()
@@ -101,15 +126,35 @@ class PostgresStore(Store):
         except Exception:  # noqa: BLE001
             pass
 
-    def readonly_query(self, sql: str) -> pa.Table:
+    def readonly_query(self, sql: str, timeout_s: float | None = None) -> pa.Table:
+        privileged = self.fetch_arrow(_PRIVILEGED_SQL).to_pylist()
+        if privileged:
+            raise StoreError(
+                f"`poolcast sql` does not run as {privileged[0]['rolname']!r} at "
+                f"{self.safe_url()}: a superuser (or a member of pg_read_server_files and the "
+                "like) could read the server's files or take a superuser's rights from inside "
+                "a query. Connect as a role without them, e.g. one made by "
+                "`poolcast db grant ROLE --create`"
+            )
         try:
             with self._cursor() as cur:
                 cur.execute("SET TRANSACTION READ ONLY")
+                millis = int(timeout_s * 1000) if timeout_s else 0
+                cur.execute(f"SET LOCAL statement_timeout = {millis}")
+                cur.execute(f"SET LOCAL lock_timeout = {millis}")
                 # As a subquery only a query fits: no COPY, no DDL, no data-modifying WITH
                 # (PostgreSQL allows those at the top level only), and one statement.
                 body = sql.strip().rstrip(";")
                 cur.execute(f"SELECT * FROM (\n{body}\n) AS poolcast_sql")  # noqa: S608
                 return cur.fetch_arrow_table()
+        except Exception as exc:  # noqa: BLE001 - ADBC raises its own hierarchy
+            reason = _server_message(exc)
+            if "statement timeout" in reason or "lock timeout" in reason:
+                raise StoreError(
+                    f"the query ran longer than {timeout_s:g} s and was stopped: narrow it "
+                    "(WHERE, LIMIT) or raise --timeout"
+                ) from None
+            raise StoreError(reason) from None
         finally:
             self._con.rollback()
 
