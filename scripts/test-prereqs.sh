@@ -5,6 +5,7 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v patchelf >/dev/null 2>&1 || need+=(patchelf)  # deploy ships libgomp inside pydeps.zip
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test-prereqs: installing ${need[*]}" >&2

@@ -148,16 +148,18 @@ def test_dataproc_entry_points_end_on_two_executors(cluster_store, tmp_path) -> 
 
 
 @pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
-def test_cli_metrics_on_two_executors_with_spark_master(cluster_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`poolcast metrics --engine spark --spark-master local-cluster[...]` on the embedded store:
-    the executors read and write staged Parquet, every part file is accounted for, the command
-    exits by itself and the metrics match the local engine."""
-    url, settings, local_metrics, _ = cluster_store
+def test_cli_run_on_two_executors_with_spark_master(cluster_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`poolcast run --engine spark --spark-master local-cluster[...]` on the embedded store: the
+    executors read and write staged Parquet (every part file accounted for), the model's rows
+    stay on the executors, the command exits by itself, the metrics match the local engine and
+    the forecasts are within the parity tolerance."""
+    url, settings, local_metrics, local_forecasts = cluster_store
     poolcast = Path(sys.executable).parent / "poolcast"
+    env = {**_env(tmp_path), "POOLCAST_MODEL_DIR": str(tmp_path / "models")}
     done = subprocess.run(
-        [str(poolcast), "metrics", "--engine", "spark", "--spark-master", MASTER, "--store", url],
-        env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT_S,
+        [str(poolcast), "run", "--engine", "spark", "--spark-master", MASTER, "--store", url],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "engine=spark" in done.stdout
-    _assert_like_local(url, local_metrics)
+    _assert_like_local(url, local_metrics, local_forecasts)

@@ -604,3 +604,44 @@ def test_daily_forecast_on_spark_reuses_a_recent_model(spark, demo_store, tmp_pa
     assert reused.details["model"] == saved.details["model"]
     assert reused.details["synapseml_fits"] == 0
     assert reused.rows_written == 0  # the same model on the same data: nothing changes
+
+
+@pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)
+def test_the_forecast_brings_no_table_to_the_driver(spark, demo_store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The model's rows stay on the executors: fitting and predicting on the Spark compute, the
+    driver collects only counts, sums and ranked values (a handful of rows per action), never
+    the panel, the training rows or the predictions; nothing comes back as Arrow or pandas."""
+    from pyspark.sql import DataFrame
+
+    from poolcast.engines import spark as engine
+    from poolcast.model import ForecastModel, forecast_table
+
+    store, settings = demo_store
+    collected: list[int] = []
+    collect = DataFrame.collect
+
+    def counted(self: DataFrame) -> list:  # type: ignore[type-arg]
+        rows = collect(self)
+        collected.append(len(rows))
+        return rows
+
+    def refused(self: DataFrame, *args: object, **kwargs: object) -> None:
+        raise AssertionError("a whole table was brought to the driver")
+
+    with _spark_exchange(spark, store) as ex:
+        panel = engine.forecast_panel(ex, settings.train_days)
+        compute = engine.spark_compute(ex, panel.count())
+        monkeypatch.setattr(DataFrame, "collect", counted)
+        for name in ("toPandas", "_collect_as_arrow", "toLocalIterator"):
+            monkeypatch.setattr(DataFrame, name, refused)
+        panel = compute.keep(compute.by_pools(panel))
+        rows = compute.count(panel)
+        model = ForecastModel(
+            horizons=(1, 7), train_days=settings.train_days, seed=settings.seed, compute=compute
+        ).fit(panel)
+        forecasts = compute.count(model.forecasts(panel))
+        next_day = compute.count(forecast_table(model, panel))
+        compute.close()
+    assert rows > 10_000 and next_day == 99 and forecasts == 99 * 4  # apy and tvl, 2 horizons
+    assert model.horizons_[7].calibration_["n"] > 1_000
+    assert collected and max(collected) <= 16, collected
