@@ -4,9 +4,14 @@ the dead zone, conformal 80% intervals and the stacked horizons' weight."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+
+from poolcast.model.compute import Compute, Frame, quantiles
+from poolcast.model.features import _column, target_column
 
 
 def _conformal_ranks(n: int, levels: tuple[float, float]) -> tuple[int, int]:
@@ -141,3 +146,56 @@ def _blend_edges(apy: np.ndarray, groups: int) -> tuple[float, ...]:
 
 def _blend_group(apy: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return np.searchsorted(np.asarray(edges, dtype=np.float64), apy, side="right")
+
+
+def blend_edges(compute: Compute, calib: Frame, groups: int) -> tuple[float, ...]:
+    """:func:`_blend_edges` on a compute's held-out rows, from ranked values and sums."""
+    if groups <= 1:
+        return ()
+    levels = list(np.arange(1, groups) / groups)
+    n, values = quantiles(compute, calib, lambda t: _column(t, "actual_apy"), levels)
+    if n < groups * MIN_BLEND_GROUP_ROWS:
+        return ()
+    edges = tuple(values)
+
+    def counts(t: pa.Table) -> np.ndarray:
+        apy = _column(t, "actual_apy")
+        apy = apy[np.isfinite(apy)]
+        return np.bincount(np.searchsorted(edges, apy, side="right"), minlength=groups)
+
+    return edges if compute.total(calib, counts).min() >= MIN_BLEND_GROUP_ROWS else ()
+
+
+def fit_blends(
+    forecaster: Any, calib: Frame, dead_zones: Sequence[float]
+) -> list[tuple[tuple[float, ...], float]]:
+    """:func:`_fit_blend` for each of a calibrating forecaster's blend groups, from two sums over
+    its compute's held-out rows: every candidate blend's error, then every dead zone's for the
+    chosen blend."""
+    f = forecaster
+    combos = blend_combos(len(f.anchors_))
+    groups = len(f.blend_edges_) + 1
+    target = target_column(f.horizon)
+
+    def losses(t: pa.Table, candidates: Callable[[int], list[tuple[Any, float]]]) -> np.ndarray:
+        y, naive = _column(t, target), _column(t, "actual_apy")
+        model = f._memoized(t, "raw", lambda r: f._raw_predict(r, f.best_iterations_))
+        anchors, scl = f._anchors(t), f._scale(t)
+        group = _blend_group(naive, f.blend_edges_)
+        out = []
+        for k in range(groups):
+            m = group == k
+            sums = _blend_losses(y[m], model[m], naive[m], anchors[m], scl[m], candidates(k))
+            out.append(np.append(sums, m.sum()))
+        return np.array(out)
+
+    first = f.compute.total(calib, lambda t: losses(t, lambda k: [(w, 0.0) for w in combos]))
+    counts = first[:, -1]
+    chosen = [_pick_weights(combos, first[k, :-1] / counts[k]) for k in range(groups)]
+    second = f.compute.total(
+        calib, lambda t: losses(t, lambda k: [(chosen[k][0], z) for z in dead_zones])
+    )
+    return [
+        (weights, _pick_zone(second[k, :-1] / counts[k], mae0, dead_zones))
+        for k, (weights, mae0) in enumerate(chosen)
+    ]

@@ -39,15 +39,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from poolcast.model.calibration import (
-    MIN_BLEND_GROUP_ROWS,
     _blend,
     _blend_group,
-    _blend_losses,
     _conformal_ranks,
-    _pick_weights,
-    _pick_zone,
     _stack_weight,
-    blend_combos,
+    blend_edges,
+    fit_blends,
 )
 from poolcast.model.compute import (
     Compute,
@@ -55,7 +52,6 @@ from poolcast.model.compute import (
     Frame,
     LocalCompute,
     TrainingColumns,
-    quantiles,
     with_targets,
 )
 from poolcast.model.features import (
@@ -365,8 +361,8 @@ class Forecaster:
                 self.best_iterations_ = [
                     b.best_iteration or r for b, r in zip(self.members_, rounds, strict=True)
                 ]
-                self.blend_edges_ = self._blend_edges(calib, spec.blend_groups)
-                self.blends_ = self._fit_blends(calib, spec.dead_zones)
+                self.blend_edges_ = blend_edges(compute, calib, spec.blend_groups)
+                self.blends_ = fit_blends(self, calib, spec.dead_zones)
 
             def residual(t: pa.Table) -> np.ndarray:
                 point = self._memoized(t, "point", self.predict)
@@ -417,60 +413,6 @@ class Forecaster:
             hit = (rows, fn(rows))
             self._memo[key] = hit
         return hit[1]
-
-    def _blend_edges(self, calib: Frame, groups: int) -> tuple[float, ...]:
-        """Today's-APY edges between ``groups`` equal-sized blend groups of calibration rows
-        (``calibration._blend_edges`` from the compute's ranked values and sums)."""
-        if groups <= 1:
-            return ()
-        levels = list(np.arange(1, groups) / groups)
-        n, values = quantiles(
-            self.compute, calib, lambda t: _column(t, "actual_apy"), levels
-        )
-        if n < groups * MIN_BLEND_GROUP_ROWS:
-            return ()
-        edges = tuple(values)
-
-        def counts(t: pa.Table) -> np.ndarray:
-            apy = _column(t, "actual_apy")
-            apy = apy[np.isfinite(apy)]
-            return np.bincount(np.searchsorted(edges, apy, side="right"), minlength=groups)
-
-        return edges if self.compute.total(calib, counts).min() >= MIN_BLEND_GROUP_ROWS else ()
-
-    def _fit_blends(
-        self, calib: Frame, dead_zones: Sequence[float]
-    ) -> list[tuple[tuple[float, ...], float]]:
-        """``calibration._fit_blend`` for each blend group, from two sums over the held-out
-        rows: every candidate blend's error, then every dead zone's for the chosen blend."""
-        combos = blend_combos(len(self.anchors_))
-        groups = len(self.blend_edges_) + 1
-        target = target_column(self.horizon)
-
-        def losses(t: pa.Table, candidates: Callable[[int], list[tuple[Any, float]]]) -> np.ndarray:
-            y, naive = _column(t, target), _column(t, "actual_apy")
-            model = self._memoized(
-                t, "raw", lambda r: self._raw_predict(r, self.best_iterations_)
-            )
-            anchors, scl = self._anchors(t), self._scale(t)
-            group = _blend_group(naive, self.blend_edges_)
-            out = []
-            for k in range(groups):
-                m = group == k
-                sums = _blend_losses(y[m], model[m], naive[m], anchors[m], scl[m], candidates(k))
-                out.append(np.append(sums, m.sum()))
-            return np.array(out)
-
-        first = self.compute.total(calib, lambda t: losses(t, lambda k: [(w, 0.0) for w in combos]))
-        counts = first[:, -1]
-        chosen = [_pick_weights(combos, first[k, :-1] / counts[k]) for k in range(groups)]
-        second = self.compute.total(
-            calib, lambda t: losses(t, lambda k: [(chosen[k][0], z) for z in dead_zones])
-        )
-        return [
-            (weights, _pick_zone(second[k, :-1] / counts[k], mae0, dead_zones))
-            for k, (weights, mae0) in enumerate(chosen)
-        ]
 
     def _anchors(self, rows: pa.Table) -> np.ndarray:
         """The blend's baselines (today's APY where one is missing), one column each."""
