@@ -58,3 +58,17 @@ def test_store_from_environment_and_clear_errors(tmp_path: Path, monkeypatch) ->
     assert result.exit_code == 1
     result = runner.invoke(app, ["metrics", "--store", "mysql://x"])
     assert result.exit_code != 0
+
+
+def test_sql_tables_print_numbers_for_people_and_keep_their_shape() -> None:
+    import pyarrow as pa
+
+    from poolcast.cli._common import format_table
+
+    text = format_table(
+        pa.table({"tvl": [654_779_012.5, 1.5], "n": [16_855, 3], "s": ["a\tb\nc", "x"]})
+    )
+    lines = text.splitlines()
+    assert lines[2].split() == ["654,779,012.50", "16,855", "a\\tb\\nc"]
+    assert lines[3].split() == ["1.5", "3", "x"]
+    assert len(lines) == 5  # header, rule, two rows, footer: the newline did not split a row

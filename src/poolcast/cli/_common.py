@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pyarrow as pa
@@ -22,6 +23,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+# A tab or newline in a value must not break a table row.
+_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 @app.callback()
@@ -125,8 +130,14 @@ def format_table(table: pa.Table, max_rows: int = 50) -> str:
         if value is None:
             return "NULL"
         if isinstance(value, float):
+            # For people: 654,779,012.00 rather than 6.54779e+08; APYs keep six digits.
+            if math.isfinite(value) and abs(value) >= 1e4:
+                return f"{value:,.2f}"
             return f"{value:.6g}"
-        return str(value)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1e4:
+            return f"{value:,}"
+        # A tab or newline in a value must not break the table's rows and columns.
+        return str(value).translate(_ESCAPES)
 
     cells = [[cell(r[n]) for n in names] for r in rows]
     widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names)]
