@@ -133,3 +133,17 @@ def test_read_only_postgres_sessions_refuse_writes(store: Store) -> None:
         assert reader.fetch_arrow("SELECT count(*) AS n FROM pools").to_pylist() == [{"n": 0}]
         with pytest.raises(Exception, match="read-only transaction"):
             reader.execute("INSERT INTO pools (pool_id) VALUES ('x')")
+
+
+def test_the_database_url_carries_the_servers_ca_to_both_clients() -> None:
+    """DB_SSLMODE=verify-full with DB_SSLROOTCERT: psycopg and Spark's JDBC both get the CA file
+    (encrypted and the server proven, on the scheduled path as on a laptop)."""
+    from poolcast.settings import Settings
+    from poolcast.store.spark_io import JdbcTarget
+
+    settings = Settings(db_host="10.0.0.3", db_sslmode="verify-full", db_sslrootcert="/ca/s.pem")
+    url = settings.store_url()
+    assert url.endswith("?sslmode=verify-full&sslrootcert=/ca/s.pem")
+    jdbc = JdbcTarget.from_url(url).url
+    assert "sslmode=verify-full" in jdbc and "sslrootcert=%2Fca%2Fs.pem" in jdbc
+    assert "?" not in Settings(db_host="10.0.0.3").store_url()

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     db_sslmode: SslMode | None = Field(
         default=None, validation_alias=AliasChoices("db_sslmode", "DB_SSLMODE", "PGSSLMODE")
     )
+    # The CA that signed the server's certificate (a file on every machine that connects): with
+    # sslmode=verify-full the connection is encrypted and the server proven.
+    db_sslrootcert: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("db_sslrootcert", "DB_SSLROOTCERT", "PGSSLROOTCERT"),
+    )
 
     engine: Engine = Field(
         default="local", validation_alias=AliasChoices("engine", "POOLCAST_ENGINE")
@@ -164,9 +170,9 @@ class Settings(BaseSettings):
             url = (
                 f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
             )
-            if self.db_sslmode:
-                url += f"?sslmode={quote(self.db_sslmode, safe='')}"
-            return url
+            query = {"sslmode": self.db_sslmode, "sslrootcert": self.db_sslrootcert}
+            given = [f"{k}={quote(v, safe='/')}" for k, v in query.items() if v]
+            return url + ("?" + "&".join(given) if given else "")
         return DEFAULT_STORE
 
 
