@@ -215,3 +215,8 @@ HISTORY_DAYS = max(c.window for c in METRICS if c.kind in ("mean", "std")) + FIL
 
 def metric_names() -> list[str]:
     return [c.name for c in METRICS] + [m.name for m in MARKET]
+
+
+# Plausible values, the same for ingest (refused) and validate (flagged).
+APY_FLOOR = -100.0  # a position cannot lose more than all of it
+TVL_CEILING = 1e12  # no single pool holds a trillion dollars

@@ -34,13 +34,12 @@ from typing import Any, Literal
 
 from poolcast.ops.reference import REL_TOL, close, reference_metrics
 from poolcast.settings import Settings
+from poolcast.spec import APY_FLOOR, TVL_CEILING
 from poolcast.store import Store, StoreError
 from poolcast.store.queries import latest_data_day
 
 Status = Literal["pass", "fail", "warn", "info", "skip"]
 
-APY_FLOOR = -100.0  # a position cannot lose more than all of it
-TVL_CEILING = 1e12  # no single pool holds a trillion dollars
 RECENT_DAYS = 7
 EVIDENCE_ROWS = 20
 

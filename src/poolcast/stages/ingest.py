@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from poolcast.log import progress
+from poolcast.spec import APY_FLOOR, TVL_CEILING
 from poolcast.store import Store
 from poolcast.store._schema import ARROW_SCHEMAS, KEYS
 from poolcast.store.revisions import changed_rows, keep_revisions, without_keys
@@ -38,8 +39,6 @@ DEFAULT_EARLIEST_SNAPSHOT = dt.date(2019, 1, 1)
 _EARLIEST_PRICE = dt.datetime(2009, 1, 3)
 _EARLIEST_GAS = dt.date(2015, 7, 30)
 # The bounds `poolcast validate` checks (its value_ranges): what ingest refuses to store.
-APY_FLOOR = -100.0
-TVL_CEILING = 1e12  # no single pool holds a trillion dollars
 REVISION_POLICIES = ("accept", "refuse")
 
 
