@@ -40,6 +40,7 @@ from poolcast.evaluation.scoring import (
     scores,
     take,
 )
+from poolcast.log import progress
 from poolcast.model.features import (
     HORIZONS,
     Horizon,
@@ -211,10 +212,13 @@ class Backtest:
                 )
         parts: list[dict[str, Any]] = []
         self.fit_seconds_: dict[str, list[float]] = {}
-        for split, train, score in splits:
-            for day in self.cutoffs_:
-                for h in cfg.horizons:
-                    parts.extend(self._one(split, train, score, day, h))
+        fits = len(splits) * len(self.cutoffs_) * len(cfg.horizons)
+        with progress("backtest", total=fits, doing="cutoff x horizon fits") as bar:
+            for split, train, score in splits:
+                for day in self.cutoffs_:
+                    for h in cfg.horizons:
+                        parts.extend(self._one(split, train, score, day, h))
+                        bar.advance()
         if cfg.headroom:
             for h in cfg.horizons:
                 parts.extend(self._headroom(panel, h))
