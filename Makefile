@@ -63,10 +63,12 @@ demo: $(VENV)/.demo-installed
 	@echo "Next: $(BIN)/poolcast report --store $(STORE)   # poolcast-report.html: every pool's forecasts,"
 	@echo "      data freshness, checks, backtest; $(BIN)/poolcast --help lists every command"
 
-## test: the whole suite against a throwaway PostgreSQL server, Spark local[2] and the real jars
+## test: the whole suite against a throwaway PostgreSQL server, Spark local[2] and the real jars;
+## two workers (PYTEST_WORKERS), every test that starts Spark on one of them (tests/conftest.py)
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.test-installed
 	scripts/test-prereqs.sh
-	scripts/with-postgres.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+	scripts/with-postgres.sh $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## bench: every stage at 2k and 20k pools x 365 days on both stores (BENCH_SCENARIOS=100k for more;
 ## see bench/run.py); results in bench/results/latest.{json,md,png}; then the Spark engine on

@@ -19,6 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n`` (``make test``), every test that starts Spark runs on one worker, one
+    after another: one JVM with the jars at a time, one Ivy resolution, and the other worker
+    free for the rest."""
+    for item in items:
+        uses_spark = "spark" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
+            "spark"
+        )
+        if uses_spark:
+            item.add_marker(pytest.mark.xdist_group("spark"))
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
