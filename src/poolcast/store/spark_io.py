@@ -295,13 +295,11 @@ class SparkExchange:
         yielded, the table dropped after); on the embedded store, the rows as Arrow."""
         like = ident(like)
         if self._jdbc is None:
-            try:
-                yield self.spark_to_arrow(df, like)
-            except SparkIOError:
-                raise
+            yield self.spark_to_arrow(df, like)
             return
         stage = ident(f"_spark_stage_{like}_{uuid.uuid4().hex[:10]}"[:63])
         columns = [ident(c) for c in df.columns]
+        # An UNLOGGED table with the target's column types; no constraints, nobody reads it.
         self.store.execute(
             f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(columns)} "  # noqa: S608
             f"FROM {like} WITH NO DATA"
@@ -311,7 +309,7 @@ class SparkExchange:
                 self.append_jdbc(stage, df, label=like)
             except Exception as exc:
                 raise SparkIOError(
-                    f"writing {like} over JDBC failed: {first_line(exc)}; nothing was merged"
+                    f"writing {like} over JDBC failed: {first_line(exc)}; {like} is unchanged"
                 ) from exc
             yield stage
         finally:
@@ -339,29 +337,11 @@ class SparkExchange:
         update: Sequence[str] | None,
         casts: dict[str, str] | None,
     ) -> int:
-        assert self._jdbc is not None
-        stage = ident(f"_spark_stage_{target}_{uuid.uuid4().hex[:10]}"[:63])
-        columns = [ident(c) for c in df.columns]
-        # An UNLOGGED table with the target's column types; no constraints, nobody reads it.
-        self.store.execute(
-            f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(columns)} "  # noqa: S608
-            f"FROM {target} WITH NO DATA"
-        )
-        try:
-            try:
-                self.append_jdbc(stage, df, label=target)
-            except Exception as exc:
-                raise SparkIOError(
-                    f"writing {target} over JDBC failed: {first_line(exc)}; "
-                    f"{target} is unchanged"
-                ) from exc
-            with self._timed(f"merge:{target}"):
-                return self.store.merge_from(
-                    target, stage, columns, key, update=update, casts=casts
-                )
-        finally:
-            with contextlib.suppress(Exception):
-                self.store.execute(f"DROP TABLE IF EXISTS {stage}")
+        with self.staged(target, df) as stage, self._timed(f"merge:{target}"):
+            columns = [ident(c) for c in df.columns]
+            return self.store.merge_from(
+                target, str(stage), columns, key, update=update, casts=casts
+            )
 
 
 def _arrow_batches_to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
