@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from poolcast.model.forecaster import Forecaster
     from poolcast.model.specs import MODELS, ModelSpec
-    from poolcast.model.trainer import LocalTrainer, Trained, Trainer
+    from poolcast.model.trainer import LocalTrainer, Trained
 
 _WHERE = {
     "saved_metadata": "artifacts",
@@ -57,7 +57,6 @@ _WHERE = {
     "ModelSpec": "specs",
     "LocalTrainer": "trainer",
     "Trained": "trainer",
-    "Trainer": "trainer",
 }
 
 __all__ = [
@@ -69,7 +68,6 @@ __all__ = [
     "LocalTrainer",
     "ModelSpec",
     "Trained",
-    "Trainer",
     "add_targets",
     "choose_tvl_baseline",
     "forecast_table",

@@ -1,9 +1,9 @@
-"""What trains a booster: the seam between the model and an engine.
+"""What trains a booster in this process: the local compute's LightGBM.
 
-A :class:`~poolcast.model.forecaster.Forecaster` selects rows, builds the matrix, the label and
-the row weights, and calibrates; a :class:`Trainer` only turns them into a LightGBM booster. The
-local engine's is :class:`LocalTrainer` (``lightgbm.train`` in this process); the Spark engine's
-trains on SynapseML (``poolcast.engines._synapse``) and hands back the same native booster.
+The forecaster builds the matrix, the label and the row weights; the local compute
+(:mod:`~poolcast.model.compute`) hands them to :class:`LocalTrainer` (``lightgbm.train`` in this
+process). The Spark engine's compute trains on SynapseML instead (``poolcast.engines._synapse``)
+and hands back the same native booster.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import lightgbm as lgb
 import numpy as np
@@ -39,21 +39,6 @@ class TrainingSet:
     valid_matrix: np.ndarray | None = None
     valid_label: np.ndarray | None = None
     valid_weight: np.ndarray | None = None
-
-
-class Trainer(Protocol):
-    def train(
-        self, data: TrainingSet, *, params: Mapping[str, Any], rounds: int, early_stopping: int
-    ) -> tuple[lgb.Booster, int, dict[str, Any] | None]:
-        """A booster of at most ``rounds`` trees with LightGBM ``params`` on ``data``; with
-        validation rows, stopped after ``early_stopping`` rounds without a better validation
-        loss."""
-        ...
-
-    def describe(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-        """Metadata the artifact carries about this trainer: for the whole model (``records``
-        None) or for one horizon with the records of its fits. Nothing for the local trainer."""
-        ...
 
 
 class LocalTrainer:
@@ -110,6 +95,3 @@ class LocalTrainer:
     def _forget(self, key: tuple[int, int]) -> None:
         if self._binned is not None and self._binned[0] == key:
             self._binned = None
-
-    def describe(self, records: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-        return {}
