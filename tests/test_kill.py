@@ -39,6 +39,8 @@ def merge(self, target, *args, **kwargs):
         started = time.perf_counter()
         out = real(self, target, *args, **kwargs)
         print(f"merge-done {time.perf_counter() - started:.6f}", flush=True)
+        if len(sys.argv) > 4:  # held open so that a kill after the commit still kills a live process
+            sys.stdin.readline()
         return out
     return real(self, target, *args, **kwargs)
 Store.merge = merge
@@ -64,9 +66,11 @@ def _reset(store: Store) -> None:
         store.execute("INSERT INTO pool_daily_metrics SELECT * FROM kill_before")
 
 
-def _child(url: str, as_of: dt.date, tmp: Path) -> subprocess.Popen[str]:
+def _child(url: str, as_of: dt.date, tmp: Path, *, hold: bool = False) -> subprocess.Popen[str]:
+    args = [sys.executable, "-c", _CHILD, url, as_of.isoformat(), str(tmp / "models")]
     return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, url, as_of.isoformat(), str(tmp / "models")],
+        args + (["hold"] if hold else []),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -110,7 +114,7 @@ def test_sigkill_during_merge_leaves_the_table_intact(
         with open_store(store_url) as s:
             _reset(s)
             assert table_checksum(s, "pool_daily_metrics") == before
-        proc = _child(store_url, as_of, tmp_path)
+        proc = _child(store_url, as_of, tmp_path, hold=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "merge-start"
         time.sleep(rng.uniform(0, merge_s * 1.2))
