@@ -87,6 +87,12 @@ def test_session_conf_local_and_dataproc() -> None:
     assert local["spark.sql.session.timeZone"] == "UTC"
     assert local["spark.dynamicAllocation.enabled"] == "false"
     assert local["spark.jars.ivy"] == str(session_mod.ivy_dir())
+    # The driver JVM runs every task under local[N]; with executors it holds no table.
+    assert local["spark.driver.memory"] == "4g"
+    s.spark.master = "local-cluster[2,1,1536]"
+    assert session_mod.session_conf(s, environment="local")["spark.driver.memory"] == "1g"
+    s.spark.driver_memory = "3g"
+    assert session_mod.session_conf(s, environment="local")["spark.driver.memory"] == "3g"
     s.spark.jars = ["gs://code/jars/synapseml-lightgbm_2.12-1.1.3.jar"]
     remote = session_mod.session_conf(s, environment="dataproc")
     assert "spark.master" not in remote and "spark.jars.packages" not in remote

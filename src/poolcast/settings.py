@@ -24,7 +24,10 @@ class SparkSettings(BaseModel):
     # `spark://host:7077`, ... (--spark-master, POOLCAST_SPARK_MASTER). A process started by
     # spark-submit (Dataproc) keeps the master it was submitted with.
     master: str = "local[2]"
-    driver_memory: str = "4g"
+    # None: 4g under `local[N]`, where the driver JVM also runs every task, and 1g where executors
+    # run them (`local-cluster`, a standalone master): there the driver holds no table, only
+    # counts, small aggregates and the boosters, and a larger heap just fills with garbage.
+    driver_memory: str | None = None
     # None: twice the cores the session has (at least 8), with AQE coalescing small partitions.
     shuffle_partitions: int | None = None
     packages: list[str] = [

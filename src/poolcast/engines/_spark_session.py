@@ -105,7 +105,7 @@ def session_conf(
         conf.update(
             {
                 "spark.master": sp.master,
-                "spark.driver.memory": sp.driver_memory,
+                "spark.driver.memory": sp.driver_memory or _driver_memory(sp.master),
                 "spark.driver.host": "127.0.0.1",
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.ui.enabled": "false",
@@ -123,6 +123,10 @@ def session_conf(
     elif environment == "dataproc" and sp.jars and not submitted:
         conf["spark.jars"] = ",".join(sp.jars)
     return conf
+
+
+def _driver_memory(master: str) -> str:
+    return "4g" if master.startswith("local[") or master == "local" else "1g"
 
 
 def batch_properties(settings: Settings, *, training: bool) -> dict[str, str]:
