@@ -83,3 +83,34 @@ def test_text_lines_carry_every_field_and_nested_ones_as_json() -> None:
     assert tty.getvalue() == (
         'warning: run_record.lost error="a b" record={"run_id": "r1"} empty=""\n'
     )
+
+
+def test_progress_steps_are_lines_that_stay_or_log_events(monkeypatch) -> None:
+    """A long command's steps (`poolcast parity`): on a terminal, one line per finished step
+    above the bar; elsewhere the log event `<label>.step` with its seconds."""
+    from poolcast.log import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = Progress("parity", total=2, stream=tty, doing="metrics local")
+    bar.step("metrics local", 3.14, doing="metrics spark")
+    bar.step("metrics spark", 41.0)
+    bar.close()
+    text = tty.getvalue()
+    assert "\r\x1b[2Kparity: metrics local 3.1 s\n" in text
+    assert "\r\x1b[2Kparity: metrics spark 41.0 s\n" in text
+    assert "]  50% 1/2" in text and "  metrics spark" in text and text.endswith("\r\x1b[2K")
+
+    piped = io.StringIO()
+    setup_logging(piped)
+    try:
+        bar = Progress("parity", total=1, stream=io.StringIO())
+        bar.step("spark session", 15.25)
+        bar.close()
+    finally:
+        setup_logging()  # back to stderr as it is at each line
+    line = json.loads(piped.getvalue())
+    assert (line["event"], line["step"], line["seconds"]) == ("parity.step", "spark session", 15.25)

@@ -181,6 +181,19 @@ class Progress:
         else:
             self._draw()
 
+    def step(self, name: str, seconds: float, doing: str | None = None) -> None:
+        """Step ``name`` finished after ``seconds``: one line that stays, ``<label>: <name>
+        <seconds> s``, above the bar on a terminal; elsewhere (or with progress off) the log
+        event ``<label>.step``, so a long command says what it did either way. Then one more
+        done, with ``doing`` the step that starts now."""
+        if self.enabled:
+            with self._lock:
+                self.stream.write(f"\r\x1b[2K{self.label}: {name} {seconds:.1f} s\n")
+                self.stream.flush()
+        else:
+            event(f"{self.label}.step", step=name, seconds=round(seconds, 3))
+        self.advance(doing=doing if doing is not None else "")
+
     def _tick(self) -> None:
         while not self._stop.wait(0.25):
             self._draw(force=True)

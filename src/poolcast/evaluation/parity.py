@@ -28,7 +28,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
+    from poolcast.log import Progress
     from poolcast.settings import Settings
     from poolcast.store import Store
 
@@ -225,6 +228,36 @@ def format_report(reports: Sequence[TableReport]) -> str:
 
 
 # -- running both engines --------------------------------------------------------------------------
+class _Steps:
+    """Each timed part of a parity run: its seconds for the report, and a progress line when it
+    ends (``parity: metrics spark 44.7 s``; the log event ``parity.step`` off a terminal)."""
+
+    def __init__(self, bar: Progress | None = None) -> None:
+        self.bar = bar
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        name = key.replace("_", " ")
+        if self.bar is not None:
+            self.bar.advance(0, doing=name)
+        start = time.perf_counter()
+        yield
+        self.seconds[key] = time.perf_counter() - start
+        if self.bar is not None:
+            self.bar.step(name, self.seconds[key])
+
+
+def _spark(settings: Settings, steps: _Steps) -> Any:
+    """The Spark session, its start timed as a step the first time."""
+    from poolcast.engines._spark_session import _active_session, get_spark_session
+
+    if _active_session() is not None or "spark_session" in steps.seconds:
+        return get_spark_session(settings, "poolcast-parity", training=True)
+    with steps("spark_session"):
+        return get_spark_session(settings, "poolcast-parity", training=True)
+
+
 @dataclass
 class HoldoutReport:
     """Next-day MAE of each engine's model on the last ``days`` days, trained on the days before."""
@@ -245,85 +278,77 @@ class HoldoutReport:
         return self.rel_diff <= self.tolerance
 
 
-def _metric_tables(store: Store, settings: Settings) -> tuple[pa.Table, pa.Table, dict[str, float]]:
-    import time
-
+def _metric_tables(
+    store: Store, settings: Settings, steps: _Steps | None = None
+) -> tuple[pa.Table, pa.Table, dict[str, float]]:
     from poolcast.engines import spark as spark_engine
-    from poolcast.engines._spark_session import get_spark_session
     from poolcast.engines.local import compute_metrics
     from poolcast.stages import resolve_as_of
     from poolcast.store.queries import read_market, read_snapshots
 
-    seconds: dict[str, float] = {}
+    steps = steps or _Steps()
     as_of = resolve_as_of(store, settings)
-    start = time.perf_counter()
-    local = compute_metrics(
-        read_snapshots(store, as_of, settings.lookback_days),
-        read_market(store, as_of),
-        as_of,
-    )
-    seconds["metrics_local"] = time.perf_counter() - start
-    start = time.perf_counter()
-    spark = get_spark_session(settings, "poolcast-parity", training=True)
-    seconds["spark_session"] = time.perf_counter() - start
-    start = time.perf_counter()
-    with spark_engine._exchange(spark, store, settings) as exchange:
+    with steps("metrics_local"):
+        local = compute_metrics(
+            read_snapshots(store, as_of, settings.lookback_days),
+            read_market(store, as_of),
+            as_of,
+        )
+    spark = _spark(settings, steps)
+    with steps("metrics_spark"), spark_engine._exchange(spark, store, settings) as exchange:
         snapshots, market = spark_engine.read_inputs(exchange, as_of, settings.lookback_days)
         frame = spark_engine.compute_metrics(spark, snapshots, market, as_of)
         remote = exchange.spark_to_arrow(frame, "metrics")
-    seconds["metrics_spark"] = time.perf_counter() - start
-    return local, remote, seconds
+    return local, remote, steps.seconds
 
 
 def _forecast_tables(
-    store: Store, settings: Settings, holdout_days: int, full_metrics: pa.Table | None = None
+    store: Store,
+    settings: Settings,
+    holdout_days: int,
+    full_metrics: pa.Table | None = None,
+    steps: _Steps | None = None,
 ) -> tuple[list[tuple[str, pa.Table, pa.Table]], HoldoutReport | None, dict[str, float]]:
     """Both engines' forecast panels and forecasts from the stored metrics, and the holdout."""
-    import time
-
     from poolcast.engines import spark as spark_engine
-    from poolcast.engines._spark_session import get_spark_session
     from poolcast.engines.local import compute_features
     from poolcast.model import ForecastModel, forecast_table
     from poolcast.store.queries import read_panel
 
-    seconds: dict[str, float] = {}
-    spark = get_spark_session(settings, "poolcast-parity", training=True)
+    steps = steps or _Steps()
     model = "production"
-    start = time.perf_counter()
-    metrics = read_panel(store, settings.train_days, horizon=30)
-    if metrics.num_rows == 0:
-        raise ValueError("pool_daily_metrics is empty: run `poolcast metrics` first")
-    panel_local = compute_features(metrics)
-    local = ForecastModel(
-        model, train_days=settings.train_days, seed=settings.seed
-    ).fit(panel_local)
-    forecasts_local = forecast_table(local, panel_local)
-    horizons_local = local.forecasts(panel_local)
-    seconds["forecast_local"] = time.perf_counter() - start
+    with steps("forecast_local"):
+        metrics = read_panel(store, settings.train_days, horizon=30)
+        if metrics.num_rows == 0:
+            raise ValueError("pool_daily_metrics is empty: run `poolcast metrics` first")
+        panel_local = compute_features(metrics)
+        local = ForecastModel(
+            model, train_days=settings.train_days, seed=settings.seed
+        ).fit(panel_local)
+        forecasts_local = forecast_table(local, panel_local)
+        horizons_local = local.forecasts(panel_local)
 
-    start = time.perf_counter()
+    spark = _spark(settings, steps)
     with spark_engine._exchange(spark, store, settings) as exchange:
-        panel = spark_engine.forecast_panel(exchange, settings.train_days)
-        compute = spark_engine.spark_compute(exchange, panel.count())
-        panel = compute.keep(compute.by_pools(panel))
-        remote = ForecastModel(
-            model, train_days=settings.train_days, seed=settings.seed, compute=compute
-        ).fit(panel)
-        # The engine's tables, brought here only to compare them.
-        forecasts_spark = exchange.spark_to_arrow(forecast_table(remote, panel), "forecasts")
-        horizons_spark = exchange.spark_to_arrow(remote.forecasts(panel), "horizons")
-        panel_spark = exchange.spark_to_arrow(panel, "panel")
-        compute.close()
-        seconds["forecast_spark"] = time.perf_counter() - start
+        with steps("forecast_spark"):
+            panel = spark_engine.forecast_panel(exchange, settings.train_days)
+            compute = spark_engine.spark_compute(exchange, panel.count())
+            panel = compute.keep(compute.by_pools(panel))
+            remote = ForecastModel(
+                model, train_days=settings.train_days, seed=settings.seed, compute=compute
+            ).fit(panel)
+            # The engine's tables, brought here only to compare them.
+            forecasts_spark = exchange.spark_to_arrow(forecast_table(remote, panel), "forecasts")
+            horizons_spark = exchange.spark_to_arrow(remote.forecasts(panel), "horizons")
+            panel_spark = exchange.spark_to_arrow(panel, "panel")
+            compute.close()
         holdout = None
         if holdout_days > 0:
-            start = time.perf_counter()
-            history = full_metrics if full_metrics is not None else read_all_metrics(store)
-            holdout = holdout_mae(
-                compute_features(history), holdout_days, settings, exchange, model=model
-            )
-            seconds["holdout"] = time.perf_counter() - start
+            with steps("holdout"):
+                history = full_metrics if full_metrics is not None else read_all_metrics(store)
+                holdout = holdout_mae(
+                    compute_features(history), holdout_days, settings, exchange, model=model
+                )
     apy = pc.equal(horizons_local.column("metric"), "apy")
     apy_s = pc.equal(horizons_spark.column("metric"), "apy")
     tables = [
@@ -331,7 +356,7 @@ def _forecast_tables(
         ("forecasts_next_day", forecasts_local, forecasts_spark),
         ("forecasts_horizons", horizons_local.filter(apy), horizons_spark.filter(apy_s)),
     ]
-    return tables, holdout, seconds
+    return tables, holdout, steps.seconds
 
 
 def read_all_metrics(store: Store) -> pa.Table:
@@ -450,18 +475,51 @@ def run_parity(
     forecast_tol: float = DEFAULT_FORECAST_TOL,
     holdout_days: int = 14,
 ) -> ParityResult:
-    """Run both engines on ``store`` without writing anything, and compare what they compute."""
+    """Run both engines on ``store`` without writing anything, and compare what they compute.
+
+    Progress: one line per step as it ends (``parity: metrics local 0.1 s``) on a terminal, the
+    log event ``parity.step`` elsewhere."""
+    from poolcast.log import progress
+
+    total = _step_count(stages, holdout_days)
+    with progress("parity", total=total, doing="starting") as bar:
+        return _run_parity(
+            store, settings, _Steps(bar), stages=stages, rel_tol=rel_tol,
+            forecast_tol=forecast_tol, holdout_days=holdout_days,
+        )
+
+
+def _step_count(stages: Sequence[str], holdout_days: int) -> int:
+    from poolcast.engines._spark_session import _active_session
+
+    count = 0 if _active_session() is not None else 1  # starting Spark
+    if "metrics" in stages:
+        count += 2
+    if "forecast" in stages:
+        count += 2 + (1 if holdout_days > 0 else 0)
+    return count
+
+
+def _run_parity(
+    store: Store,
+    settings: Settings,
+    steps: _Steps,
+    *,
+    stages: Sequence[str],
+    rel_tol: float,
+    forecast_tol: float,
+    holdout_days: int,
+) -> ParityResult:
     from poolcast.spec import FEATURES, metric_names
 
     reports: list[TableReport] = []
-    seconds: dict[str, float] = {}
+    seconds = steps.seconds
     holdout = None
     full_metrics = None
     key = ("pool_id", "date")
     if "metrics" in stages:
-        local, remote, secs = _metric_tables(store, settings)
+        local, remote, _ = _metric_tables(store, settings, steps)
         full_metrics = local
-        seconds.update(secs)
         reports.append(
             compare_tables(
                 "pool_daily_metrics", local, remote, key, [*metric_names(), "is_observed"],
@@ -469,8 +527,7 @@ def run_parity(
             )
         )
     if "forecast" in stages:
-        tables, holdout, secs = _forecast_tables(store, settings, holdout_days, full_metrics)
-        seconds.update(secs)
+        tables, holdout, _ = _forecast_tables(store, settings, holdout_days, full_metrics, steps)
         (_, panel_l, panel_s), (_, fc_l, fc_s), (_, hz_l, hz_s) = tables
         reports.append(
             compare_tables(
