@@ -72,3 +72,29 @@ def test_sql_tables_print_numbers_for_people_and_keep_their_shape() -> None:
     assert lines[2].split() == ["654,779,012.50", "16,855", "a\\tb\\nc"]
     assert lines[3].split() == ["1.5", "3", "x"]
     assert len(lines) == 5  # header, rule, two rows, footer: the newline did not split a row
+
+
+def test_verbose_reaches_every_commands_settings(tmp_path: Path, monkeypatch) -> None:
+    """`poolcast --verbose <command>` (or POOLCAST_VERBOSE=1) sets `Settings.verbose`, which
+    turns the libraries' chatter back on; without either it is off."""
+    import poolcast.cli._common as common
+    from poolcast.settings import load_settings
+
+    seen: list[bool] = []
+
+    def spy(**overrides: object):  # type: ignore[no-untyped-def]
+        settings = load_settings(**overrides)
+        seen.append(settings.verbose)
+        return settings
+
+    monkeypatch.setattr(common, "load_settings", spy)
+    monkeypatch.delenv("POOLCAST_VERBOSE", raising=False)
+    store = str(tmp_path / "v.duckdb")
+    assert runner.invoke(app, ["db", "init", "--store", store]).exit_code == 0
+    for args in (["runs"], ["--verbose", "runs"]):
+        result = runner.invoke(app, [*args, "--store", store])
+        assert result.exit_code == 0, result.output
+    monkeypatch.setenv("POOLCAST_VERBOSE", "1")
+    assert runner.invoke(app, ["runs", "--store", store]).exit_code == 0
+    assert seen[-3:] == [False, True, True]
+    assert "--verbose" in runner.invoke(app, ["--help"]).output

@@ -122,7 +122,49 @@ def test_parity_command_exit_codes(spark, demo_store) -> None:  # type: ignore[n
     # A tolerance no float can meet: the same comparison must fail with exit code 1.
     strict = runner.invoke(app, [*args, "--rel-tol", "-1", "--json"])
     assert strict.exit_code == 1, strict.output
-    report = json.loads(strict.output)
+    report = json.loads(strict.stdout)  # stderr has its progress (`parity.step` events)
     assert report["ok"] is False and report["tables"][0]["rows_a"] > 10_000
     bad = runner.invoke(app, ["parity", "--store", store.url, "--stage", "everything"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
+def test_parity_says_each_step_and_keeps_the_chatter_off(demo_store) -> None:  # type: ignore[no-untyped-def]
+    """A fresh `poolcast parity` process (its own JVM, so Ivy resolves the jars): one progress
+    event per step, and none of Ivy's, Spark's or LightGBM's chatter; `--verbose` (here
+    POOLCAST_VERBOSE=1, what the flag sets) brings it back."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    store, _ = demo_store
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POOLCAST_LOG", "PYSPARK"))}
+    env.pop("POOLCAST_VERBOSE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "poolcast.cli", "parity", "--store", store.url,
+         "--stage", "metrics", "--holdout-days", "0"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.rstrip().endswith("parity: OK")
+    lines = done.stderr.splitlines()
+    steps = [json.loads(line) for line in lines if '"parity.step"' in line]
+    assert [s["step"] for s in steps] == ["metrics local", "spark session", "metrics spark"]
+    assert all(s["seconds"] >= 0 for s in steps)
+    assert len(lines) == len(steps), "\n".join(lines[:40])  # nothing else on stderr
+
+    code = (
+        "from poolcast.engines._spark_session import get_spark_session\n"
+        "from poolcast.settings import load_settings\n"
+        "get_spark_session(load_settings()).stop()\n"
+    )
+    loud = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env={**env, "POOLCAST_VERBOSE": "1"},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert ":: resolving dependencies ::" in loud.stderr

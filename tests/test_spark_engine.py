@@ -116,6 +116,64 @@ def test_no_session_at_import() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+_LAUNCHER = r"""
+import sys, time
+print(":: resolving dependencies :: org.apache.spark#spark-submit-parent;1.0", flush=True)
+print("\tfound com.microsoft.azure#synapseml-lightgbm_2.12;1.1.3 in central", flush=True)
+err = sys.stderr
+print("26/12/03 14:43:55 WARN Utils: Your hostname resolves to a loopback address", file=err)
+print("26/12/03 14:43:56 ERROR SparkContext: launch error", file=err, flush=True)
+sys.stdin.readline()  # started: what follows is printed while the JVM works
+print("[LightGBM] [Info] Saving data reference to binary buffer", flush=True)
+print("[LightGBM] [Warning] no meaningful features", flush=True)
+print("26/12/03 14:45:00 ERROR Executor: task failed", file=err, flush=True)
+"""
+
+
+def _launch(capfd: pytest.CaptureFixture[str], *, fail: bool) -> str:
+    """A stand-in for the JVM, started inside ``_jvm_output`` (it inherits stdout and stderr
+    there), that prints Ivy's and Spark's start-up lines, then, once "started", its work's."""
+    import subprocess
+    import sys
+
+    capfd.readouterr()
+    child = None
+    try:
+        with session_mod._jvm_output(verbose=False):
+            child = subprocess.Popen([sys.executable, "-c", _LAUNCHER], stdin=subprocess.PIPE)
+            import time
+
+            time.sleep(1.0)  # its start-up lines are printed
+            if fail:
+                child.stdin.close()  # type: ignore[union-attr]
+                child.wait(timeout=30)
+                raise RuntimeError("the gateway exited")
+    except RuntimeError:
+        assert fail
+    assert child is not None
+    if not fail:
+        child.communicate(b"started\n", timeout=30)
+    import time
+
+    time.sleep(0.5)  # the relay copies what the child printed last
+    return capfd.readouterr().err
+
+
+def test_jvm_chatter_is_held_back_and_shown_when_the_start_fails(capfd) -> None:  # type: ignore[no-untyped-def]
+    quiet = _launch(capfd, fail=False)
+    # Ivy and Spark's start-up notes are dropped, the JVM's errors kept; afterwards every line
+    # passes but LightGBM's [Info] notes.
+    assert "resolving dependencies" not in quiet and "found com.microsoft" not in quiet
+    assert "WARN Utils" not in quiet
+    assert "ERROR SparkContext: launch error" in quiet
+    assert "[LightGBM] [Info]" not in quiet
+    assert "[LightGBM] [Warning] no meaningful features" in quiet
+    assert "ERROR Executor: task failed" in quiet
+    # A start that fails shows everything it printed: why it failed is in there.
+    failed = _launch(capfd, fail=True)
+    assert "resolving dependencies" in failed and "WARN Utils" in failed
+
+
 def test_jdbc_target_keeps_password_out_of_url() -> None:
     t = JdbcTarget.from_url(
         "postgresql://alice:s%40cret@db.example:6543/pools?sslmode=require&"

@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         le=300,
         validation_alias=AliasChoices("db_retry_backoff_s", "POOLCAST_DB_RETRY_BACKOFF_S"),
     )
+    # The chatter of the libraries underneath (Spark's WARN lines, Ivy resolving the jars,
+    # LightGBM's [Info] lines) on stderr; off by default (Spark still shows its errors).
+    # --verbose, POOLCAST_VERBOSE=1.
+    verbose: bool = Field(
+        default=False, validation_alias=AliasChoices("verbose", "POOLCAST_VERBOSE")
+    )
 
     spark: SparkSettings = SparkSettings()
     gcp: GcpSettings = GcpSettings()

@@ -38,6 +38,13 @@ def _top(
             "[env: POOLCAST_DEBUG]",
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Show what Spark, Ivy and LightGBM print while they work (off: "
+            "only their errors) [env: POOLCAST_VERBOSE]",
+        ),
+    ] = False,
 ) -> None:
     """Daily DeFi stablecoin pool metrics and APY forecasts."""
 
@@ -100,10 +107,26 @@ IncrementalOpt = Annotated[
 
 
 def settings_from(**overrides: Any) -> Settings:
+    """The settings of this command: the environment, the command's options, and the options
+    given before the command (``poolcast --verbose parity``)."""
     as_of = overrides.pop("as_of", None)
     if isinstance(as_of, dt.datetime):
         overrides["as_of"] = as_of.date()
+    if _top_flag("verbose"):
+        overrides["verbose"] = True
     return load_settings(**overrides)
+
+
+def _top_flag(name: str) -> bool:
+    """A flag of the `poolcast` group itself, from the command being run (False outside one)."""
+    import importlib
+
+    try:  # typer 0.2x carries its own copy of click
+        globals_ = importlib.import_module("typer._click.globals")
+    except ImportError:  # pragma: no cover - typer on the click package
+        globals_ = importlib.import_module("click.globals")
+    ctx = globals_.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get(name))
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -174,6 +174,128 @@ def _jvm_stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+#: Lines hidden without ``settings.verbose`` once the JVM runs: the native LightGBM's notes, which
+#: SynapseML's fits print from the driver JVM under ``local[N]`` ("Saving data reference to
+#: binary buffer", ...) before any verbosity parameter applies. Its warnings and errors show.
+_CHATTER = (b"[LightGBM] [Info]", b"[LightGBM] [Debug]")
+#: At most this many lines of the JVM's start are held back (the newest kept) to show on failure.
+_HELD_LINES = 5000
+
+
+def is_chatter(line: bytes) -> bool:
+    return line.lstrip().startswith(_CHATTER)
+
+
+class _Relay:
+    """The JVM's stdout and stderr through a pipe, copied to this process's stderr by a daemon
+    thread for as long as the JVM runs. While the JVM starts, its lines are held back (Ivy
+    resolving the jars, Spark's notes on the host and its log level): :meth:`release` drops
+    them when the start succeeded (all but Spark's ERROR lines) and shows them all when it
+    failed. After that, every line passes but LightGBM's [Info] notes (:func:`is_chatter`)."""
+
+    def __init__(self, read_fd: int, target_fd: int) -> None:
+        import threading
+        import time
+
+        self._read, self._target = read_fd, target_fd
+        self._lock = threading.Lock()
+        self._holding = True
+        self._held: list[bytes] = []
+        self._last_read = time.monotonic()
+        self._thread = threading.Thread(target=self._pump, name="poolcast-jvm-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        import time
+
+        rest = b""
+        try:
+            while chunk := os.read(self._read, 65536):
+                self._last_read = time.monotonic()
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                self._lines([line + b"\n" for line in lines])
+            if rest:
+                self._lines([rest + b"\n"])
+        except OSError:
+            pass
+        finally:
+            os.close(self._read)
+            with self._lock:
+                if not self._holding:
+                    os.close(self._target)
+                    self._target = -1
+
+    def _lines(self, lines: list[bytes]) -> None:
+        with self._lock:
+            if self._holding:
+                self._held.extend(lines)
+                del self._held[:-_HELD_LINES]
+                return
+            self._write(b"".join(line for line in lines if not is_chatter(line)))
+
+    def _write(self, data: bytes) -> None:
+        if data and self._target >= 0:
+            try:
+                os.write(self._target, data)
+            except OSError:
+                pass
+
+    def release(self, *, failed: bool) -> None:
+        """The JVM has started (or failed to): show what it printed meanwhile only when it
+        failed, and let its lines through from now on."""
+        import time
+
+        if failed:  # a JVM that exited: what it printed up to its end
+            self._thread.join(timeout=2.0)
+        else:  # what it printed just before the start returned is read and dropped too
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() - self._last_read < 0.1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with self._lock:
+            held, self._held, self._holding = self._held, [], False
+            shown = held if failed else [line for line in held if b" ERROR " in line]
+            self._write(b"".join(shown))
+            if not self._thread.is_alive() and self._target >= 0:
+                os.close(self._target)
+                self._target = -1
+
+
+@contextlib.contextmanager
+def _jvm_output(verbose: bool) -> Iterator[None]:
+    """Start the JVM with its stdout on stderr (a command's own stdout, ``poolcast parity
+    --json``, stays clean); unless ``verbose``, through a :class:`_Relay` that holds back Ivy's
+    and Spark's start-up notes (shown if the start fails) and LightGBM's [Info] lines."""
+    if verbose:
+        with _jvm_stdout_to_stderr():
+            yield
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved_out, saved_err = os.dup(1), os.dup(2)
+    except (OSError, ValueError):  # no real file descriptors (an embedding host): leave them
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    relay = _Relay(read_fd, os.dup(saved_err))  # its own copy: the JVM outlives this block
+    failed = True
+    try:
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        yield
+        failed = False
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        relay.release(failed=failed)
+
+
 def get_spark_session(
     settings: Settings | None = None,
     app_name: str = "poolcast",
@@ -214,15 +336,19 @@ def get_spark_session(
         for key, value in session_conf(settings, environment=environment).items():
             builder = builder.config(key, value)
         try:
-            with _jvm_stdout_to_stderr():
+            with _jvm_output(settings.verbose):
                 active = builder.getOrCreate()
+                # Spark's errors only at a command (its WARN lines are for whoever runs Spark,
+                # not for a person reading the command); its warnings too with --verbose and in
+                # a batch's log (spark-submit, Dataproc), which the people running Spark read.
+                loud = settings.verbose or launched_by_spark_submit()
+                active.sparkContext.setLogLevel("WARN" if loud else "ERROR")
         except Exception as exc:
             raise SparkSetupError(
                 f"could not start Spark ({environment}): {exc}. Local runs need Java 17 "
                 "(JAVA_HOME) and, the first time, Maven Central to resolve "
                 f"{', '.join(settings.spark.packages)}"
             ) from exc
-        active.sparkContext.setLogLevel("WARN")
         if not settings.spark.shuffle_partitions:
             active.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions(active)))
     if training:
