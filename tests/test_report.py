@@ -181,6 +181,32 @@ def test_stale_pools_are_flagged_and_left_out_of_the_panels(
                for c in data["validate"]["checks"])
 
 
+def test_the_stored_validate_is_shown_with_when_it_ran(
+    daily_store: tuple[Store, Settings],
+) -> None:
+    """Without a stored validate of the as-of day the report runs the checks (and says so); with
+    one it shows that, when it ran, and a stage run that finished after it."""
+    from poolcast.ops.validate import run_checks
+    from poolcast.ops.validate_results import record_checks
+
+    store, settings = daily_store
+    assert collect(store, settings)["validate"]["source"] == "run"
+    result = run_checks(store, settings.model_copy(update={"as_of": DAY}), seed=2)
+    record_checks(store, result, 5)
+    shown = collect(store, settings)["validate"]
+    assert shown["source"] == "stored" and shown["as_of"] == DAY.isoformat()
+    assert shown["ok"] is result.ok and shown["seed"] == 2 and shown["changed_after"] is None
+    assert [c["status"] for c in shown["checks"]] == [c.status for c in result.checks]
+    assert shown["counts"]["pass"] == sum(c.status == "pass" for c in result.checks)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", shown["checked_at"])
+    # A validate from before the last runs: the page says a run finished after it.
+    record_checks(store, result, 5, now=dt.datetime(2020, 1, 1, 8, 30))
+    old = collect(store, settings)["validate"]
+    assert old["checked_at"] == "2020-01-01 08:30 UTC"
+    assert old["unchanged_since"] == shown["unchanged_since"]  # the same statuses as before
+    assert old["changed_after"]["stage"] in ("metrics", "forecast")
+
+
 def test_an_empty_store_gives_a_page_that_says_what_to_run(store: Store) -> None:
     data = collect(store, Settings())
     assert data["empty"]["reason"].startswith("no pool snapshots in")
@@ -280,8 +306,18 @@ def test_after_make_demo_the_page_flags_stale_pools(
     """After `make demo` no forecast has been scored yet and most pools are stale: the page says
     both, and still draws every chart it has data for."""
     store, settings = demo_store
+    # ... and `poolcast validate` was run: the page shows its stored summary and when it ran.
+    from poolcast.ops.validate import run_checks
+    from poolcast.ops.validate_results import record_checks
+
+    stored = record_checks(store, run_checks(store, settings, seed=3), 5)
     page = write_report(store, settings, tmp_path / "report.html")
     dom = _dom(tmp_path, page)
+    checks = _section(dom, "validate")
+    ran = stored["checked_at"].strftime("%Y-%m-%d %H:%M UTC")
+    assert f"The latest `poolcast validate` of 2025-11-13, stored in the store: run {ran}" in checks
+    assert "(seed 3)" in checks and "run finished after it" not in checks
+    assert checks.count('class="status-') == 10
     assert "98 of 99 active pools have no data since 2025-11-07" in dom
     assert '<b>not scored yet</b>' in dom and '<b>98</b>' in dom
     assert _section(dom, "forecasts").count('class="stale-row"') == 98

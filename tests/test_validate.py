@@ -17,7 +17,7 @@ from poolcast.ops.validate import format_checks, run_checks
 from poolcast.runs import observed_stage
 from poolcast.settings import Settings
 from poolcast.stages import metrics_stage
-from poolcast.store import Store
+from poolcast.store import Store, StoreError
 
 LATEST = dt.date(2025, 11, 13)  # the sample's latest data day
 LIVE_POOL = "aa70268e-4b52-42bf-a116-608b370f9501"  # the one pool reporting up to LATEST
@@ -222,3 +222,84 @@ def test_empty_store_says_what_to_do(store: Store, tmp_path: Path, monkeypatch) 
     out = CliRunner().invoke(app, ["validate", "--store", url])
     assert out.exit_code == 1
     assert "no pool snapshots" in out.stderr and "run `poolcast ingest`" in out.stderr
+
+
+def test_the_summary_is_stored_once_per_day_and_a_rerun_changes_only_when(
+    demo: Store, tmp_path: Path, monkeypatch
+) -> None:
+    """`poolcast validate` keeps its summary in validate_results, one row per as-of day, read back
+    by `sql`: a rerun with the same statuses moves only checked_at; a new verdict replaces the row
+    and its unchanged_since."""
+    monkeypatch.chdir(tmp_path)
+    url = demo.url
+    demo.close()
+    runner = CliRunner()
+    sql = (
+        "SELECT as_of, ok, seed, sample, checked_at, unchanged_since, "
+        "CAST(counts AS TEXT) AS counts FROM validate_results"
+    )
+
+    from readers import reader_url  # `sql` runs as a role without superuser rights
+
+    read = reader_url(url) if url.startswith("postgresql://") else url
+
+    def stored() -> list[dict]:  # type: ignore[type-arg]
+        out = runner.invoke(app, ["sql", "--store", read, "--format", "json", sql])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)
+
+    first = runner.invoke(app, ["validate", "--store", url, "--seed", "3"])
+    assert first.exit_code == 0, first.output
+    assert '"event": "validate.recorded"' in first.stderr
+    [one] = stored()
+    assert (one["as_of"], one["ok"], one["seed"], one["sample"]) == ("2025-11-13", True, 3, 5)
+    assert json.loads(one["counts"]) == {"pass": 7, "fail": 0, "warn": 1, "info": 2, "skip": 0}
+    again = runner.invoke(app, ["validate", "--store", url, "--seed", "3"])
+    assert again.exit_code == 0
+    [two] = stored()
+    assert two["unchanged_since"] == one["unchanged_since"] < two["checked_at"]
+    assert {k: v for k, v in two.items() if k != "checked_at"} == {
+        k: v for k, v in one.items() if k != "checked_at"
+    }
+
+    from poolcast.store import open_store
+
+    with open_store(url) as s:
+        s.execute("UPDATE pool_daily_metrics SET forecasted_apy = NULL WHERE date = $1",
+                  [LATEST + dt.timedelta(days=1)])
+    bad = runner.invoke(app, ["validate", "--store", url, "--seed", "3"])
+    assert bad.exit_code == 1
+    [three] = stored()
+    assert three["ok"] is False and three["unchanged_since"] == three["checked_at"]
+    assert json.loads(three["counts"])["fail"] == 1
+
+
+def test_a_summary_that_cannot_be_stored_leaves_the_verdict_and_nothing_half_written(
+    demo: Store, settings: Settings, tmp_path: Path, monkeypatch
+) -> None:
+    from poolcast.ops import validate_results
+    from poolcast.ops.validate_results import record_checks, stored_checks
+
+    result = run_checks(demo, settings, seed=3)
+
+    def refuse() -> None:
+        raise RuntimeError("commit refused")
+
+    demo.before_commit.append(refuse)  # the write fails at its commit: nothing is kept
+    with pytest.raises(RuntimeError):
+        record_checks(demo, result, 5)
+    demo.before_commit.remove(refuse)
+    assert stored_checks(demo) is None
+
+    # A store that cannot be written (another writer, a read-only role): a warning, and the
+    # exit code is still the checks'.
+    def locked(*args: object, **kwargs: object) -> None:
+        raise StoreError("the store is locked by another process")
+
+    monkeypatch.setattr(validate_results, "record_checks", locked)
+    monkeypatch.chdir(tmp_path)
+    url = demo.url
+    demo.close()
+    out = CliRunner().invoke(app, ["validate", "--store", url, "--seed", "3"])
+    assert out.exit_code == 0, out.output
+    assert '"event": "validate.not_recorded"' in out.stderr and "locked" in out.stderr

@@ -6,7 +6,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pyarrow as pa
 import typer
@@ -20,6 +20,10 @@ from poolcast.cli._common import (
     settings_from,
 )
 from poolcast.runs import STAGES, STATUSES
+
+if TYPE_CHECKING:
+    from poolcast.ops.validate import Checks
+    from poolcast.settings import Settings
 
 
 class Format(StrEnum):
@@ -103,15 +107,39 @@ def validate(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the pool sample")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for machines")] = False,
 ) -> None:
-    """Check the store before trusting a run; exit code 1 when a check fails."""
+    """Check the store before trusting a run; exit code 1 when a check fails.
+
+    The summary is kept in the store (validate_results, one row per as-of day), where `report`
+    and `sql` find it."""
     from poolcast.ops.validate import format_checks, run_checks
 
     settings = settings_from(store=store, as_of=as_of)
     with open_store(settings, read_only=True) as s:
         result = run_checks(s, settings, sample=sample, seed=seed)
+    _record_checks(settings, result, sample)
     typer.echo(json.dumps(result.to_dict(), default=str) if as_json else format_checks(result))
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _record_checks(settings: Settings, result: Checks, sample: int) -> None:
+    """The checks ran on a read-only store; their summary is written on a connection of its own.
+    A store that cannot be written now (another process writes the embedded file, a read-only
+    role) costs the record, said in a warning, never the checks' verdict."""
+    import logging
+
+    from poolcast.log import event, first_line
+    from poolcast.ops.validate_results import record_checks
+
+    try:
+        with open_store(settings) as s:
+            row = record_checks(s, result, sample)
+    except Exception as exc:  # noqa: BLE001 - recording must not change validate's outcome
+        event("validate.not_recorded", logging.WARNING, as_of=result.as_of.isoformat(),
+              error=first_line(exc, typed=True))
+        return
+    event("validate.recorded", as_of=result.as_of.isoformat(), ok=result.ok,
+          changed=row["changed"], unchanged_since=row["unchanged_since"].isoformat())
 
 
 @app.command()

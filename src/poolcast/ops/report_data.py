@@ -279,10 +279,35 @@ def quarantine(store: Store) -> dict[str, Any]:
 
 
 def validate(store: Store, settings: Settings, as_of: dt.date) -> dict[str, Any]:
-    """`poolcast validate --as-of <as-of> --seed 1`, run while the report is written (its results
-    are not stored), without evidence rows."""
+    """The latest `poolcast validate` of the as-of day as stored (``source: stored``, with when it
+    ran and whether a stage run finished after it), else `poolcast validate --as-of <as-of> --seed
+    1` run while the report is written (``source: run``, not stored)."""
     from poolcast.ops.validate import run_checks
+    from poolcast.ops.validate_results import stored_checks, summary
 
+    try:
+        stored = stored_checks(store, as_of)
+    except Exception:  # noqa: BLE001 - a store before schema 5: the checks are run instead
+        store._rollback_quietly()
+        stored = None
+    if stored is not None:
+        later = rows(
+            store,
+            """SELECT stage, finished_at FROM pipeline_runs
+               WHERE status = 'succeeded' AND finished_at > $1
+               ORDER BY finished_at DESC LIMIT 1""",
+            [stored["checked_at"]],
+        )
+        return {
+            "source": "stored", "ok": stored["ok"], "as_of": stored["as_of"].isoformat(),
+            "seed": stored["seed"], "sample": stored["sample"], "counts": stored["counts"],
+            "checks": [{k: c[k] for k in ("name", "status", "message")}
+                       for c in stored["checks"]],
+            "checked_at": _utc(stored["checked_at"]),
+            "unchanged_since": _utc(stored["unchanged_since"]),
+            "changed_after": {"stage": later[0]["stage"],
+                              "finished_at": _utc(later[0]["finished_at"])} if later else None,
+        }
     try:
         result = run_checks(
             store, settings.model_copy(update={"as_of": as_of}), sample=5, seed=1
@@ -290,12 +315,14 @@ def validate(store: Store, settings: Settings, as_of: dt.date) -> dict[str, Any]
     except Exception as exc:  # noqa: BLE001 - the report is written without this part
         store._rollback_quietly()
         return {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
-    counts: dict[str, int] = {}
-    for c in result.checks:
-        counts[c.status] = counts.get(c.status, 0) + 1
+    kept = summary(result)
     return {
-        "ok": result.ok, "as_of": result.as_of.isoformat(), "seed": result.seed,
-        "counts": counts,
-        "checks": [{"name": c.name, "status": c.status, "message": c.message}
-                   for c in result.checks],
+        "source": "run", "ok": result.ok, "as_of": result.as_of.isoformat(),
+        "seed": result.seed, "sample": 5, "counts": kept["counts"],
+        "checks": [{k: c[k] for k in ("name", "status", "message")} for c in kept["checks"]],
     }
+
+
+def _utc(moment: dt.datetime) -> str:
+    """A stored UTC time for people: ``2026-12-03 15:01 UTC``."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

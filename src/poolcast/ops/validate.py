@@ -23,6 +23,10 @@ Checks:
   engines) and compared;
 * ``forecast_coverage``: every active pool has a forecast for the day after its latest data;
 * ``stale_pools`` (warning only): active pools without a snapshot in the last 7 days.
+
+Each run's summary (verdict, counts, each check's status and message, seed, when) is kept in
+``validate_results``, one row per as-of day (:mod:`poolcast.ops.validate_results`), where
+``report`` and ``sql`` read it later.
 """
 
 from __future__ import annotations

@@ -168,6 +168,26 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        5,
+        "validate_results: the latest `poolcast validate` of each as-of day (ops.validate)",
+        (
+            # One row per as-of day: a rerun replaces it. checked_at is when the latest validate
+            # of that day ran; unchanged_since when its verdict (each check's status) was first
+            # found, which a rerun that finds the same statuses keeps.
+            """CREATE TABLE IF NOT EXISTS validate_results (
+    as_of DATE PRIMARY KEY,
+    ok BOOLEAN NOT NULL,
+    counts {json} NOT NULL,
+    checks {json} NOT NULL,
+    seed BIGINT,
+    sample INTEGER NOT NULL,
+    checked_at TIMESTAMP NOT NULL,
+    unchanged_since TIMESTAMP NOT NULL,
+    version TEXT NOT NULL
+)""",
+        ),
+    ),
 )
 
 

@@ -176,9 +176,19 @@
   if (v.error) {
     empty(vbox, "validate could not run: " + v.error);
   } else {
-    note(vbox, "`poolcast validate --as-of " + v.as_of + " --seed " + v.seed + "`, run while " +
-         "this report was written: " + Object.keys(v.counts).map(function (k) {
-           return v.counts[k] + " " + k; }).join(", ") + ".");
+    var counts = Object.keys(v.counts).map(function (k) {
+      return v.counts[k] + " " + k; }).join(", ");
+    if (v.source === "stored") {
+      note(vbox, "The latest `poolcast validate` of " + v.as_of + ", stored in the store: run " +
+           v.checked_at + " (seed " + v.seed + "), every check's status the same since " +
+           v.unchanged_since + ": " + counts + "." + (v.changed_after ? " A " +
+           v.changed_after.stage + " run finished after it (" + v.changed_after.finished_at +
+           "): rerun `poolcast validate` to check what it wrote." : ""));
+    } else {
+      note(vbox, "No stored `poolcast validate` of " + v.as_of + ": `poolcast validate --as-of " +
+           v.as_of + " --seed " + v.seed + "`, run while this report was written (not stored): " +
+           counts + ".");
+    }
     R.table(vbox, v.checks, [
       ["status", function (r) { return r.status.toUpperCase(); }, function (r) {
         return "status-" + r.status; }],
