@@ -39,7 +39,7 @@ def merge(self, target, *args, **kwargs):
         started = time.perf_counter()
         out = real(self, target, *args, **kwargs)
         print(f"merge-done {time.perf_counter() - started:.6f}", flush=True)
-        if len(sys.argv) > 4:  # held open so that a kill after the commit still kills a live process
+        if len(sys.argv) > 4:  # held open: a kill after the commit still kills a live process
             sys.stdin.readline()
         return out
     return real(self, target, *args, **kwargs)
