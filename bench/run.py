@@ -14,19 +14,23 @@ Environment:
   BENCH_PG_URL     PostgreSQL server (default: POOLCAST_TEST_PG_URL from scripts/with-postgres.sh)
   BENCH_DIR        scratch folder for stores and caches          [/tmp/poolcast-bench]
   BENCH_OUT        results folder                                [bench/results]
-  BENCH_ONLY       compute: only generate, read and the metrics engines (first store)
+  BENCH_ONLY       compute: only generate, read and the metrics engines (first store);
+                   runs: only generate and the CLI's full and incremental runs (every store)
   BENCH_SKIP       comma list of compute, forecast: leave those measurements out
   BENCH_BASELINE_POOLS  the pandas baseline runs on at most this many pools [20000]: above it on
                    every k-th pool (pool_id order), its wall and CPU scaled by pools / pools run
                    (the loop's cost is per pool; the row says so: baseline_pools, scale)
 Rows measured replace the same (scenario, stage, engine, store) rows in latest.json, the others
-stay. Written after each store: latest.json (rows), latest.md (tables, targets), latest.png.
+stay. Each row records the commit it measured (``-dirty`` when src/ had uncommitted changes) and,
+for a run that trained, the model version; latest.md marks every row measured on older code.
+Written after each store: latest.json (rows), latest.md (tables, targets), latest.png.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -55,9 +59,24 @@ TARGETS = [
     ("metrics compute peak RSS < 2 GiB", "metrics", "local", "-", 2048.0, "MB"),
     ("full `poolcast run` on PostgreSQL < 150 s", "run_full", "local", "postgres", 150.0, "s"),
     ("incremental run, one new day, < 45 s", "run_incremental", "local", "postgres", 45.0, "s"),
+    # Issue 25's.
+    ("full `poolcast run` on DuckDB <= 110 s", "run_full", "local", "duckdb", 110.0, "s"),
+    ("full `poolcast run` peak RSS <= 3 GiB", "run_full", "local", "postgres", 3072.0, "MB"),
 ]
+# Issue 25's at 100k pools: (stage, store, peak RSS limit MB, wall limit as a multiple of 20k's).
+SCALE_TARGET = ("run_full", "duckdb", 6144.0, 5.5)
 # LightGBM training time, production tree settings / the plan's, same model otherwise (first store).
 TRAINING_TARGET = ("train_h1_production", "train_h1_plantrees", 0.5)
+
+
+def _commit() -> str:
+    """HEAD's short hash, ``-dirty`` when src/ differs from it: what a row measured."""
+    git = ["git", "-C", str(HERE)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "../src"], capture_output=True, text=True
+    )
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _env_list(name: str, default: str) -> list[str]:
@@ -134,19 +153,25 @@ def measure_cli(
 ) -> dict[str, float]:
     """The ``poolcast`` CLI end to end (process start and imports included)."""
     walls, cpus, rsss = [], [], []
+    version = None
     for _ in range(repeat):
         if before:
             child(*before)
-        wall, cpu, rss, _ = _run([POOLCAST, *argv], env)
+        wall, cpu, rss, stdout = _run([POOLCAST, *argv], env)
         walls.append(wall)
         cpus.append(cpu)
         rsss.append(rss)
-    return {
+        trained = re.search(r"model_version=(\w+)\s.*trained=True", stdout)
+        version = trained.group(1) if trained else version
+    out: dict[str, Any] = {
         "wall_s": statistics.median(walls),
         "cpu_s": statistics.median(cpus),
         "peak_rss_mb": statistics.median(rsss),
         "runs": repeat,
     }
+    if version:
+        out["model_version"] = version
+    return out
 
 
 class Scenario:
@@ -157,6 +182,7 @@ class Scenario:
         self.pg_base = pg_base
         self.rows: list[dict[str, Any]] = []
         self.out: Path | None = None
+        self.commit = _commit()
 
     def add(self, stage: str, engine: str, store: str, m: dict[str, float], **extra: Any) -> None:
         row = {
@@ -172,6 +198,8 @@ class Scenario:
             "runs": m.get("runs", 1),
             "speedup_vs_baseline": None,
             "load_avg_1m": round(os.getloadavg()[0], 1),  # other work on the machine
+            "commit": self.commit,
+            **({"model_version": m["model_version"]} if "model_version" in m else {}),
             **extra,
         }
         self.rows.append(row)
@@ -195,6 +223,7 @@ class Scenario:
         spark: bool,
         only_compute: bool = False,
         skip: tuple[str, ...] = (),
+        only_runs: bool = False,
     ) -> None:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
@@ -207,6 +236,9 @@ class Scenario:
                 "generate", {"store": url, "pools": self.pools, "days": self.days}, 1
             )
             self.add("generate", "-", kind, gen["generate"], rows=info["snapshots"])
+            if only_runs:
+                self._runs(kind, url, heavy)
+                continue
             read, info = measure(
                 "read_raw", {"store": url, "cache": cache if i == 0 else None}, repeat
             )
@@ -224,33 +256,37 @@ class Scenario:
                 fc, info = measure("forecast", {"store": url, "plan_model": i == 0}, heavy)
                 for section, m in fc.items():
                     self.add(section, "local", kind, m, train_rows=info["train_rows"])
-            models = self.workdir / f"models-{kind}"
-            env = {"POOLCAST_MODEL_DIR": str(models)}
-            full = measure_cli(
-                ["run", "--store", url], heavy, before=("reset", {"store": url}), env=env
-            )
-            self.add("run_full", "local", kind, full)
-            inc = measure_cli(
-                ["run", "--incremental", "--store", url],
-                heavy,
-                before=("add_day", {"store": url}),
-                env=env,
-            )
-            self.add("run_incremental", "local", kind, inc)
-            # The daily run with the latest trained model (retrained on another schedule).
-            latest = max(models.iterdir(), key=lambda p: p.stat().st_mtime)
-            reuse = measure_cli(
-                ["run", "--incremental", "--store", url],
-                heavy,
-                before=("add_day", {"store": url}),
-                env={**env, "POOLCAST_MODEL": str(latest)},
-            )
-            self.add("run_incremental_saved_model", "local", kind, reuse)
-            if kind == "duckdb":
-                Path(url).unlink(missing_ok=True)
-            if self.out is not None:
-                save(self.out, self.rows)  # after each store: a long run keeps what it measured
+            self._runs(kind, url, heavy)
         self._speedups()
+
+    def _runs(self, kind: str, url: str, heavy: int) -> None:
+        """The CLI as a user runs it: a full run, a daily run, a daily run on a saved model."""
+        models = self.workdir / f"models-{kind}"
+        env = {"POOLCAST_MODEL_DIR": str(models)}
+        full = measure_cli(
+            ["run", "--store", url], heavy, before=("reset", {"store": url}), env=env
+        )
+        self.add("run_full", "local", kind, full)
+        inc = measure_cli(
+            ["run", "--incremental", "--store", url],
+            heavy,
+            before=("add_day", {"store": url}),
+            env=env,
+        )
+        self.add("run_incremental", "local", kind, inc)
+        # The daily run with the latest trained model (retrained on another schedule).
+        latest = max(models.iterdir(), key=lambda p: p.stat().st_mtime)
+        reuse = measure_cli(
+            ["run", "--incremental", "--store", url],
+            heavy,
+            before=("add_day", {"store": url}),
+            env={**env, "POOLCAST_MODEL": str(latest)},
+        )
+        self.add("run_incremental_saved_model", "local", kind, reuse)
+        if kind == "duckdb":
+            Path(url).unlink(missing_ok=True)
+        if self.out is not None:
+            save(self.out, self.rows)  # after each store: a long run keeps what it measured
 
     def _compute(self, cache: str, repeat: int, heavy: int, spark: bool) -> None:
         local, info = measure("metrics_local", {"cache": cache}, repeat)
@@ -320,18 +356,24 @@ def _speedups_across(rows: list[dict[str, Any]]) -> None:
             r["speedup_vs_baseline"] = round(base["wall_s"] / r["wall_s"], 1)
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], commit: str | None = None) -> str:
+    commit = commit or _commit()
     lines = ["# poolcast benchmark", ""]
     lines.append(
         "Medians of `runs` runs, each in its own process (peak RSS of that process). "
-        "`store` `-` = compute on Arrow input, no store. Speed-up = baseline wall / wall."
+        "`store` `-` = compute on Arrow input, no store. Speed-up = baseline wall / wall. "
+        f"Written at commit {commit}; a commit in *italics* is older code than that."
     )
+    versions = sorted({r["model_version"] for r in rows if r.get("model_version")})
+    if versions:
+        lines.append(f"Model versions trained by the runs: {', '.join(versions)}.")
     lines.append("")
     lines.append(_targets(rows))
     header = (
-        "| scenario | stage | engine | store | wall s | CPU s | peak RSS MB | runs | speed-up |"
+        "| scenario | stage | engine | store | wall s | CPU s | peak RSS MB | runs | speed-up "
+        "| commit |"
     )
-    lines += ["", "## All measurements", "", header, "|" + "---|" * 9]
+    lines += ["", "## All measurements", "", header, "|" + "---|" * 10]
     notes = []
     for r in rows:
         speed = f"{r['speedup_vs_baseline']}x" if r.get("speedup_vs_baseline") else ""
@@ -347,11 +389,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             )
         lines.append(
             f"| {r['scenario']} | {r['stage']} | {engine} | {r['store']} | {r['wall_s']:.2f} "
-            f"| {r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['runs']} | {speed} |"
+            f"| {r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['runs']} | {speed} "
+            f"| {_commit_cell(r.get('commit'), commit)} |"
         )
     if notes:
         lines += ["", "\\* Baseline measured on a sample of pools:", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _commit_cell(row: str | None, now: str) -> str:
+    if row is None:
+        return "*unknown*"
+    return row if row == now else f"*{row}*"
 
 
 def _targets(rows: list[dict[str, Any]]) -> str:
@@ -399,6 +448,28 @@ def _targets(rows: list[dict[str, Any]]) -> str:
         )
     else:
         lines.append(f"| {label} | not measured | - |")
+    stage, store, rss_limit, ratio_limit = SCALE_TARGET
+    pick = {
+        r["scenario"]: r
+        for r in rows
+        if r["stage"] == stage and r["store"] == store and r["engine"] == "local"
+    }
+    big, base = pick.get("100k"), pick.get("20k")
+    label = f"100k pools: full run peak RSS <= {rss_limit / 1024:.0f} GiB ({store})"
+    if big:
+        ok = big["peak_rss_mb"] <= rss_limit
+        lines.append(f"| {label} | {big['peak_rss_mb']:.1f} MB | {'yes' if ok else 'NO'} |")
+    else:
+        lines.append(f"| {label} | not measured | - |")
+    label = f"100k pools: full run wall <= {ratio_limit}x the 20k run ({store})"
+    if big and base:
+        ratio = big["wall_s"] / base["wall_s"]
+        lines.append(
+            f"| {label} | {ratio:.2f} x ({big['wall_s']:.1f} s / {base['wall_s']:.1f} s) "
+            f"| {'yes' if ratio <= ratio_limit else 'NO'} |"
+        )
+    else:
+        lines.append(f"| {label} | not measured | - |")
     return "\n".join(lines)
 
 
@@ -440,7 +511,10 @@ def main() -> None:
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
     heavy_env = os.environ.get("BENCH_HEAVY_REPEAT")
     spark = os.environ.get("BENCH_SPARK", "1" if _spark_available() else "0") == "1"
-    only_compute = os.environ.get("BENCH_ONLY") == "compute"
+    only = os.environ.get("BENCH_ONLY")
+    if only not in (None, "", "compute", "runs"):
+        sys.exit(f"bench: BENCH_ONLY={only!r}; choose compute or runs")
+    only_compute, only_runs = only == "compute", only == "runs"
     skip = tuple(_env_list("BENCH_SKIP", ""))
     pg_base = os.environ.get("BENCH_PG_URL") or os.environ.get("POOLCAST_TEST_PG_URL")
     if "postgres" in stores and not pg_base:
@@ -456,7 +530,7 @@ def main() -> None:
         scenario = Scenario(name, workdir, pg_base)
         scenario.out = out
         heavy = int(heavy_env) if heavy_env else (repeat if scenario.pools <= 2_000 else 1)
-        scenario.run(stores, repeat, heavy, spark, only_compute, skip)
+        scenario.run(stores, repeat, heavy, spark, only_compute, skip, only_runs)
         new_rows += scenario.rows
     print(f"bench: wrote {out / 'latest.json'}, latest.md, latest.png")
 
