@@ -21,15 +21,17 @@ SAMPLE = ROOT / "data" / "sample"
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n`` (``make test``), every test that starts Spark runs on one worker, one
-    after another: one JVM with the jars at a time, one Ivy resolution, and the other worker
-    free for the rest."""
+    """Under ``pytest -n`` (``make test``), the tests that share the in-process Spark session
+    (the ``spark`` fixture) run on one worker, one after another: one JVM with the jars per
+    worker. The cluster tests start their own executor JVMs through ``spark-submit`` and need no
+    session, so they form a second group that another worker runs beside the first."""
     for item in items:
-        uses_spark = "spark" in getattr(item, "fixturenames", ()) or item.get_closest_marker(
-            "spark"
-        )
-        if uses_spark:
-            item.add_marker(pytest.mark.xdist_group("spark"))
+        if item.get_closest_marker("spark") is None and "spark" not in getattr(
+            item, "fixturenames", ()
+        ):
+            continue
+        cluster = item.nodeid.startswith("tests/test_spark_cluster.py")
+        item.add_marker(pytest.mark.xdist_group("spark-cluster" if cluster else "spark"))
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 REQUIRED = {
+    "commit",
     "scenario",
     "pools",
     "days",
