@@ -179,14 +179,15 @@ def main() -> None:
     lines = [
         f"# Spark on {master} (PostgreSQL store), commit {commit}",
         "",
-        "| pools | stage | exit | wall s | driver Python MB | driver JVM MB | executors MB "
-        "| LightGBM tasks/stage | large-task warnings |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pools | stage | exit | wall s | driver Python MB | driver JVM MB | driver total MB "
+        "| executors MB | LightGBM tasks/stage | large-task warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        both = (r["driver_python_mb"] or 0) + (r["driver_jvm_mb"] or 0)
         lines.append(
             f"| {r['pools']:,} | {r['stage']} | {r['returncode']} | {r['seconds']} "
-            f"| {_mb(r['driver_python_mb'])} | {_mb(r['driver_jvm_mb'])} "
+            f"| {_mb(r['driver_python_mb'])} | {_mb(r['driver_jvm_mb'])} | {_mb(both)} "
             f"| {', '.join(str(x) for x in r['executor_mb']) or '-'} "
             f"| {', '.join(str(x) for x in r['training_stage_tasks']) or '-'} "
             f"| {r['large_task_warnings']} |"
