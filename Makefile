@@ -72,7 +72,8 @@ test: $(VENV)/.test-installed
 
 ## bench: every stage at 2k and 20k pools x 365 days on both stores (BENCH_SCENARIOS=100k for more;
 ## see bench/run.py); results in bench/results/latest.{json,md,png}; then the Spark engine on
-## executors in separate JVMs (bench/spark_cluster.py; BENCH_CLUSTER=0 skips it)
+## executors in separate JVMs (bench/spark_cluster.py; BENCH_CLUSTER=0 skips it). Only the CLI's
+## full and daily runs: BENCH_ONLY=runs BENCH_SCENARIOS=20k,100k BENCH_CLUSTER=0 make bench
 bench: $(VENV)/.test-installed
 	scripts/with-postgres.sh $(BIN)/python bench/run.py
 	if [ "$${BENCH_CLUSTER:-1}" != 0 ]; then scripts/with-postgres.sh $(BIN)/python bench/spark_cluster.py; fi
