@@ -219,6 +219,12 @@ def test_readers_share_the_store_and_take_no_writers_lock(tmp_path: Path) -> Non
         for args in readers:
             result = runner.invoke(app, [*args, "--store", str(path)])
             assert result.exit_code in (0, 1), (args, result.output)  # validate: 1 = a check
+            if args[0] == "validate":
+                # Its checks ran on the shared file; only keeping their summary needs the writer's
+                # lock, and losing it is a warning, not the command's failure.
+                assert "stale_pools" in result.output, result.output
+                assert "validate.not_recorded" in result.output, result.output
+                continue
             assert "cannot open" not in result.output, (args, result.output)
         writer = _cli("metrics", "--store", str(path), env={"POOLCAST_MODEL_DIR": str(tmp_path)})
         assert writer.returncode == 1

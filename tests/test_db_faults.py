@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
+import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,22 +35,64 @@ from conftest import fresh_pg_schema_url
 pytestmark = pytest.mark.postgres
 
 
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
 def _pg_ctl(*args: str) -> None:
     ctl, data = os.environ.get("POOLCAST_TEST_PG_CTL"), os.environ.get("POOLCAST_TEST_PG_DATA")
     if not ctl or not data:
         pytest.fail("POOLCAST_TEST_PG_CTL/_DATA unset: run under scripts/with-postgres.sh")
-    cmd = [ctl, "-D", data, *args]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
     # The server must not inherit a pipe of ours: its output goes to the server log.
     subprocess.run(
-        cmd,
+        _as_postgres([ctl, "-D", data, *args]),
         check=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         timeout=120,
     )
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A server of this module's own (the same binaries as scripts/with-postgres.sh): the faults
+    below restart and stop it, which on the shared server would cut the connections of the tests
+    that another pytest worker runs meanwhile."""
+    ctl = os.environ.get("POOLCAST_TEST_PG_CTL")
+    if not ctl:
+        pytest.fail("POOLCAST_TEST_PG_CTL unset: run under scripts/with-postgres.sh")
+    bindir = Path(ctl).parent
+    root = Path(tempfile.mkdtemp(prefix="poolcast-pg-faults."))  # not under pytest's 0700 dirs
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    quiet = {"check": True, "stdin": subprocess.DEVNULL, "capture_output": True, "timeout": 120}
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                      "--no-sync", "-E", "UTF8"]),
+        **quiet,  # type: ignore[call-overload]
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("POOLCAST_TEST_PG_DATA", str(data))
+        pg_start(shlex.split(options))
+        try:
+            subprocess.run(
+                [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                 "-qc", "CREATE DATABASE poolcast_test"],
+                **quiet,  # type: ignore[call-overload]
+            )
+            yield f"postgresql://postgres@127.0.0.1:{port}/poolcast_test"
+        finally:
+            subprocess.run(
+                _as_postgres([ctl, "-D", str(data), "-m", "immediate", "stop"]),
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+            )
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _server_log() -> str:
