@@ -150,16 +150,21 @@ def test_dataproc_entry_points_end_on_two_executors(cluster_store, tmp_path) -> 
 @pytest.mark.parametrize("demo_template", ["duckdb"], indirect=True)
 def test_cli_run_on_two_executors_with_spark_master(cluster_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`poolcast run --engine spark --spark-master local-cluster[...]` on the embedded store: the
-    executors read and write staged Parquet (every part file accounted for), the model's rows
-    stay on the executors, the command exits by itself, the metrics match the local engine and
-    the forecasts are within the parity tolerance."""
+    executors read and write staged Parquet (every part file accounted for), predict with the
+    saved model (POOLCAST_MODEL: the local engine's, so the forecasts are its own), the command
+    exits by itself and the metrics match the local engine. Training on the executors is the
+    PostgreSQL test's above (the same DataFrames once the panel is read; a fit costs ~15 s
+    here)."""
     url, settings, local_metrics, local_forecasts = cluster_store
+    (saved,) = Path(settings.model_dir).iterdir()
     poolcast = Path(sys.executable).parent / "poolcast"
-    env = {**_env(tmp_path), "POOLCAST_MODEL_DIR": str(tmp_path / "models")}
+    env = {**_env(tmp_path), "POOLCAST_MODEL_DIR": str(tmp_path / "models"),
+           "POOLCAST_MODEL": str(saved)}
     done = subprocess.run(
         [str(poolcast), "run", "--engine", "spark", "--spark-master", MASTER, "--store", url],
         env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "engine=spark" in done.stdout
+    assert "engine=spark" in done.stdout and "trained=False" in done.stdout, done.stdout
+    assert f"model_version={saved.name.rsplit('-', 1)[1]}" in done.stdout, done.stdout
     _assert_like_local(url, local_metrics, local_forecasts)
