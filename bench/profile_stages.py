@@ -50,6 +50,7 @@ def main() -> None:
         store.execute(ADD_DAY_SQL)
         daily = settings.model_copy(update={"incremental": True})
         _profiled("metrics_incremental", out, lambda: metrics_stage(store, daily))
+        _profiled("forecast_incremental", out, lambda: forecast_stage(store, daily))
 
 
 if __name__ == "__main__":

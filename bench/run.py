@@ -61,7 +61,7 @@ TARGETS = [
     ("incremental run, one new day, < 45 s", "run_incremental", "local", "postgres", 45.0, "s"),
     # Issue 25's.
     ("full `poolcast run` on DuckDB <= 110 s", "run_full", "local", "duckdb", 110.0, "s"),
-    ("full `poolcast run` peak RSS <= 3 GiB", "run_full", "local", "postgres", 3072.0, "MB"),
+    ("full run on DuckDB: peak RSS <= 3 GiB", "run_full", "local", "duckdb", 3072.0, "MB"),
 ]
 # Issue 25's at 100k pools: (stage, store, peak RSS limit MB, wall limit as a multiple of 20k's).
 SCALE_TARGET = ("run_full", "duckdb", 6144.0, 5.5)
@@ -368,7 +368,7 @@ def markdown(rows: list[dict[str, Any]], commit: str | None = None) -> str:
     if versions:
         lines.append(f"Model versions trained by the runs: {', '.join(versions)}.")
     lines.append("")
-    lines.append(_targets(rows))
+    lines.append(_targets(rows, commit))
     header = (
         "| scenario | stage | engine | store | wall s | CPU s | peak RSS MB | runs | speed-up "
         "| commit |"
@@ -403,12 +403,12 @@ def _commit_cell(row: str | None, now: str) -> str:
     return row if row == now else f"*{row}*"
 
 
-def _targets(rows: list[dict[str, Any]]) -> str:
+def _targets(rows: list[dict[str, Any]], commit: str) -> str:
     lines = [
         "## Targets (20k pools x 365 days, 2 cores)",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
+        "| target | measured | met | commit |",
+        "|---|---|---|---|",
     ]
     for label, stage, engine, store, limit, unit in TARGETS:
         row = next(
@@ -423,7 +423,7 @@ def _targets(rows: list[dict[str, Any]]) -> str:
             None,
         )
         if row is None:
-            lines.append(f"| {label} | not measured | - |")
+            lines.append(f"| {label} | not measured | - | - |")
             continue
         if unit == "x":
             value = row.get("speedup_vs_baseline") or 0.0
@@ -432,7 +432,10 @@ def _targets(rows: list[dict[str, Any]]) -> str:
             value, ok = row["peak_rss_mb"], row["peak_rss_mb"] < limit
         else:
             value, ok = row["wall_s"], row["wall_s"] < limit
-        lines.append(f"| {label} | {value:.1f} {unit} | {'yes' if ok else 'NO'} |")
+        lines.append(
+            f"| {label} | {value:.1f} {unit} | {'yes' if ok else 'NO'} "
+            f"| {_commit_cell(row.get('commit'), commit)} |"
+        )
     ours, theirs, limit = TRAINING_TARGET
     pair = {
         r["stage"]: r
@@ -444,10 +447,11 @@ def _targets(rows: list[dict[str, Any]]) -> str:
         ratio = pair[ours]["wall_s"] / pair[theirs]["wall_s"]
         lines.append(
             f"| {label} | {ratio:.2f} x ({pair[ours]['wall_s']:.1f} s / "
-            f"{pair[theirs]['wall_s']:.1f} s) | {'yes' if ratio <= limit else 'NO'} |"
+            f"{pair[theirs]['wall_s']:.1f} s) | {'yes' if ratio <= limit else 'NO'} "
+            f"| {_commit_cell(pair[ours].get('commit'), commit)} |"
         )
     else:
-        lines.append(f"| {label} | not measured | - |")
+        lines.append(f"| {label} | not measured | - | - |")
     stage, store, rss_limit, ratio_limit = SCALE_TARGET
     pick = {
         r["scenario"]: r
@@ -458,18 +462,22 @@ def _targets(rows: list[dict[str, Any]]) -> str:
     label = f"100k pools: full run peak RSS <= {rss_limit / 1024:.0f} GiB ({store})"
     if big:
         ok = big["peak_rss_mb"] <= rss_limit
-        lines.append(f"| {label} | {big['peak_rss_mb']:.1f} MB | {'yes' if ok else 'NO'} |")
+        lines.append(
+            f"| {label} | {big['peak_rss_mb']:.1f} MB | {'yes' if ok else 'NO'} "
+            f"| {_commit_cell(big.get('commit'), commit)} |"
+        )
     else:
-        lines.append(f"| {label} | not measured | - |")
+        lines.append(f"| {label} | not measured | - | - |")
     label = f"100k pools: full run wall <= {ratio_limit}x the 20k run ({store})"
     if big and base:
         ratio = big["wall_s"] / base["wall_s"]
         lines.append(
             f"| {label} | {ratio:.2f} x ({big['wall_s']:.1f} s / {base['wall_s']:.1f} s) "
-            f"| {'yes' if ratio <= ratio_limit else 'NO'} |"
+            f"| {'yes' if ratio <= ratio_limit else 'NO'} "
+            f"| {_commit_cell(big.get('commit'), commit)} |"
         )
     else:
-        lines.append(f"| {label} | not measured | - |")
+        lines.append(f"| {label} | not measured | - | - |")
     return "\n".join(lines)
 
 

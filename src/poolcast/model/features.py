@@ -208,27 +208,32 @@ def training_rows(
     if target not in panel.column_names:
         panel = add_targets(panel, [horizon])
     if end is None:
-        observed = panel.filter(pc.field("is_observed"))
-        last = observed.group_by("pool_id").aggregate([("date", "max")])
-        joined = panel.join(last, "pool_id")
-        anchor = pc.cast(joined.column("date_max"), pa.timestamp("s"))
+        # Each row's pool's latest observed day, looked up on the key columns alone: a join would
+        # copy every column of the wide panel. A pool never observed gets null and is dropped.
+        keys = panel.select(["pool_id", "date", "is_observed"]).filter(pc.field("is_observed"))
+        last = keys.group_by("pool_id").aggregate([("date", "max")])
+        at = pc.index_in(panel.column("pool_id"), value_set=last.column("pool_id"))
+        anchor = pc.cast(pc.take(last.column("date_max"), at), pa.timestamp("s"))
     else:
-        joined = panel.append_column("date_max", pa.array([end] * panel.num_rows, pa.date32()))
-        anchor = pc.cast(joined.column("date_max"), pa.timestamp("s"))
+        anchor = pc.cast(pa.array([end] * panel.num_rows, pa.date32()), pa.timestamp("s"))
     last_origin = pc.subtract(anchor, pa.scalar(dt.timedelta(days=days), pa.duration("s")))
     age = pc.divide(
         pc.cast(
-            pc.subtract(last_origin, pc.cast(joined.column("date"), pa.timestamp("s"))), pa.int64()
+            pc.subtract(last_origin, pc.cast(panel.column("date"), pa.timestamp("s"))), pa.int64()
         ),
         86_400,
     )
-    joined = joined.append_column("age", age)
     mask = pc.and_(
         pc.and_(pc.greater_equal(age, 0), pc.less(age, train_days)),
-        pc.and_(pc.is_valid(joined.column(target)), pc.is_valid(joined.column("actual_apy"))),
+        pc.and_(pc.is_valid(panel.column(target)), pc.is_valid(panel.column("actual_apy"))),
     )
-    rows = joined.filter(mask).drop_columns(["date_max"])
-    return rows.sort_by([("pool_id", "ascending"), ("date", "ascending")])
+    rows = panel.append_column("age", age).filter(mask)
+    order = pc.sort_indices(
+        rows.select(["pool_id", "date"]), [("pool_id", "ascending"), ("date", "ascending")]
+    ).to_numpy()
+    if np.array_equal(order, np.arange(rows.num_rows)):
+        return rows  # already in (pool, date) order, as the engines' panels are: no copy
+    return rows.take(order)
 
 
 def latest_rows(panel: pa.Table) -> pa.Table:
