@@ -208,12 +208,8 @@ def training_rows(
     if target not in panel.column_names:
         panel = add_targets(panel, [horizon])
     if end is None:
-        # Each row's pool's latest observed day, looked up on the key columns alone: a join would
-        # copy every column of the wide panel. A pool never observed gets null and is dropped.
-        keys = panel.select(["pool_id", "date", "is_observed"]).filter(pc.field("is_observed"))
-        last = keys.group_by("pool_id").aggregate([("date", "max")])
-        at = pc.index_in(panel.column("pool_id"), value_set=last.column("pool_id"))
-        anchor = pc.cast(pc.take(last.column("date_max"), at), pa.timestamp("s"))
+        # A pool never observed gets a null anchor: its rows are dropped.
+        anchor = pc.cast(_latest_observed(panel, panel.column("pool_id")), pa.timestamp("s"))
     else:
         anchor = pc.cast(pa.array([end] * panel.num_rows, pa.date32()), pa.timestamp("s"))
     last_origin = pc.subtract(anchor, pa.scalar(dt.timedelta(days=days), pa.duration("s")))
@@ -227,19 +223,26 @@ def training_rows(
         pc.and_(pc.greater_equal(age, 0), pc.less(age, train_days)),
         pc.and_(pc.is_valid(panel.column(target)), pc.is_valid(panel.column("actual_apy"))),
     )
-    rows = panel.append_column("age", age).filter(mask)
-    order = pc.sort_indices(
-        rows.select(["pool_id", "date"]), [("pool_id", "ascending"), ("date", "ascending")]
-    ).to_numpy()
+    return _sorted(panel.append_column("age", age).filter(mask), ["pool_id", "date"])
+
+
+def _latest_observed(table: pa.Table, pools: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each of ``pools``' latest observed day in ``table`` (null: never observed), looked up on
+    the key columns alone: a join would copy every column of the wide panel."""
+    keys = table.select(["pool_id", "date", "is_observed"]).filter(pc.field("is_observed"))
+    last = keys.group_by("pool_id").aggregate([("date", "max")])
+    return pc.take(last.column("date_max"), pc.index_in(pools, value_set=last.column("pool_id")))
+
+
+def _sorted(rows: pa.Table, keys: Sequence[str]) -> pa.Table:
+    order = pc.sort_indices(rows.select(keys), [(k, "ascending") for k in keys]).to_numpy()
     if np.array_equal(order, np.arange(rows.num_rows)):
-        return rows  # already in (pool, date) order, as the engines' panels are: no copy
+        return rows  # already in order, as the engines' panels are: no copy
     return rows.take(order)
 
 
 def latest_rows(panel: pa.Table) -> pa.Table:
     """Each pool's row on its latest observed day: the features a forecast starts from."""
     observed = panel.filter(pc.field("is_observed"))
-    last = observed.group_by("pool_id").aggregate([("date", "max")])
-    joined = observed.join(last, "pool_id")
-    keep = pc.equal(joined.column("date"), joined.column("date_max"))
-    return joined.filter(keep).drop_columns(["date_max"]).sort_by("pool_id")
+    keep = pc.equal(observed.column("date"), _latest_observed(observed, observed.column("pool_id")))
+    return _sorted(observed.filter(keep), ["pool_id"])
