@@ -139,6 +139,21 @@ def test_training_rows_up_to_a_cutoff_never_see_later_targets() -> None:
     assert rows.column("age").to_pylist() == list(range(19, -1, -1))
 
 
+@given(seed=st.integers(0, 2**32 - 1))
+@hsettings(max_examples=10, deadline=None)
+def test_training_and_latest_rows_do_not_depend_on_the_panels_row_order(seed: int) -> None:
+    """The engines hand over panels in (pool, date) order, where the rows are taken as they are;
+    any other order gives the same rows, sorted."""
+    days = [[(float((d * 3 + i) % 7), (d + i) % 4 != 0) for i in range(3)] for d in range(40)]
+    panel = add_targets(_pools(days, ["a", "b", "a"]), [1, 7]).sort_by(
+        [("pool_id", "ascending"), ("date", "ascending")]
+    )
+    mixed = panel.take(np.random.default_rng(seed).permutation(panel.num_rows))
+    for h, end in ((1, None), (7, None), (7, DAY0 + dt.timedelta(days=30))):
+        assert training_rows(mixed, 20, h, end=end).equals(training_rows(panel, 20, h, end=end))
+    assert latest_rows(mixed).equals(latest_rows(panel))
+
+
 @pytest.fixture(scope="module")
 def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> pa.Table:
     """The forecast panel of the shipped sample (embedded store, computed once)."""
