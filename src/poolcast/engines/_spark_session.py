@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -194,9 +196,6 @@ class _Relay:
     failed. After that, every line passes but LightGBM's [Info] notes (:func:`is_chatter`)."""
 
     def __init__(self, read_fd: int, target_fd: int) -> None:
-        import threading
-        import time
-
         self._read, self._target = read_fd, target_fd
         self._lock = threading.Lock()
         self._holding = True
@@ -206,8 +205,6 @@ class _Relay:
         self._thread.start()
 
     def _pump(self) -> None:
-        import time
-
         rest = b""
         try:
             while chunk := os.read(self._read, 65536):
@@ -244,8 +241,6 @@ class _Relay:
     def release(self, *, failed: bool) -> None:
         """The JVM has started (or failed to): show what it printed meanwhile only when it
         failed, and let its lines through from now on."""
-        import time
-
         if failed:  # a JVM that exited: what it printed up to its end
             self._thread.join(timeout=2.0)
         else:  # what it printed just before the start returned is read and dropped too
