@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -24,7 +26,7 @@ from poolcast.model import (
     training_rows,
 )
 from poolcast.model.calibration import _stack_weight
-from poolcast.model.features import NOISE_REGIME
+from poolcast.model.features import NOISE_REGIME, sample_rows
 from poolcast.model.specs import MEAN_REVERSION
 from poolcast.settings import Settings
 from poolcast.spec import PEER_MEDIANS
@@ -154,6 +156,34 @@ def test_training_and_latest_rows_do_not_depend_on_the_panels_row_order(seed: in
     assert latest_rows(mixed).equals(latest_rows(panel))
 
 
+@given(seed=st.integers(0, 2**32 - 1), fraction=st.floats(0.05, 0.95))
+@hsettings(max_examples=25, deadline=None)
+def test_a_row_sample_is_the_same_in_any_order_and_split_into_any_pools(
+    seed: int, fraction: float
+) -> None:
+    """The sample is a function of each row's pool and day: any order, any split of the pools
+    into parts (an engine's partitions) keeps the same rows, about ``fraction`` of them."""
+    n_pools, n_days = 60, 50
+    panel = pa.table(
+        {
+            "pool_id": [f"pool-{i}" for i in range(n_pools) for _ in range(n_days)],
+            "date": [DAY0 + dt.timedelta(days=d) for _ in range(n_pools) for d in range(n_days)],
+        }
+    )
+    whole = sample_rows(panel, fraction, seed=42)
+    order = np.random.default_rng(seed).permutation(panel.num_rows)
+    mixed = panel.take(order)
+    cut = int(order[0]) % n_pools
+    low = pa.array([int(p[5:]) < cut for p in mixed.column("pool_id").to_pylist()])
+    parts = [mixed.filter(low), mixed.filter(pc.invert(low))]
+    split = pa.concat_tables([sample_rows(t, fraction, seed=42) for t in parts])
+    keys = [("pool_id", "ascending"), ("date", "ascending")]
+    assert split.sort_by(keys).equals(whole.sort_by(keys))
+    assert abs(whole.num_rows / panel.num_rows - fraction) < 0.05
+    assert sample_rows(panel, 1.0, seed=42) is panel
+    assert not sample_rows(panel, fraction, seed=43).equals(whole)
+
+
 @pytest.fixture(scope="module")
 def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> pa.Table:
     """The forecast panel of the shipped sample (embedded store, computed once)."""
@@ -174,6 +204,19 @@ def sample_panel(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> 
 @pytest.fixture(scope="module")
 def fitted(sample_panel: pa.Table) -> ForecastModel:
     return ForecastModel("production", num_threads=1).fit(sample_panel)
+
+
+def test_a_model_with_a_row_cap_trains_on_a_sample_of_its_window(
+    sample_panel: pa.Table, fitted: ForecastModel
+) -> None:
+    models = {"capped": replace(MODELS["production"], name="capped", max_rows=2000)}
+    capped = Forecaster("capped", models=models, num_threads=1).fit(sample_panel)
+    full = fitted.horizons_[1]
+    assert capped.window_rows_ == full.window_rows_ == full.n_train_ > 4000
+    assert 1700 < capped.n_train_ < 2300
+    assert capped.metadata()["window_rows"] == full.window_rows_
+    again = Forecaster("capped", models=models, num_threads=1).fit(sample_panel)
+    assert again.model_text() == capped.model_text() != full.model_text()
 
 
 def test_same_data_and_seed_give_the_same_model_byte_for_byte(

@@ -223,7 +223,7 @@ def test_synapseml_params_come_from_the_local_model() -> None:
     assert p["numIterations"] == 123 and p["seed"] == 7 and p["deterministic"] is True
     assert p["numLeaves"] == lgb_params["num_leaves"]
     assert p["objective"] == lgb_params["objective"]
-    assert "force_col_wise=true" in p["passThroughArgs"]
+    assert "force_row_wise=true" in p["passThroughArgs"]
     assert "num_iterations" not in p["passThroughArgs"]
 
 

@@ -70,7 +70,7 @@ def synapseml_params(
     """The local model's LightGBM parameters as SynapseML ``LightGBMRegressor`` arguments.
 
     One source (``model.specs.MODELS``): known parameters go to their setters, the rest (e.g.
-    ``force_col_wise``) through ``passThroughArgs``, which also repeats the setters' values so
+    ``force_row_wise``) through ``passThroughArgs``, which also repeats the setters' values so
     LightGBM sees exactly the local model's parameter set.
     """
     params: dict[str, Any] = {

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.model.features import Horizon, add_peer_medians, add_targets
+from poolcast.model.features import Horizon, add_peer_medians, add_targets, target_columns
 from poolcast.model.trainer import LocalTrainer, Trained, TrainingSet
 from poolcast.spec import PEER_MEDIANS
 
@@ -220,6 +220,14 @@ def with_targets(compute: Compute, panel: Frame, horizons: Sequence[Horizon]) ->
     if not set(PEER_MEDIANS) <= set(names):
         panel = compute.per_days(panel, add_peer_medians)
     return compute.per_pools(panel, functools.partial(add_targets, horizons=horizons))
+
+
+def ensure_targets(compute: Compute, panel: Frame, horizons: Sequence[Horizon]) -> Frame:
+    """``panel`` itself where it has the targets of ``horizons`` and the peer medians (the forecast
+    stage adds them once for every step), else :func:`with_targets`: each pass copies the panel."""
+    if target_columns(horizons) | set(PEER_MEDIANS) <= set(compute.columns(panel)):
+        return panel
+    return with_targets(compute, panel, horizons)
 
 
 def quantiles(compute: Compute, frame: Frame, fn: Callable[[pa.Table], np.ndarray],

@@ -8,6 +8,7 @@ module computes them on an Arrow panel, once per fit, so every engine's panel ge
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -107,6 +108,15 @@ def add_peer_medians(panel: pa.Table) -> pa.Table:
         con.close()
 
 
+def target_columns(horizons: Sequence[Horizon]) -> set[str]:
+    """The columns :func:`add_targets` adds besides the peer medians."""
+    return (
+        {target_column(h) for h in horizons}
+        | {TVL_TARGET.column(int(h)) for h in horizons if h != "mean7"}
+        | {"rolling_tvl_7d"}
+    )
+
+
 def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.Table:
     """The panel with one target column per horizon (NULL unless observed, ``spec.APY_TARGET``
     and ``spec.MEAN7_TARGET``) and ``spec.TVL_TARGET`` for the day horizons, plus
@@ -117,11 +127,7 @@ def add_targets(panel: pa.Table, horizons: Sequence[Horizon] = HORIZONS) -> pa.T
     """
     import duckdb
 
-    names = (
-        {target_column(h) for h in horizons}
-        | {TVL_TARGET.column(int(h)) for h in horizons if h != "mean7"}
-        | {"rolling_tvl_7d"}
-    )
+    names = target_columns(horizons)
     base = add_peer_medians(panel.drop_columns([c for c in panel.column_names if c in names]))
     by_pool = "PARTITION BY pool_id ORDER BY date"
 
@@ -224,6 +230,26 @@ def training_rows(
         pc.and_(pc.is_valid(panel.column(target)), pc.is_valid(panel.column("actual_apy"))),
     )
     return _sorted(panel.append_column("age", age).filter(mask), ["pool_id", "date"])
+
+
+def sample_rows(rows: pa.Table, fraction: float, seed: int = 0) -> pa.Table:
+    """Each (pool, day) row kept with probability ``fraction``, decided by a hash of the pool, the
+    day and ``seed`` alone: the same rows on every engine, in any row order and on every rerun."""
+    if fraction >= 1.0 or not rows.num_rows:
+        return rows
+    pools = pc.dictionary_encode(rows.column("pool_id")).combine_chunks()
+    names = pools.dictionary.to_pylist()
+    pool_hash = np.array([zlib.crc32(str(p).encode()) for p in names], dtype=np.uint64)
+    day = pc.cast(rows.column("date"), pa.int32()).to_numpy(zero_copy_only=False)
+    key = (pool_hash[pools.indices.to_numpy(zero_copy_only=False)] << np.uint64(32)) ^ (
+        day.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B9)
+    )
+    # splitmix64's finalizer: neighbouring keys land far apart.
+    key = (key ^ (key >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    key = (key ^ (key >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    key = key ^ (key >> np.uint64(31))
+    uniform = (key >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return rows.filter(pa.array(uniform < fraction))
 
 
 def _latest_observed(table: pa.Table, pools: pa.ChunkedArray | pa.Array) -> pa.Array:

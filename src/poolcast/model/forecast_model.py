@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from poolcast.model.artifacts import location, save_files
-from poolcast.model.compute import Compute, Frame, LocalCompute, with_targets
+from poolcast.model.compute import Compute, Frame, LocalCompute, ensure_targets
 from poolcast.model.features import (
     HORIZONS,
     Horizon,
@@ -63,8 +63,7 @@ def forecast_table(model: Forecaster | ForecastModel, panel: Frame) -> Frame:
     forecasted_apy, forecasted_tvl (the TVL forecast that backtested better; TVL carried from that
     day, the plan's baseline, for a single :class:`Forecaster`). A table of the model's compute."""
     compute = model.compute
-    if not {"rolling_tvl_7d", *PEER_MEDIANS} <= set(compute.columns(panel)):
-        panel = with_targets(compute, panel, [1])
+    panel = ensure_targets(compute, panel, [1])
     return compute.per_pools(panel, functools.partial(_next_day, model), NEXT_DAY_SCHEMA)
 
 
@@ -117,9 +116,7 @@ def choose_tvl_baseline(
 ) -> dict[str, Any]:
     """TVL forecast by whichever baseline had the lower MAE over the training window."""
     compute = compute if compute is not None else LocalCompute()
-    names = compute.columns(panel)
-    if "rolling_tvl_7d" not in names or f"target_tvl_h{horizon}" not in names:
-        panel = with_targets(compute, panel, [horizon])
+    panel = ensure_targets(compute, panel, [horizon])
     rows = compute.per_pools(
         panel, functools.partial(training_rows, train_days=train_days, horizon=horizon, end=end)
     )
@@ -191,7 +188,7 @@ class ForecastModel:
         if 1 not in self.horizons:
             raise ValueError("the horizons must include 1: forecasted_apy is the next-day forecast")
         self._check_stacks()
-        panel = self.compute.keep(with_targets(self.compute, panel, self.horizons))
+        panel = self.compute.keep(ensure_targets(self.compute, panel, self.horizons))
         self.horizons_: dict[Horizon, Forecaster] = {}
         self.tvl_: dict[str, dict[str, Any]] = {}
         self.skipped_: dict[str, str] = {}
@@ -245,9 +242,8 @@ class ForecastModel:
         """Every horizon for every pool, from its latest observed day: the ``forecasts`` table's
         rows (metric ``apy`` with its 80% interval, metric ``tvl`` without one), a table of the
         model's compute."""
-        panel = with_targets(
-            self.compute,
-            panel, [h for h in self.horizons if h != "mean7"] or [1]
+        panel = ensure_targets(
+            self.compute, panel, [h for h in self.horizons if h != "mean7"] or [1]
         )
         return self.compute.per_pools(panel, self._forecasts, FORECASTS_SCHEMA)
 

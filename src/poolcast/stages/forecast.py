@@ -62,7 +62,8 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     and 30 days ahead and the next 7 days' mean, merge: the next day into pool_daily_metrics,
     every horizon with its 80% interval into ``forecasts``, in one transaction."""
     from poolcast.model import ForecastModel, forecast_table
-    from poolcast.model.compute import LocalCompute
+    from poolcast.model.compute import LocalCompute, with_targets
+    from poolcast.model.features import HORIZONS
 
     store.require_schema()
     started = time.perf_counter()
@@ -74,6 +75,9 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
             result.rows_read = compute.count(panel)
             if result.rows_read == 0:
                 raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
+            # Targets and peer medians once, for training and predicting alike: each pass copies
+            # the whole panel (at 20,000 pools a run's peak was two such copies at once).
+            panel = with_targets(compute, panel, HORIZONS)
         model_dir = engine.model_dir()
         model_path = settings.model_path
         if not model_path:
