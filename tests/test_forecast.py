@@ -151,6 +151,10 @@ def test_training_and_latest_rows_do_not_depend_on_the_panels_row_order(seed: in
         [("pool_id", "ascending"), ("date", "ascending")]
     )
     mixed = panel.take(np.random.default_rng(seed).permutation(panel.num_rows))
+    # targets and peer medians too: computed in any order, returned in (pool, date) order
+    given = _pools(days, ["a", "b", "a"]).column_names
+    raw = mixed.select(given)
+    assert add_targets(raw, [1, 7]).equals(panel)
     for h, end in ((1, None), (7, None), (7, DAY0 + dt.timedelta(days=30))):
         assert training_rows(mixed, 20, h, end=end).equals(training_rows(panel, 20, h, end=end))
     assert latest_rows(mixed).equals(latest_rows(panel))
