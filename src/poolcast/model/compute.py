@@ -21,7 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.model.features import Horizon, add_peer_medians, add_targets, target_columns
+from poolcast.model.features import (
+    Horizon,
+    add_peer_medians,
+    add_targets,
+    sample_rows,
+    target_columns,
+)
 from poolcast.model.trainer import LocalTrainer, Trained, TrainingSet
 from poolcast.spec import PEER_MEDIANS
 
@@ -220,6 +226,17 @@ def with_targets(compute: Compute, panel: Frame, horizons: Sequence[Horizon]) ->
     if not set(PEER_MEDIANS) <= set(names):
         panel = compute.per_days(panel, add_peer_medians)
     return compute.per_pools(panel, functools.partial(add_targets, horizons=horizons))
+
+
+def at_most(compute: Compute, rows: Frame, n_rows: int, cap: int, seed: int) -> Frame:
+    """``rows`` (``n_rows`` of them), or where there are more than ``cap`` (0: no cap) a kept
+    sample of about ``cap`` (:func:`~poolcast.model.features.sample_rows`), ``rows`` released."""
+    if not cap or n_rows <= cap:
+        return rows
+    sample = functools.partial(sample_rows, fraction=cap / n_rows, seed=seed)
+    sampled = compute.keep(compute.per_pools(rows, sample))
+    compute.release(rows)
+    return sampled
 
 
 def ensure_targets(compute: Compute, panel: Frame, horizons: Sequence[Horizon]) -> Frame:

@@ -52,6 +52,7 @@ from poolcast.model.compute import (
     Frame,
     LocalCompute,
     TrainingColumns,
+    at_most,
     with_targets,
 )
 from poolcast.model.features import (
@@ -60,7 +61,6 @@ from poolcast.model.features import (
     _matrix,
     horizon_key,
     parse_horizon,
-    sample_rows,
     scale,
     target_column,
     training_rows,
@@ -263,14 +263,7 @@ class Forecaster:
         )
         try:
             self.window_rows_ = compute.count(rows)
-            cap = self._spec().max_rows
-            if cap and self.window_rows_ > cap:
-                sample = functools.partial(
-                    sample_rows, fraction=cap / self.window_rows_, seed=self.seed
-                )
-                sampled = compute.keep(compute.per_pools(rows, sample))
-                compute.release(rows)
-                rows = sampled
+            rows = at_most(compute, rows, self.window_rows_, self._spec().max_rows, self.seed)
             self._fit_rows(rows, panel, end, stacked)
         finally:
             compute.release(rows)
