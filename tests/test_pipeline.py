@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from poolcast.settings import Settings
 from poolcast.stages import forecast_stage, metrics_stage
 from poolcast.store import Store
@@ -101,3 +103,44 @@ def test_daily_mode_reuses_a_recent_model_and_retrains_when_old(
     settings.retrain_days = 7
     settings.model_dir = str(old_dir)
     assert forecast_stage(sample_store, settings).details["trained"] is True
+
+
+def test_metrics_in_pool_batches_are_the_rows_of_one_batch(
+    sample_store: Store, settings: Settings
+) -> None:
+    settings.batch_pools = 7  # 99 pools: 15 batches, the last one of 1 pool
+    batched = metrics_stage(sample_store, settings)
+    assert batched.details["batches"] == 15
+    assert batched.rows_written == batched.details["rows"]
+    settings.batch_pools = 1_000
+    whole = metrics_stage(sample_store, settings)
+    assert "batches" not in whole.details
+    assert whole.rows_written == 0  # one batch of every pool finds every row as it is
+    assert {k: whole.details[k] for k in ("pools", "days", "rows")} == {
+        k: batched.details[k] for k in ("pools", "days", "rows")
+    }
+    settings.batch_pools = 10
+    settings.incremental = True
+    daily = metrics_stage(sample_store, settings)
+    assert daily.details["batches"] == 10 and daily.rows_written == 0
+
+
+def test_a_failed_batch_leaves_the_metrics_as_they_were(
+    sample_store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poolcast.engines.local import LocalEngine
+
+    compute = LocalEngine.compute_metrics
+    calls = []
+
+    def third_fails(self: LocalEngine, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed in batch 3")
+        return compute(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalEngine, "compute_metrics", third_fails)
+    settings.batch_pools = 20
+    with pytest.raises(RuntimeError, match="batch 3"):
+        metrics_stage(sample_store, settings)
+    assert _one(sample_store, "SELECT count(*) AS n FROM pool_daily_metrics")["n"] == 0

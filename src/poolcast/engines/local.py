@@ -24,7 +24,9 @@ from poolcast.store.queries import (
     FORECASTS_KEY,
     METRIC_KEY,
     METRIC_UPDATE,
+    PoolBatch,
     RecomputeWindow,
+    pool_batches,
     read_market,
     read_panel,
     read_snapshots,
@@ -214,6 +216,7 @@ class LocalEngine:
         self.store = store
         self.settings = settings
         self.stage = stage
+        self._days: set[dt.date] = set()  # the metrics' days over every batch so far
 
     def __enter__(self) -> LocalEngine:
         return self
@@ -225,13 +228,21 @@ class LocalEngine:
         return contextlib.nullcontext()
 
     # -- metrics -----
-    def read_metric_inputs(self, as_of: dt.date, window: RecomputeWindow | None) -> MetricInputs:
+    def pool_batches(self) -> list[PoolBatch]:
+        return pool_batches(self.store, self.settings.batch_pools)
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.transaction()
+
+    def read_metric_inputs(
+        self, as_of: dt.date, window: RecomputeWindow | None, batch: PoolBatch = None
+    ) -> MetricInputs:
         lookback = self.settings.lookback_days
         catch_up = None
         if window is None:
-            snapshots = read_snapshots(self.store, as_of, lookback)
+            snapshots = read_snapshots(self.store, as_of, lookback, batch)
         else:
-            snapshots, catch_up = read_window_snapshots(self.store, window, as_of, lookback)
+            snapshots, catch_up = read_window_snapshots(self.store, window, as_of, lookback, batch)
         market = read_market(self.store, as_of)
         rows = snapshots.num_rows
         return MetricInputs(snapshots, market, rows, rows + market.num_rows, catch_up)
@@ -243,9 +254,11 @@ class LocalEngine:
         return metrics if window is None else keep_rows(metrics, window, inputs.catch_up)
 
     def summarize(self, metrics: pa.Table) -> dict[str, int]:
+        """Pools and rows of this batch; days: of every batch so far (batches share days)."""
+        self._days.update(metrics.column("date").unique().to_pylist())
         return {
             "pools": len(metrics.column("pool_id").unique()),
-            "days": len(metrics.column("date").unique()),
+            "days": len(self._days),
             "rows": metrics.num_rows,
         }
 

@@ -38,6 +38,7 @@ from poolcast.store.queries import (
     PANEL_SQL,
     SNAPSHOTS_SQL,
     WINDOW_SNAPSHOTS_SQL,
+    PoolBatch,
     RecomputeWindow,
     panel_params,
     window_bounds,
@@ -376,7 +377,17 @@ class SparkEngine:
         return _step(self.stage, name)
 
     # -- metrics -----
-    def read_metric_inputs(self, as_of: dt.date, window: RecomputeWindow | None) -> MetricInputs:
+    def pool_batches(self) -> list[PoolBatch]:
+        return [None]  # the executors split the pools
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # one batch: the exchange's merge is one transaction
+
+    def read_metric_inputs(
+        self, as_of: dt.date, window: RecomputeWindow | None, batch: PoolBatch = None
+    ) -> MetricInputs:
+        if batch is not None:
+            raise ValueError("the Spark engine reads every pool at once (pool_batches)")
         started = time.perf_counter()
         snapshots, market = read_inputs(self.exchange, as_of, self.settings.lookback_days, window)
         snapshots, market = snapshots.cache(), market.cache()

@@ -28,6 +28,7 @@ def open_store(
     read_only: bool = False,
     create: bool = True,
     sandbox: bool = False,
+    memory_limit: str | None = None,
 ) -> Store:
     """``postgresql://...`` opens PostgreSQL; anything else is a path to the embedded file.
 
@@ -35,6 +36,7 @@ def open_store(
     ``read_only``: the store is only read (no writers' lock on the embedded file, read-only
     transactions on PostgreSQL). ``create``: a missing embedded file is created; without it the
     error says there is no store there. ``sandbox``: confined for `poolcast sql`.
+    ``memory_limit``: the embedded store's (DuckDB's ``memory_limit``; None: DuckDB's default).
     """
     if url.startswith(("postgresql://", "postgres://")):
         from poolcast.store.postgres import PostgresStore
@@ -47,7 +49,10 @@ def open_store(
         )
     from poolcast.store.embedded import DuckDBStore
 
-    return DuckDBStore(url, wait=wait, read_only=read_only, create=create, sandbox=sandbox)
+    return DuckDBStore(
+        url, wait=wait, read_only=read_only, create=create, sandbox=sandbox,
+        memory_limit=memory_limit,
+    )
 
 
 def open_configured(
@@ -62,7 +67,7 @@ def open_configured(
         try:
             return open_store(
                 settings.store_url(), wait=settings.lock_wait, read_only=read_only,
-                create=create, sandbox=sandbox,
+                create=create, sandbox=sandbox, memory_limit=settings.duckdb_memory,
             )
         except StoreUnavailable as exc:
             if attempt == settings.db_retry_attempts:

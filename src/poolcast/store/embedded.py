@@ -53,6 +53,7 @@ class DuckDBStore(Store):
         wait: bool = False,
         create: bool = True,
         sandbox: bool = False,
+        memory_limit: str | None = None,
     ) -> None:
         super().__init__()
         self.url = path
@@ -77,6 +78,15 @@ class DuckDBStore(Store):
                     ) from None
         self.read_only = read_only
         self._con = self._open(path, read_only, wait, sandbox)
+        if memory_limit and not sandbox:  # the sandbox's configuration is locked
+            try:
+                self._con.execute("SET memory_limit = ?", [memory_limit])
+            except duckdb.Error as exc:
+                self._con.close()
+                raise StoreError(
+                    f"POOLCAST_DUCKDB_MEMORY={memory_limit!r} is not a memory size DuckDB "
+                    f"takes ({_first(exc)}): give e.g. 2GB or 512MB"
+                ) from None
 
     def _open(
         self, path: str, read_only: bool, wait: bool, sandbox: bool
@@ -161,7 +171,10 @@ class DuckDBStore(Store):
         return self._con.sql(sql, params=list(params) if params else None).to_arrow_table()
 
     def _stage(self, name: str, data: pa.Table) -> None:
-        self._con.register(name, data)
+        # DuckDB holds a registered table until the transaction ends, unregistered or not: every
+        # batch of a stage's merge would stay in memory. A reader (the stage is read once) is
+        # let go as soon as it has been read.
+        self._con.register(name, pa.RecordBatchReader.from_batches(data.schema, _batches(data)))
 
     def _drop_stage(self, name: str) -> None:
         self._con.unregister(name)
@@ -217,3 +230,7 @@ class DuckDBStore(Store):
         finally:
             if timer:
                 timer.cancel()
+
+
+def _batches(table: pa.Table) -> Iterator[pa.RecordBatch]:
+    yield from table.to_batches()

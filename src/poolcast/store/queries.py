@@ -64,9 +64,37 @@ def window_bounds(as_of: dt.date, lookback_days: int) -> tuple[dt.datetime, dt.d
     return start, end
 
 
-def read_snapshots(store: Store, as_of: dt.date, lookback_days: int) -> pa.Table:
+PoolBatch = tuple[str, str] | None  # the first and last pool_id of a batch; None: every pool
+
+ACTIVE_POOLS_SQL = "SELECT pool_id FROM pools WHERE is_active ORDER BY pool_id"
+
+
+def pool_batches(store: Store, size: int) -> list[PoolBatch]:
+    """The active pools in batches of ``size``, each as its first and last pool_id in the store's
+    own order (``[None]``: one batch of every pool). Pools are independent for the metrics and,
+    but for the peer medians, for the forecast panel: a batch is read, computed and merged alone."""
+    ids = store.fetch_arrow(ACTIVE_POOLS_SQL).column("pool_id")
+    if len(ids) <= size:
+        return [None]
+    last = len(ids) - 1
+    starts = range(0, len(ids), size)
+    return [(ids[i].as_py(), ids[min(i + size - 1, last)].as_py()) for i in starts]
+
+
+def in_batch(sql: str, params: list[object], batch: PoolBatch) -> tuple[str, list[object]]:
+    """``sql`` limited to the pools of ``batch`` (its rows must have a ``pool_id``)."""
+    if batch is None:
+        return sql, params
+    n = len(params)
+    limited = f"SELECT * FROM ({sql}) AS b WHERE b.pool_id BETWEEN ${n + 1} AND ${n + 2}"  # noqa: S608
+    return limited, [*params, *batch]
+
+
+def read_snapshots(
+    store: Store, as_of: dt.date, lookback_days: int, batch: PoolBatch = None
+) -> pa.Table:
     start, end = window_bounds(as_of, lookback_days)
-    return store.fetch_arrow(SNAPSHOTS_SQL, [start, end])
+    return store.fetch_arrow(*in_batch(SNAPSHOTS_SQL, [start, end], batch))
 
 
 def read_market(store: Store, as_of: dt.date) -> pa.Table:
@@ -171,11 +199,16 @@ def window_params(window: RecomputeWindow, as_of: dt.date, lookback_days: int) -
 
 
 def read_window_snapshots(
-    store: Store, window: RecomputeWindow, as_of: dt.date, lookback_days: int
+    store: Store,
+    window: RecomputeWindow,
+    as_of: dt.date,
+    lookback_days: int,
+    batch: PoolBatch = None,
 ) -> tuple[pa.Table, pa.Array]:
     """The snapshots the window needs (``WINDOW_SNAPSHOTS_SQL``), and the catch-up pools, whose
     rows must all be kept."""
-    table = store.fetch_arrow(WINDOW_SNAPSHOTS_SQL, window_params(window, as_of, lookback_days))
+    params = window_params(window, as_of, lookback_days)
+    table = store.fetch_arrow(*in_batch(WINDOW_SNAPSHOTS_SQL, params, batch))
     flags = table.column("catch_up")
     pools = pc.unique(table.column("pool_id").filter(pc.fill_null(flags, False)).combine_chunks())
     return table.drop_columns(["catch_up"]), pools
@@ -195,9 +228,11 @@ WHERE p.is_active AND m.date > l.last_day - CAST($1 AS INTEGER)
 """
 
 
-def read_panel(store: Store, train_days: int, horizon: int = 1) -> pa.Table:
+def read_panel(
+    store: Store, train_days: int, horizon: int = 1, batch: PoolBatch = None
+) -> pa.Table:
     """pool_daily_metrics rows a forecast needs, for active pools (``PANEL_SQL``)."""
-    return store.fetch_arrow(PANEL_SQL, panel_params(train_days, horizon))
+    return store.fetch_arrow(*in_batch(PANEL_SQL, panel_params(train_days, horizon), batch))
 
 
 def panel_params(train_days: int, horizon: int) -> list[object]:
