@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from poolcast.store.queries import (
 )
 
 if TYPE_CHECKING:
+    from poolcast.engines._batches import BatchedCompute, Batches
     from poolcast.settings import Settings
 
 _BY_POOL = "PARTITION BY pool_id ORDER BY date"
@@ -217,12 +219,14 @@ class LocalEngine:
         self.settings = settings
         self.stage = stage
         self._days: set[dt.date] = set()  # the metrics' days over every batch so far
+        self._compute: BatchedCompute | None = None  # the panel's, when it is in batches
 
     def __enter__(self) -> LocalEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        if self._compute is not None:
+            self._compute.close()
 
     def step(self, name: str) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -277,19 +281,44 @@ class LocalEngine:
             )
 
     # -- forecast -----
-    def forecast_panel(self, horizon: int = 30) -> pa.Table:
-        """pool_daily_metrics rows a forecast needs (active pools), with the spec's features."""
-        return compute_features(read_panel(self.store, self.settings.train_days, horizon))
+    def forecast_panel(self, horizon: int = 30) -> pa.Table | Batches:
+        """pool_daily_metrics rows a forecast needs (active pools), with the spec's features and
+        peer medians: one table, or above ``batch_pools`` pools a frame of pool batches for
+        :meth:`compute` (the peer medians from a first, narrow read of every pool)."""
+        from poolcast.engines._batches import BatchedCompute, Batches
+        from poolcast.model.features import add_peer_medians, peer_columns
+
+        train_days = self.settings.train_days
+        batches = pool_batches(self.store, self.settings.batch_pools)
+        if batches == [None]:
+            return compute_features(read_panel(self.store, train_days, horizon))
+        peers = read_panel(self.store, train_days, horizon, columns=peer_columns())
+
+        def part(batch: PoolBatch) -> pa.Table:
+            panel = compute_features(read_panel(self.store, train_days, horizon, batch))
+            return add_peer_medians(panel, peers)
+
+        self._compute = BatchedCompute()
+        first = batches[0]
+        assert first is not None
+        return Batches(
+            tuple(functools.partial(part, b) for b in batches),
+            part((first[0], first[0])).slice(0, 0),  # one pool's columns
+        )
 
     def model_dir(self) -> str:
         return str(self.settings.model_dir)
 
     def compute(self) -> Any:
-        return None  # the model's own: Arrow tables and lightgbm.train in this process
+        # None: the model's own (Arrow tables and lightgbm.train in this process).
+        return self._compute
 
     def write_forecasts(
-        self, forecasts: pa.Table, horizons: pa.Table, run_id: str
+        self, forecasts: pa.Table | Batches, horizons: pa.Table | Batches, run_id: str
     ) -> ForecastsWritten:
+        if self._compute is not None:
+            forecasts, horizons = self._compute.collect(forecasts), self._compute.collect(horizons)
+        assert isinstance(forecasts, pa.Table) and isinstance(horizons, pa.Table)
         with self.store.transaction():
             rows = write_forecasts(self.store, forecasts, run_id)
             rows += self.store.merge("forecasts", horizons, FORECASTS_KEY)

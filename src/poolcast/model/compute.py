@@ -179,7 +179,8 @@ class LocalCompute:
     def summary(
         self, frame: pa.Table, columns: Sequence[str]
     ) -> tuple[int, dt.date | None, dt.date | None, str]:
-        table = pa.table({n: frame.column(n) for n in columns})
+        # One chunk: the same rows hash alike however they were read or split.
+        table = pa.table({n: frame.column(n) for n in columns}).combine_chunks()
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
@@ -229,14 +230,13 @@ def with_targets(compute: Compute, panel: Frame, horizons: Sequence[Horizon]) ->
 
 
 def at_most(compute: Compute, rows: Frame, n_rows: int, cap: int, seed: int) -> Frame:
-    """``rows`` (``n_rows`` of them), or where there are more than ``cap`` (0: no cap) a kept
-    sample of about ``cap`` (:func:`~poolcast.model.features.sample_rows`), ``rows`` released."""
+    """``rows`` (``n_rows`` of them), or where there are more than ``cap`` (0: no cap) a sample
+    of about ``cap`` (:func:`~poolcast.model.features.sample_rows`); not kept."""
     if not cap or n_rows <= cap:
         return rows
-    sample = functools.partial(sample_rows, fraction=cap / n_rows, seed=seed)
-    sampled = compute.keep(compute.per_pools(rows, sample))
-    compute.release(rows)
-    return sampled
+    return compute.per_pools(
+        rows, functools.partial(sample_rows, fraction=cap / n_rows, seed=seed)
+    )
 
 
 def ensure_targets(compute: Compute, panel: Frame, horizons: Sequence[Horizon]) -> Frame:

@@ -71,10 +71,19 @@ def target_column(horizon: Horizon) -> str:
     return MEAN7_TARGET.name if horizon == "mean7" else APY_TARGET.column(int(horizon))
 
 
-def add_peer_medians(panel: pa.Table) -> pa.Table:
+def peer_columns() -> list[str]:
+    """The columns the PEER_MEDIANS are computed from."""
+    columns = {"date", "is_observed"}
+    for column, groups in PEER_MEDIANS.values():
+        columns |= {column, *groups}
+    return sorted(columns)
+
+
+def add_peer_medians(panel: pa.Table, peers: pa.Table | None = None) -> pa.Table:
     """The panel with the PEER_MEDIANS it lacks: each a median over the observed pools of a day
     (and group), NULL where the panel lacks its column (e.g. ``project``). Needs every pool of
-    each day it holds."""
+    each day it holds, or ``peers``: the :func:`peer_columns` of every pool (the panel's rows
+    are then any of its pools)."""
     exprs: list[str] = []
     joins: list[str] = []
     by_groups: dict[tuple[str, ...], list[str]] = {}
@@ -94,14 +103,17 @@ def add_peer_medians(panel: pa.Table) -> pa.Table:
         keys = ", ".join(("date", *groups))
         joins.append(
             # Fixed names from PEER_MEDIANS only, never user text.
-            f"LEFT JOIN (SELECT {keys}, {', '.join(medians)} FROM panel "  # noqa: S608
+            f"LEFT JOIN (SELECT {keys}, {', '.join(medians)} FROM peers "  # noqa: S608
             f"GROUP BY {keys}) AS g{i} USING ({keys})"
         )
-    return _append_computed(panel, f"{', '.join(exprs)} FROM panel {' '.join(joins)}")
+    return _append_computed(
+        panel, f"{', '.join(exprs)} FROM panel {' '.join(joins)}", peers=peers
+    )
 
 
-def _append_computed(table: pa.Table, query: str) -> pa.Table:
-    """``table`` with the columns of ``SELECT {query}`` appended, in the table's own row order.
+def _append_computed(table: pa.Table, query: str, peers: pa.Table | None = None) -> pa.Table:
+    """``table`` with the columns of ``SELECT {query}`` appended, in the table's own row order
+    (the query reads ``panel``, the table, and ``peers``: ``peers`` or the table itself).
 
     DuckDB reads only the columns the query names and returns only the new ones: the table's other
     columns are not copied (at 20,000 pools a copy of the forecast panel is 600-750 MB, and DuckDB
@@ -112,6 +124,7 @@ def _append_computed(table: pa.Table, query: str) -> pa.Table:
     con = duckdb.connect()
     try:
         con.register("panel", table.append_column("_row", rows))
+        con.register("peers", peers if peers is not None else table)
         new = con.sql(f"SELECT {query} ORDER BY panel._row").to_arrow_table()  # noqa: S608
     finally:
         con.close()

@@ -130,7 +130,11 @@ def choose_tvl_baseline(
         )
 
     *sums, n = compute.total(rows, errors)
-    maes = {how: float(s / n) if n else None for how, s in zip(_TVL_BASELINES, sums, strict=True)}
+    # Micro-dollars: a sum's last bits depend on how the rows were split (engine, pool batches).
+    maes = {
+        how: round(float(s / n), 6) if n else None
+        for how, s in zip(_TVL_BASELINES, sums, strict=True)
+    }
     ok_n = n
     valid = {k: v for k, v in maes.items() if v is not None}
     best = min(valid, key=lambda k: valid[k]) if valid else "naive"

@@ -253,17 +253,17 @@ class Forecaster:
         target = target_column(self.horizon)
         if target not in compute.columns(panel):
             panel = with_targets(compute, panel, [self.horizon])
+        window = compute.per_pools(  # counted, and only the capped rows kept
+            panel,
+            functools.partial(
+                training_rows, train_days=self.train_days, horizon=self.horizon, end=end
+            ),
+        )
+        self.window_rows_ = compute.count(window)
         rows = compute.keep(
-            compute.per_pools(
-                panel,
-                functools.partial(
-                    training_rows, train_days=self.train_days, horizon=self.horizon, end=end
-                ),
-            )
+            at_most(compute, window, self.window_rows_, self._spec().max_rows, self.seed)
         )
         try:
-            self.window_rows_ = compute.count(rows)
-            rows = at_most(compute, rows, self.window_rows_, self._spec().max_rows, self.seed)
             self._fit_rows(rows, panel, end, stacked)
         finally:
             compute.release(rows)

@@ -72,12 +72,13 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
         with engine.step("reading the panel"):
             panel = engine.forecast_panel(horizon=30)
             compute = engine.compute() or LocalCompute()
+            # Targets and peer medians once, for training and predicting alike: each pass copies
+            # the whole panel (at 20,000 pools a run's peak was two such copies at once). Kept:
+            # every step reads it (a panel in pool batches is built once, batch by batch).
+            panel = compute.keep(with_targets(compute, panel, HORIZONS))
             result.rows_read = compute.count(panel)
             if result.rows_read == 0:
                 raise StoreError("pool_daily_metrics is empty: run `poolcast metrics` first")
-            # Targets and peer medians once, for training and predicting alike: each pass copies
-            # the whole panel (at 20,000 pools a run's peak was two such copies at once).
-            panel = with_targets(compute, panel, HORIZONS)
         model_dir = engine.model_dir()
         model_path = settings.model_path
         if not model_path:
@@ -103,6 +104,7 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
             written = engine.write_forecasts(
                 forecast_table(fitted, panel), fitted.forecasts(panel), result.run_id
             )
+            compute.release(panel)
         extra = engine.details()
     result.rows_written = written.rows
     result.details = {

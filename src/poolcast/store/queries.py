@@ -8,6 +8,7 @@ engine through JDBC with these same statements.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -229,10 +230,18 @@ WHERE p.is_active AND m.date > l.last_day - CAST($1 AS INTEGER)
 
 
 def read_panel(
-    store: Store, train_days: int, horizon: int = 1, batch: PoolBatch = None
+    store: Store,
+    train_days: int,
+    horizon: int = 1,
+    batch: PoolBatch = None,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    """pool_daily_metrics rows a forecast needs, for active pools (``PANEL_SQL``)."""
-    return store.fetch_arrow(*in_batch(PANEL_SQL, panel_params(train_days, horizon), batch))
+    """pool_daily_metrics rows a forecast needs, for active pools (``PANEL_SQL``): every column,
+    or only ``columns`` (names of poolcast's own, never user text)."""
+    sql, params = in_batch(PANEL_SQL, panel_params(train_days, horizon), batch)
+    if columns is not None:
+        sql = f"SELECT {', '.join(columns)} FROM ({sql}) AS c"  # noqa: S608
+    return store.fetch_arrow(sql, params)
 
 
 def panel_params(train_days: int, horizon: int) -> list[object]:
