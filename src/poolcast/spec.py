@@ -213,6 +213,14 @@ PEER_MEDIANS: dict[str, tuple[str, tuple[str, ...]]] = {
 HISTORY_DAYS = max(c.window for c in METRICS if c.kind in ("mean", "std")) + FILL_LIMIT_DAYS
 
 
+def peer_columns() -> list[str]:
+    """The columns the PEER_MEDIANS are computed from."""
+    columns = {"date", "is_observed"}
+    for column, groups in PEER_MEDIANS.values():
+        columns |= {column, *groups}
+    return sorted(columns)
+
+
 def metric_names() -> list[str]:
     return [c.name for c in METRICS] + [m.name for m in MARKET]
 

@@ -18,8 +18,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from poolcast.engines import ForecastsWritten, MetricInputs
-from poolcast.spec import APY_TARGET, FEATURES, FILL_LIMIT_DAYS, MARKET, METRICS, Column
+from poolcast.engines import ForecastsWritten, MetricInputs, PanelBatches
+from poolcast.spec import (
+    APY_TARGET,
+    FEATURES,
+    FILL_LIMIT_DAYS,
+    MARKET,
+    METRICS,
+    Column,
+    peer_columns,
+)
 from poolcast.store import Store
 from poolcast.store.queries import (
     FORECASTS_KEY,
@@ -36,7 +44,6 @@ from poolcast.store.queries import (
 )
 
 if TYPE_CHECKING:
-    from poolcast.engines._batches import BatchedCompute, Batches
     from poolcast.settings import Settings
 
 _BY_POOL = "PARTITION BY pool_id ORDER BY date"
@@ -219,14 +226,12 @@ class LocalEngine:
         self.settings = settings
         self.stage = stage
         self._days: set[dt.date] = set()  # the metrics' days over every batch so far
-        self._compute: BatchedCompute | None = None  # the panel's, when it is in batches
 
     def __enter__(self) -> LocalEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._compute is not None:
-            self._compute.close()
+        return None
 
     def step(self, name: str) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -281,44 +286,34 @@ class LocalEngine:
             )
 
     # -- forecast -----
-    def forecast_panel(self, horizon: int = 30) -> pa.Table | Batches:
-        """pool_daily_metrics rows a forecast needs (active pools), with the spec's features and
-        peer medians: one table, or above ``batch_pools`` pools a frame of pool batches for
-        :meth:`compute` (the peer medians from a first, narrow read of every pool)."""
-        from poolcast.engines._batches import BatchedCompute, Batches
-        from poolcast.model.features import add_peer_medians, peer_columns
-
+    def forecast_panel(self, horizon: int = 30) -> pa.Table | PanelBatches:
+        """pool_daily_metrics rows a forecast needs (active pools), with the spec's features: one
+        table, or above ``batch_pools`` pools the batches to build it from."""
         train_days = self.settings.train_days
         batches = pool_batches(self.store, self.settings.batch_pools)
         if batches == [None]:
             return compute_features(read_panel(self.store, train_days, horizon))
-        peers = read_panel(self.store, train_days, horizon, columns=peer_columns())
 
         def part(batch: PoolBatch) -> pa.Table:
-            panel = compute_features(read_panel(self.store, train_days, horizon, batch))
-            return add_peer_medians(panel, peers)
+            return compute_features(read_panel(self.store, train_days, horizon, batch))
 
-        self._compute = BatchedCompute()
         first = batches[0]
         assert first is not None
-        return Batches(
+        return PanelBatches(
             tuple(functools.partial(part, b) for b in batches),
             part((first[0], first[0])).slice(0, 0),  # one pool's columns
+            read_panel(self.store, train_days, horizon, columns=peer_columns()),
         )
 
     def model_dir(self) -> str:
         return str(self.settings.model_dir)
 
     def compute(self) -> Any:
-        # None: the model's own (Arrow tables and lightgbm.train in this process).
-        return self._compute
+        return None  # the model's own: Arrow tables and lightgbm.train in this process
 
     def write_forecasts(
-        self, forecasts: pa.Table | Batches, horizons: pa.Table | Batches, run_id: str
+        self, forecasts: pa.Table, horizons: pa.Table, run_id: str
     ) -> ForecastsWritten:
-        if self._compute is not None:
-            forecasts, horizons = self._compute.collect(forecasts), self._compute.collect(horizons)
-        assert isinstance(forecasts, pa.Table) and isinstance(horizons, pa.Table)
         with self.store.transaction():
             rows = write_forecasts(self.store, forecasts, run_id)
             rows += self.store.merge("forecasts", horizons, FORECASTS_KEY)

@@ -71,18 +71,10 @@ def target_column(horizon: Horizon) -> str:
     return MEAN7_TARGET.name if horizon == "mean7" else APY_TARGET.column(int(horizon))
 
 
-def peer_columns() -> list[str]:
-    """The columns the PEER_MEDIANS are computed from."""
-    columns = {"date", "is_observed"}
-    for column, groups in PEER_MEDIANS.values():
-        columns |= {column, *groups}
-    return sorted(columns)
-
-
 def add_peer_medians(panel: pa.Table, peers: pa.Table | None = None) -> pa.Table:
     """The panel with the PEER_MEDIANS it lacks: each a median over the observed pools of a day
     (and group), NULL where the panel lacks its column (e.g. ``project``). Needs every pool of
-    each day it holds, or ``peers``: the :func:`peer_columns` of every pool (the panel's rows
+    each day it holds, or ``peers``: the ``spec.peer_columns`` of every pool (the panel's rows
     are then any of its pools)."""
     exprs: list[str] = []
     joins: list[str] = []

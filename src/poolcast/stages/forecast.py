@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -61,17 +62,23 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
     """Train the global models (or load ``settings.model_path``), forecast every active pool 1, 7
     and 30 days ahead and the next 7 days' mean, merge: the next day into pool_daily_metrics,
     every horizon with its 80% interval into ``forecasts``, in one transaction."""
+    from poolcast.engines import PanelBatches
     from poolcast.model import ForecastModel, forecast_table
+    from poolcast.model.batches import BatchedCompute
     from poolcast.model.compute import LocalCompute, with_targets
     from poolcast.model.features import HORIZONS
 
     store.require_schema()
     started = time.perf_counter()
-    with open_engine(store, settings, "forecast") as engine:
+    with open_engine(store, settings, "forecast") as engine, contextlib.ExitStack() as cleanup:
         result = StageResult("forecast", engine.name, new_run_id())
         with engine.step("reading the panel"):
             panel = engine.forecast_panel(horizon=30)
             compute = engine.compute() or LocalCompute()
+            if isinstance(panel, PanelBatches):  # more pools than one batch: kept on disk
+                compute = BatchedCompute()
+                cleanup.callback(compute.close)  # its files, however the stage ends
+                panel = compute.frame(panel.parts, panel.empty, panel.peers)
             # Targets and peer medians once, for training and predicting alike: each pass copies
             # the whole panel (at 20,000 pools a run's peak was two such copies at once). Kept:
             # every step reads it (a panel in pool batches is built once, batch by batch).
@@ -101,9 +108,10 @@ def forecast_stage(store: Store, settings: Settings, model: str = "production") 
         with engine.step("predicting and writing"):
             # One row per pool and horizon: the next day into pool_daily_metrics through the
             # plan's staging table, every horizon into ``forecasts``, in one transaction.
-            written = engine.write_forecasts(
-                forecast_table(fitted, panel), fitted.forecasts(panel), result.run_id
-            )
+            table, horizons = forecast_table(fitted, panel), fitted.forecasts(panel)
+            if isinstance(compute, BatchedCompute):
+                table, horizons = compute.collect(table), compute.collect(horizons)
+            written = engine.write_forecasts(table, horizons, result.run_id)
             compute.release(panel)
         extra = engine.details()
     result.rows_written = written.rows

@@ -1,17 +1,19 @@
-"""The local engine's compute for a panel of more pools than one batch (``settings.batch_pools``).
+"""The local compute for a panel of more pools than one batch (``settings.batch_pools``).
 
-A frame is a list of pool batches, each built on its own (read, features, peer medians,
-targets); a kept frame is spilled batch by batch to Arrow files on local disk and read back
-memory-mapped, so a pass over the panel holds one batch and reads only the columns it uses. Every
-function the model passes is per pool (:class:`~poolcast.model.compute.Compute`), so a batch is
-as good as the whole table; reductions that must see every row at once (a sort for ranks, a hash,
-training) gather just the columns or the capped rows they need.
+A frame is a list of pool batches, each built on its own (read with its features by the local
+engine, then peer medians from every pool's few columns, then targets); a kept frame is spilled
+batch by batch to Arrow files on local disk and read back memory-mapped, so a pass over the panel
+holds one batch and reads only the columns it uses. Every function the model passes is per pool
+(:class:`~poolcast.model.compute.Compute`), so a batch is as good as the whole table; reductions
+that must see every row at once (a sort for ranks, a hash, training) gather just the columns or
+the capped rows they need.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import shutil
 import tempfile
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from poolcast.model.compute import Fit, LocalCompute, TableFn
+from poolcast.model.features import add_peer_medians
 from poolcast.model.trainer import Trained
 
 _SPILL_BYTES = 64 << 20  # a kept batch larger than this goes to disk; smaller ones stay here
@@ -72,6 +75,13 @@ class BatchedCompute:
         self._kept: dict[int, tuple[Batches, int, list[Path]]] = {}  # id -> frame, uses, files
 
     # -- frames -----
+    def frame(
+        self, parts: Sequence[Callable[[], pa.Table]], empty: pa.Table, peers: pa.Table
+    ) -> Batches:
+        """The engine's panel batches (``parts``, columns as ``empty``) with the peer medians of
+        ``peers``: the columns they need of every pool."""
+        return Batches(tuple(parts), empty, (functools.partial(add_peer_medians, peers=peers),))
+
     def per_pools(self, frame: Batches, fn: TableFn, schema: pa.Schema | None = None) -> Batches:
         return dataclasses.replace(frame, fns=(*frame.fns, fn))
 

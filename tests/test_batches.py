@@ -14,9 +14,9 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 from panels import mean_reverting, metrics_of
 
-from poolcast.engines import _batches
-from poolcast.engines._batches import BatchedCompute, Batches
 from poolcast.engines.local import compute_features
+from poolcast.model import batches as _batches
+from poolcast.model.batches import BatchedCompute, Batches
 from poolcast.model.compute import LocalCompute
 from poolcast.model.features import add_peer_medians, training_rows
 from poolcast.settings import Settings
@@ -78,6 +78,9 @@ def test_kept_batches_spill_to_disk_until_released(monkeypatch: pytest.MonkeyPat
     assert compute._dir is None
 
 
+_FORECASTS = "SELECT * FROM forecasts ORDER BY pool_id, made_on, metric, horizon"
+
+
 def test_the_forecast_in_pool_batches_is_the_forecast_of_one_batch(
     sample_store: Store, settings: Settings
 ) -> None:
@@ -85,10 +88,10 @@ def test_the_forecast_in_pool_batches_is_the_forecast_of_one_batch(
     settings.batch_pools = 1_000
     forecast_stage(sample_store, settings)  # its next-day rows are read by every later run
     whole = forecast_stage(sample_store, settings)
-    forecasts = sample_store.fetch_arrow("SELECT * FROM forecasts ORDER BY ALL")
+    forecasts = sample_store.fetch_arrow(_FORECASTS)
     settings.batch_pools = 7  # 15 batches
     batched = forecast_stage(sample_store, settings)
     assert batched.details["model_version"] == whole.details["model_version"]
     assert batched.rows_read == whole.rows_read
     assert batched.rows_written == 0  # the same forecasts, already there
-    assert sample_store.fetch_arrow("SELECT * FROM forecasts ORDER BY ALL").equals(forecasts)
+    assert sample_store.fetch_arrow(_FORECASTS).equals(forecasts)
