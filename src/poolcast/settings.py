@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         default="2GB", validation_alias=AliasChoices("duckdb_memory", "POOLCAST_DUCKDB_MEMORY")
     )
     batch_pools: int = Field(
-        default=20_000, ge=1, validation_alias=AliasChoices("batch_pools", "POOLCAST_BATCH_POOLS")
+        default=10_000, ge=1, validation_alias=AliasChoices("batch_pools", "POOLCAST_BATCH_POOLS")
     )
     apy_ceiling: float = Field(
         default=10_000.0, gt=0, validation_alias=AliasChoices("apy_ceiling", "POOLCAST_APY_CEILING")
