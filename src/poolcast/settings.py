@@ -104,13 +104,13 @@ class Settings(BaseSettings):
         default=60, ge=7, le=3650, validation_alias=AliasChoices("train_days", "TRAIN_DAYS")
     )
     seed: int = Field(default=42, validation_alias=AliasChoices("seed", "POOLCAST_SEED"))
-    # The local engine reads, computes and merges metrics, and builds the forecast panel, this
-    # many pools at a time: its memory then follows the batch, not the number of pools.
     # The embedded store's own memory (DuckDB's memory_limit): above it DuckDB writes to a file
     # beside the store. A stage's uncommitted merge is held there until its one commit.
     duckdb_memory: str = Field(
         default="2GB", validation_alias=AliasChoices("duckdb_memory", "POOLCAST_DUCKDB_MEMORY")
     )
+    # The local engine reads, computes and merges metrics, and builds the forecast panel, this
+    # many pools at a time: its memory then follows the batch, not the number of pools.
     batch_pools: int = Field(
         default=10_000, ge=1, validation_alias=AliasChoices("batch_pools", "POOLCAST_BATCH_POOLS")
     )

@@ -157,7 +157,9 @@ class BatchedCompute:
         if frame.held:  # one sum over every row, the local compute's bits
             return self._local.total(self.collect(frame), fn)
         parts = [np.asarray(fn(t), dtype=np.float64) for t in frame.tables()]
-        return np.sum(parts, axis=0) if parts else np.asarray(fn(frame.empty), np.float64)
+        if not parts:
+            return np.asarray(fn(frame.schema().empty_table()), np.float64)
+        return np.sum(parts, axis=0)
 
     def maximum(self, frame: Batches, fn: Callable[[pa.Table], np.ndarray]) -> float:
         return max(float(np.max(fn(t))) for t in frame.tables() if t.num_rows)
@@ -187,4 +189,3 @@ class BatchedCompute:
 
     def describe(self, records: Sequence[Any] | None = None) -> dict[str, Any]:
         return {}
-
