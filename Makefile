@@ -64,10 +64,12 @@ demo: $(VENV)/.demo-installed
 	@echo "      data freshness, checks, backtest; $(BIN)/poolcast --help lists every command"
 
 ## test: the whole suite against a throwaway PostgreSQL server, Spark local[2] and the real jars;
-## two workers (PYTEST_WORKERS), every test that starts Spark on one of them (tests/conftest.py)
+## two workers (PYTEST_WORKERS), every test that starts Spark on one of them (tests/conftest.py);
+## the jars are resolved once first, as two JVMs resolving into one Ivy cache can corrupt it
 PYTEST_WORKERS ?= 2
 test: $(VENV)/.test-installed
 	scripts/test-prereqs.sh
+	scripts/fetch-spark-jars.sh $(BIN)/python
 	scripts/with-postgres.sh $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## bench: every stage at 2k and 20k pools x 365 days on both stores (BENCH_SCENARIOS=100k for more;
@@ -75,6 +77,7 @@ test: $(VENV)/.test-installed
 ## executors in separate JVMs (bench/spark_cluster.py; BENCH_CLUSTER=0 skips it). Only the CLI's
 ## full and daily runs: BENCH_ONLY=runs BENCH_SCENARIOS=20k,100k BENCH_CLUSTER=0 make bench
 bench: $(VENV)/.test-installed
+	scripts/fetch-spark-jars.sh $(BIN)/python
 	scripts/with-postgres.sh $(BIN)/python bench/run.py
 	if [ "$${BENCH_CLUSTER:-1}" != 0 ]; then scripts/with-postgres.sh $(BIN)/python bench/spark_cluster.py; fi
 
