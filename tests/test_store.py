@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from readers import reader_url
 
+from poolcast.settings import Settings
 from poolcast.store import Store, StoreError, ident, open_store
 from poolcast.store._schema import latest_version
 
@@ -147,3 +149,45 @@ def test_the_database_url_carries_the_servers_ca_to_both_clients() -> None:
     jdbc = JdbcTarget.from_url(url).url
     assert "sslmode=verify-full" in jdbc and "sslrootcert=%2Fca%2Fs.pem" in jdbc
     assert "?" not in Settings(db_host="10.0.0.3").store_url()
+
+
+@pytest.mark.parametrize("size", [7, 40])
+def test_each_statement_read_in_pool_batches_reads_the_rows_of_one_read(
+    demo_store: tuple[Store, Settings], size: int
+) -> None:
+    """The batch limit sits inside each statement's per-pool groups (``statement``): the batches
+    together read exactly the rows, catch-up flags included, of one read of every pool."""
+    from poolcast.store import queries as q
+
+    store, settings = demo_store
+    # five pools without metrics rows: the daily read takes their whole history (catch-up)
+    store.execute(
+        "DELETE FROM pool_daily_metrics WHERE pool_id IN "
+        "(SELECT pool_id FROM pools ORDER BY pool_id DESC LIMIT 5)"
+    )
+    as_of = q.latest_data_day(store)
+    assert as_of is not None
+    window = q.RecomputeWindow(as_of - dt.timedelta(days=3), as_of - dt.timedelta(days=40))
+    lookback = settings.lookback_days
+
+    def window_read(b: q.PoolBatch) -> pa.Table:
+        rows, catch_up = q.read_window_snapshots(store, window, as_of, lookback, b)
+        return rows.append_column("catch_up", pc.is_in(rows["pool_id"], catch_up))
+
+    reads = {
+        "snapshots": (lambda b: q.read_snapshots(store, as_of, lookback, b), "timestamp"),
+        "window": (window_read, "timestamp"),
+        "panel": (lambda b: q.read_panel(store, settings.train_days, 30, b), "date"),
+    }
+    batches = q.pool_batches(store, size)
+    assert len(batches) == -(-99 // size)
+    for name, (read, day) in reads.items():
+        whole = read(None)
+        parts = pa.concat_tables([read(b) for b in batches])
+        keys = [("pool_id", "ascending"), (day, "ascending")]
+        assert whole.num_rows > 0, name
+        assert parts.sort_by(keys).equals(whole.sort_by(keys)), name
+        if name == "window":
+            assert pc.sum(whole["catch_up"]).as_py() > 0
+    for sql in (q.SNAPSHOTS_SQL, q.WINDOW_SNAPSHOTS_SQL, q.PANEL_SQL):
+        assert "{batch" in sql and "{batch" not in q.statement(sql, [])[0]
