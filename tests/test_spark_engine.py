@@ -200,16 +200,8 @@ def test_jdbc_parameters_are_numbers_and_dates_only() -> None:
 
 
 def test_pool_hash_predicates_cover_every_hash() -> None:
-    from poolcast.store.queries import WINDOW_SNAPSHOTS_SQL
-    from poolcast.store.spark_io import _partition
-
     preds = pool_hash_predicates(4)
     assert len(preds) == 4 and all("hashtext(pool_id)" in p for p in preds)
-    # a partition of a statement: its pools limited inside each scan, not around the statement
-    part = _partition(WINDOW_SNAPSHOTS_SQL, 4, 3)
-    assert "{batch" not in part
-    assert part.count("mod(hashtext(h.pool_id)::bigint + 2147483648, 4) = 3") == 2
-    assert part.count("mod(hashtext(p.pool_id)::bigint + 2147483648, 4) = 3") == 1
     with pytest.raises(SparkIOError):
         pool_hash_predicates(0)
 
@@ -444,33 +436,6 @@ def test_metrics_stage_on_spark_writes_the_local_rows(spark, demo_store) -> None
             "WHERE table_name LIKE '\\_spark\\_stage%'"
         )
         assert leftovers.column("n")[0].as_py() == 0
-
-
-@pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)  # JDBC path
-def test_a_statement_read_in_jdbc_partitions_limits_each_scan(spark, demo_store) -> None:  # type: ignore[no-untyped-def]
-    """Each JDBC partition gets its share of the pools inside the statement's scans: together
-    the partitions read the rows of one read, and no pool in two of them."""
-    import datetime as dt
-
-    from pyspark.sql import functions as F
-
-    from poolcast.store import queries as q
-
-    store, settings = demo_store
-    as_of = q.latest_data_day(store)
-    assert as_of is not None
-    window = q.RecomputeWindow(as_of - dt.timedelta(days=3), as_of - dt.timedelta(days=40))
-    params = q.window_params(window, as_of, settings.lookback_days)
-    whole = store.fetch_arrow(*q.statement(q.WINDOW_SNAPSHOTS_SQL, params))
-    with _spark_exchange(spark, store) as ex:
-        df = ex.read_query(q.WINDOW_SNAPSHOTS_SQL, params, name="w", partition_by_pool=True)
-        assert df.rdd.getNumPartitions() == ex.jdbc_partitions > 1
-        per_part = df.groupBy(F.spark_partition_id().alias("k"), "pool_id").count()
-        assert per_part.count() == per_part.select("pool_id").distinct().count()
-        rows = sorted(tuple(r) for r in df.select("pool_id", "timestamp").collect())
-    assert whole.num_rows > 0
-    expected = zip(whole["pool_id"].to_pylist(), whole["timestamp"].to_pylist(), strict=True)
-    assert rows == sorted(expected)
 
 
 @pytest.mark.parametrize("demo_template", ["postgres"], indirect=True)  # JDBC path

@@ -41,6 +41,7 @@ from poolcast.store.queries import (
     PoolBatch,
     RecomputeWindow,
     panel_params,
+    statement,
     window_bounds,
     window_params,
     write_forecasts,
@@ -258,12 +259,11 @@ def read_inputs(
     if window is None:
         start, end = window_bounds(as_of, lookback_days)
         snapshots = exchange.read_query(
-            SNAPSHOTS_SQL, [start, end], name="snapshots", partition_by_pool=True
+            *statement(SNAPSHOTS_SQL, [start, end]), name="snapshots", partition_by_pool=True
         )
     else:
         snapshots = exchange.read_query(
-            WINDOW_SNAPSHOTS_SQL,
-            window_params(window, as_of, lookback_days),
+            *statement(WINDOW_SNAPSHOTS_SQL, window_params(window, as_of, lookback_days)),
             name="snapshots",
             partition_by_pool=True,
         )
@@ -308,7 +308,9 @@ def forecast_panel(exchange: Any, train_days: int, horizon: int = 30) -> DataFra
     """The forecast panel computed by Spark from the spec, on the executors (the model's
     compute selects, trains and predicts there)."""
     metrics = exchange.read_query(
-        PANEL_SQL, panel_params(train_days, horizon), name="panel", partition_by_pool=True
+        *statement(PANEL_SQL, panel_params(train_days, horizon)),
+        name="panel",
+        partition_by_pool=True,
     )
     return compute_features(metrics)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -92,20 +92,10 @@ def statement(sql: str, params: list[object], batch: PoolBatch = None) -> tuple[
     every scan, not around the statement: the databases do not push a filter on the result into
     the per-pool groups it is built from, and each batch would scan the whole table again."""
     if batch is None:
-        return limit_pools(sql, lambda _: "TRUE"), params
+        return _BATCH.sub("TRUE", sql), params
     n = len(params)
-    limited = limit_pools(sql, lambda alias: f"{alias}.pool_id BETWEEN ${n + 1} AND ${n + 2}")
+    limited = _BATCH.sub(lambda m: f"{m[1]}.pool_id BETWEEN ${n + 1} AND ${n + 2}", sql)
     return limited, [*params, *batch]
-
-
-def limit_pools(sql: str, condition: Callable[[str], str]) -> str:
-    """``sql`` with each ``{batch X}`` replaced by ``condition("X")``."""
-    return _BATCH.sub(lambda m: condition(m[1]), sql)
-
-
-def limits_pools(sql: str) -> bool:
-    """True when ``sql`` has ``{batch X}`` places to limit its pools in."""
-    return _BATCH.search(sql) is not None
 
 
 def read_snapshots(

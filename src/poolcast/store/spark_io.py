@@ -20,7 +20,6 @@ the store merges it like any other Arrow table. Measured against the alternative
 from __future__ import annotations
 
 import contextlib
-import functools
 import tempfile
 import time
 import uuid
@@ -34,7 +33,6 @@ import pyarrow.parquet as pq
 
 from poolcast.log import first_line
 from poolcast.store._base import Store, StoreError, ident
-from poolcast.store.queries import limit_pools, limits_pools, statement
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -88,15 +86,10 @@ def pool_hash_predicates(partitions: int, column: str = "pool_id") -> list[str]:
     """One WHERE clause per read partition: pools spread by PostgreSQL's ``hashtext``."""
     if partitions < 1:
         raise SparkIOError("jdbc_partitions must be at least 1")
-    column = ".".join(ident(part) for part in column.split("."))  # pool_id or alias.pool_id
+    column = ident(column)
     # hashtext() is a signed int4; shift it to be non-negative before the modulo.
     expr = f"mod(hashtext({column})::bigint + 2147483648, {partitions})"
     return [f"{expr} = {i}" for i in range(partitions)]
-
-
-def _partition(sql: str, partitions: int, k: int) -> str:
-    """``sql`` limited, in each ``{batch X}`` place, to the pools of read partition ``k``."""
-    return limit_pools(sql, lambda alias: pool_hash_predicates(partitions, f"{alias}.pool_id")[k])
 
 
 def executors_share_driver_disk(spark: SparkSession) -> bool:
@@ -184,34 +177,19 @@ class SparkExchange:
     ) -> DataFrame:
         """The result of ``sql`` (a SELECT in the store's dialect) as a Spark DataFrame.
 
-        ``sql`` may be a statement of :mod:`poolcast.store.queries` with ``{batch X}`` places.
         PostgreSQL: JDBC, ``partition_by_pool`` spreads whole pools over ``jdbc_partitions``
-        connections (the query must have a ``pool_id`` column): each connection's share of the
-        pools goes into those places, in every scan, as PostgreSQL does not push a predicate
-        around the statement into its per-pool aggregates (each partition would compute them
-        for every pool); a statement without them gets the predicate around it. Parameters are
-        bound by the store (never formatted into SQL): for JDBC they must be literals we render
-        ourselves, so only ints, floats, dates and validated identifiers are accepted.
+        connections (the query must have a ``pool_id`` column). Parameters are bound by the
+        store (never formatted into SQL): for JDBC they must be literals we render ourselves, so
+        only ints, floats, dates and validated identifiers are accepted.
         DuckDB: the store runs the query and writes Parquet that Spark reads.
         """
         name = ident(name)
         if self._jdbc is not None:
-            rendered = _render_params(limit_pools(sql, lambda _: "TRUE"), params)
+            rendered = _render_params(sql, params)
             with self._timed(f"read:{name}"):
                 reader = self.spark.read
                 subquery = f"({rendered}) AS {name}"
-                n = self.jdbc_partitions
-                if partition_by_pool and n > 1 and limits_pools(sql):
-                    parts = [
-                        reader.jdbc(
-                            self._jdbc.url,
-                            f"({_render_params(_partition(sql, n, k), params)}) AS {name}",
-                            properties=self._jdbc.properties,
-                        )
-                        for k in range(n)
-                    ]
-                    return functools.reduce(lambda a, b: a.union(b), parts)
-                if partition_by_pool and n > 1:
+                if partition_by_pool and self.jdbc_partitions > 1:
                     return reader.jdbc(
                         self._jdbc.url,
                         subquery,
@@ -220,7 +198,7 @@ class SparkExchange:
                     )
                 return reader.jdbc(self._jdbc.url, subquery, properties=self._jdbc.properties)
         with self._timed(f"read:{name}"):
-            table = self.store.fetch_arrow(*statement(sql, list(params or [])))
+            table = self.store.fetch_arrow(sql, params)
             return self.arrow_to_spark(table, name)
 
     def arrow_to_spark(self, table: pa.Table, name: str) -> DataFrame:
